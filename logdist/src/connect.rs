@@ -1,0 +1,227 @@
+//! Connecting to NATS: the connection flags every binary shares (`--nats-url`, credentials, TLS),
+//! a first connect that retries with a clear message instead of failing, and counters of the
+//! client's connection events (disconnects, reconnects, slow consumers) for stats.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+/// Default NATS URL of every binary.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// How to reach and authenticate to NATS.
+#[derive(Debug, Clone, Args, PartialEq, Eq)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated (e.g. all nodes of a cluster).
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL, value_name = "URL")]
+    pub nats_url: String,
+
+    /// NATS credentials file (JWT + nkey seed), for servers in operator mode.
+    #[arg(long, env = "NATS_CREDS", value_name = "FILE")]
+    pub creds: Option<PathBuf>,
+
+    /// User name for user/password authentication (with --password).
+    #[arg(long, env = "NATS_USER", value_name = "USER", requires = "password")]
+    pub user: Option<String>,
+
+    /// Password for user/password authentication (with --user). Prefer the env variable: a flag
+    /// is visible to other users of the machine in the process list.
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    pub password: Option<String>,
+
+    /// CA certificate (PEM) to verify the server's TLS certificate; turns TLS on.
+    #[arg(long, env = "NATS_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS (with --tls-key).
+    #[arg(long, env = "NATS_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Client private key (PEM) for mutual TLS (with --tls-cert).
+    #[arg(long, env = "NATS_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// Arguments for a plain connection to `url`, as tests and tools use.
+    pub fn url(url: impl Into<String>) -> Self {
+        NatsArgs {
+            nats_url: url.into(),
+            creds: None,
+            user: None,
+            password: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// Why connecting failed for good (as opposed to a server that is not up yet, which is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read credentials file {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("NATS refused the connection to {url}: {detail} (check --user/--password or --creds)")]
+    Auth { url: String, detail: String },
+    #[error("cannot connect to NATS at {url}: {detail} (check --nats-url and the --tls-* flags)")]
+    Config { url: String, detail: String },
+    #[error("gave up connecting to NATS at {url}: shutdown requested")]
+    Cancelled { url: String },
+}
+
+/// Counts of the client's connection events, shared with the stats publisher.
+#[derive(Debug, Default)]
+pub struct ConnectionEvents {
+    pub disconnects: AtomicU64,
+    /// Reconnections after a disconnect (the first connect is not counted).
+    pub reconnects: AtomicU64,
+    pub slow_consumer_events: AtomicU64,
+    connected_once: std::sync::atomic::AtomicBool,
+}
+
+impl ConnectionEvents {
+    pub fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Relaxed)
+    }
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+    pub fn slow_consumer_events(&self) -> u64 {
+        self.slow_consumer_events.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, event: &Event) {
+        match event {
+            Event::Connected => {
+                if self.connected_once.swap(true, Ordering::Relaxed) {
+                    self.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::info!("connected to NATS");
+            }
+            Event::Disconnected => {
+                self.disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("disconnected from NATS; reconnecting");
+            }
+            Event::SlowConsumer(sid) => {
+                self.slow_consumer_events.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    subscription = sid,
+                    "slow consumer: NATS dropped messages for this client"
+                );
+            }
+            other => tracing::info!(event = %other, "NATS connection event"),
+        }
+    }
+}
+
+/// A live connection plus its event counters.
+#[derive(Clone)]
+pub struct Connection {
+    pub client: Client,
+    pub events: Arc<ConnectionEvents>,
+}
+
+/// Connects as `name`, retrying every second (with a warning naming the URL and the error) while
+/// the server cannot be reached, until `shutdown` is cancelled. Once connected, the client
+/// reconnects by itself forever. Authentication errors are final.
+pub async fn connect(
+    args: &NatsArgs,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Result<Connection, ConnectError> {
+    let events = Arc::new(ConnectionEvents::default());
+    let mut attempt: u32 = 0;
+    loop {
+        let options = options(args, name, events.clone()).await?;
+        match options.connect(args.nats_url.as_str()).await {
+            Ok(client) => {
+                events.connected_once.store(true, Ordering::Relaxed);
+                return Ok(Connection { client, events });
+            }
+            Err(e) => {
+                let detail = e.to_string();
+                use async_nats::ConnectErrorKind as Kind;
+                match e.kind() {
+                    Kind::AuthorizationViolation | Kind::Authentication => {
+                        return Err(ConnectError::Auth {
+                            url: args.nats_url.clone(),
+                            detail,
+                        })
+                    }
+                    Kind::ServerParse | Kind::Tls => {
+                        return Err(ConnectError::Config {
+                            url: args.nats_url.clone(),
+                            detail,
+                        })
+                    }
+                    _ => {}
+                }
+                attempt += 1;
+                tracing::warn!(
+                    url = %args.nats_url,
+                    attempt,
+                    error = %detail,
+                    "cannot reach NATS; retrying in 1 s (is nats-server running? set --nats-url / NATS_URL)"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        return Err(ConnectError::Cancelled { url: args.nats_url.clone() })
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn options(
+    args: &NatsArgs,
+    name: &str,
+    events: Arc<ConnectionEvents>,
+) -> Result<ConnectOptions, ConnectError> {
+    let mut options = ConnectOptions::new();
+    if let Some(path) = &args.creds {
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| ConnectError::Credentials {
+                    path: path.clone(),
+                    source,
+                })?;
+    }
+    if let (Some(user), Some(password)) = (&args.user, &args.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(ca) = &args.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok(options
+        .name(name)
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move { events.record(&event) }
+        }))
+}

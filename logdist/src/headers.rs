@@ -1,0 +1,35 @@
+//! Names of the NATS headers in the wire contract (see `docs/protocol.md`).
+//!
+//! Agents may set the `Logdist-Agent`/`-Seq`/`-Sent-At` headers; nothing requires them (a plain
+//! `nats pub` sends none). The distributor adds `Logdist-Count` and `Logdist-Distributor` when it
+//! forwards, and the dead-letter headers when it rejects.
+
+/// Agent id of the sender (set by agents; optional).
+pub const AGENT: &str = "Logdist-Agent";
+/// Per-agent sequence number of the packet (set by agents; optional).
+pub const SEQ: &str = "Logdist-Seq";
+/// When the agent sent the packet, in unix nanoseconds (set by agents; optional). Analyzers use it
+/// for end-to-end latency.
+pub const SENT_AT: &str = "Logdist-Sent-At";
+/// Number of log messages in the forwarded packet (set by the distributor).
+pub const COUNT: &str = "Logdist-Count";
+/// Replica id of the distributor that routed the packet (set by the distributor).
+pub const DISTRIBUTOR: &str = "Logdist-Distributor";
+/// Stable id of a packet in at-least-once mode, so analyzers can drop redeliveries.
+pub const PACKET_ID: &str = "Logdist-Packet-Id";
+/// Dead letters: the human-readable reason.
+pub const ERROR: &str = "Logdist-Error";
+/// Dead letters: the machine-readable reason code (`not_json`, `missing_field`, …).
+pub const ERROR_CODE: &str = "Logdist-Error-Code";
+/// Dead letters: the subject the rejected bytes were published on.
+pub const SUBJECT: &str = "Logdist-Subject";
+/// Dead letters: position of the rejected message inside its packet (absent for whole payloads).
+pub const INDEX: &str = "Logdist-Index";
+
+/// Current time as unix nanoseconds, the unit of [`SENT_AT`].
+pub fn unix_nanos_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}

@@ -1,0 +1,24 @@
+//! logdist: a weighted log distributor on NATS.
+//!
+//! This crate holds what the three binaries (`distributor`, `analyzer`, `agent-sim`) share: the
+//! wire contract ([`wire`], [`headers`], [`control`], [`stats`]), the names of subjects and
+//! buckets ([`names`]), NATS connection set-up ([`connect`], [`buckets`]), shutdown handling
+//! ([`shutdown`]) and logging ([`logging`]). With the `testing` feature it also provides the
+//! real-nats-server test harness ([`testing`]).
+
+pub mod buckets;
+pub mod connect;
+pub mod control;
+pub mod headers;
+pub mod logging;
+pub mod names;
+pub mod shutdown;
+pub mod stats;
+pub mod wire;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use connect::{connect, Connection, NatsArgs};
+pub use names::Names;
+pub use wire::{LogRecord, Packet, PacketError, PacketValidator, RecordError, Severity};

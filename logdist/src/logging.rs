@@ -1,0 +1,14 @@
+//! Diagnostics set-up shared by the binaries: `tracing` to stderr, filtered by `RUST_LOG`
+//! (default `info`), so stdout stays for what the user asked to see.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. Call once at the top of `main`.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,777 @@
+//! The log-packet wire contract: what agents publish on the ingest subjects and how it is
+//! validated (see `docs/protocol.md`).
+//!
+//! A payload is one JSON log object or a JSON array of them (a *packet*). A log object has
+//! `timestamp` (integer epoch or RFC 3339 string), `severity` (TRACE, DEBUG, INFO, WARN/WARNING,
+//! ERROR, FATAL/CRITICAL, any case), `source` (non-empty string) and `message` (string); any other
+//! field is allowed and kept, because payload bytes are forwarded unchanged.
+//!
+//! [`PacketValidator::parse`] checks a payload once and borrows everything from it: valid records
+//! carry their raw JSON bytes so a distributor can forward them untouched, invalid ones carry
+//! their index and a [`RecordError`] so they can be dead-lettered one by one. A payload that cannot
+//! be read as a packet at all is a [`PacketError`]. Every error has a stable machine-readable
+//! [`code`](PacketError::code) (for counters and the `Logdist-Error-Code` header) and a sentence
+//! for people (its `Display`).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Default largest payload, in bytes, that a distributor accepts: 8 MiB, the `max_payload` that
+/// `nats.conf` sets, so any packet the server accepts is also accepted here.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 8 * 1024 * 1024;
+
+/// Severity of one log message. Parsing is case-insensitive and accepts the aliases `WARNING`
+/// (for WARN) and `CRITICAL` (for FATAL) that common log libraries emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    /// All severities, least severe first (the order of analyzer reports).
+    pub const ALL: [Severity; 6] = [
+        Severity::Trace,
+        Severity::Debug,
+        Severity::Info,
+        Severity::Warn,
+        Severity::Error,
+        Severity::Fatal,
+    ];
+
+    /// Parses a severity name, ignoring ASCII case. `None` for anything else.
+    pub fn parse(name: &str) -> Option<Severity> {
+        const NAMES: [(&str, Severity); 8] = [
+            ("TRACE", Severity::Trace),
+            ("DEBUG", Severity::Debug),
+            ("INFO", Severity::Info),
+            ("WARN", Severity::Warn),
+            ("WARNING", Severity::Warn),
+            ("ERROR", Severity::Error),
+            ("FATAL", Severity::Fatal),
+            ("CRITICAL", Severity::Fatal),
+        ];
+        NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|&(_, s)| s)
+    }
+
+    /// The canonical upper-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Trace => "TRACE",
+            Severity::Debug => "DEBUG",
+            Severity::Info => "INFO",
+            Severity::Warn => "WARN",
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+
+    /// Position in [`Severity::ALL`], for per-severity counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When a log message happened, as the agent wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timestamp {
+    /// An integer epoch (the unit is the agent's: seconds, milliseconds…; not interpreted).
+    Epoch(i64),
+    /// An RFC 3339 date-time, as unix nanoseconds.
+    UnixNanos(i128),
+}
+
+/// One valid log message, borrowed from the payload it came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord<'a> {
+    pub timestamp: Timestamp,
+    pub severity: Severity,
+    pub source: Cow<'a, str>,
+    pub message: Cow<'a, str>,
+    /// The record's exact JSON text in the payload, extra fields included.
+    pub raw: &'a str,
+}
+
+/// Why a whole payload is not a packet. Nothing in such a payload is routed: it is dead-lettered
+/// whole with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    #[error("payload is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("payload is not valid UTF-8 (invalid byte at offset {offset})")]
+    NotUtf8 { offset: usize },
+    #[error("payload is not JSON: {detail}")]
+    NotJson { detail: String },
+    #[error("payload is JSON {found}, expected a log object or an array of log objects")]
+    WrongShape { found: &'static str },
+    #[error("payload is an empty array: a packet needs at least one log message")]
+    Empty,
+    /// A payload that is a single log object, and that object is invalid.
+    #[error("{0}")]
+    Record(RecordError),
+}
+
+impl PacketError {
+    /// Stable short name of the reason, for counters and the `Logdist-Error-Code` header.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PacketError::TooLarge { .. } => "too_large",
+            PacketError::NotUtf8 { .. } => "not_utf8",
+            PacketError::NotJson { .. } => "not_json",
+            PacketError::WrongShape { .. } => "wrong_shape",
+            PacketError::Empty => "empty_packet",
+            PacketError::Record(e) => e.code(),
+        }
+    }
+}
+
+/// Why one log object (alone or inside a packet) is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("log message is JSON {found}, expected an object")]
+    NotAnObject { found: &'static str },
+    #[error("log message has no `{field}` field")]
+    MissingField { field: &'static str },
+    #[error("field `{field}` must be {expected}, got {found}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("field `severity` is {value:?}, expected one of TRACE, DEBUG, INFO, WARN, WARNING, ERROR, FATAL, CRITICAL")]
+    UnknownSeverity { value: String },
+    #[error("field `source` is empty")]
+    EmptySource,
+    #[error("field `timestamp` is {value:?}, which is not an RFC 3339 date-time")]
+    BadTimestamp { value: String },
+    #[error("log message is not valid JSON: {detail}")]
+    Malformed { detail: String },
+}
+
+impl RecordError {
+    /// Stable short name of the reason, for counters and the `Logdist-Error-Code` header.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RecordError::NotAnObject { .. } => "not_an_object",
+            RecordError::MissingField { .. } => "missing_field",
+            RecordError::WrongType { .. } => "wrong_type",
+            RecordError::UnknownSeverity { .. } => "unknown_severity",
+            RecordError::EmptySource => "empty_source",
+            RecordError::BadTimestamp { .. } => "bad_timestamp",
+            RecordError::Malformed { .. } => "malformed",
+        }
+    }
+}
+
+/// One element of a packet that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRecord<'a> {
+    /// Position in the packet (0 for a single-object payload).
+    pub index: usize,
+    /// The element's exact JSON text.
+    pub raw: &'a str,
+    pub error: RecordError,
+}
+
+/// Whether the payload was one object or an array; a distributor forwards a fully valid payload
+/// as it came, whatever its form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketForm {
+    Object,
+    Array,
+}
+
+/// A payload that is a packet: its valid records and its invalid elements, in payload order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet<'a> {
+    pub form: PacketForm,
+    pub records: Vec<LogRecord<'a>>,
+    pub invalid: Vec<InvalidRecord<'a>>,
+}
+
+impl<'a> Packet<'a> {
+    /// Number of elements in the payload, valid or not.
+    pub fn len(&self) -> usize {
+        self.records.len() + self.invalid.len()
+    }
+
+    /// Always false: an empty array is a [`PacketError::Empty`].
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when every element is valid, so the payload can be forwarded byte for byte.
+    pub fn is_fully_valid(&self) -> bool {
+        self.invalid.is_empty()
+    }
+
+    /// The valid records as a JSON array, for forwarding the valid part of a mixed packet.
+    pub fn valid_json_array(&self) -> String {
+        let len = self.records.iter().map(|r| r.raw.len() + 1).sum::<usize>() + 2;
+        let mut out = String::with_capacity(len);
+        out.push('[');
+        for (i, record) in self.records.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(record.raw);
+        }
+        out.push(']');
+        out
+    }
+}
+
+/// Validates payloads against the wire contract. Cheap to copy; holds only the size limit.
+#[derive(Debug, Clone, Copy)]
+pub struct PacketValidator {
+    max_bytes: usize,
+}
+
+impl Default for PacketValidator {
+    fn default() -> Self {
+        PacketValidator::new(DEFAULT_MAX_PACKET_BYTES)
+    }
+}
+
+impl PacketValidator {
+    /// A validator that rejects payloads larger than `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        PacketValidator { max_bytes }
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Parses and validates one payload. See the module docs for the rules.
+    pub fn parse<'a>(&self, payload: &'a [u8]) -> Result<Packet<'a>, PacketError> {
+        if payload.len() > self.max_bytes {
+            return Err(PacketError::TooLarge {
+                size: payload.len(),
+                limit: self.max_bytes,
+            });
+        }
+        let text = std::str::from_utf8(payload).map_err(|e| PacketError::NotUtf8 {
+            offset: e.valid_up_to(),
+        })?;
+        let first = text
+            .bytes()
+            .find(|b| !b.is_ascii_whitespace())
+            .ok_or_else(|| PacketError::NotJson {
+                detail: "payload is empty".to_string(),
+            })?;
+        match first {
+            b'{' => {
+                let raw: &RawValue = serde_json::from_str(text).map_err(not_json)?;
+                match parse_record(raw.get()) {
+                    Ok(record) => Ok(Packet {
+                        form: PacketForm::Object,
+                        records: vec![record],
+                        invalid: Vec::new(),
+                    }),
+                    Err(error) => Err(PacketError::Record(error)),
+                }
+            }
+            b'[' => {
+                let elements: Vec<&RawValue> = serde_json::from_str(text).map_err(not_json)?;
+                if elements.is_empty() {
+                    return Err(PacketError::Empty);
+                }
+                let mut records = Vec::with_capacity(elements.len());
+                let mut invalid = Vec::new();
+                for (index, element) in elements.iter().enumerate() {
+                    let raw = element.get();
+                    match parse_record(raw) {
+                        Ok(record) => records.push(record),
+                        Err(error) => invalid.push(InvalidRecord { index, raw, error }),
+                    }
+                }
+                Ok(Packet {
+                    form: PacketForm::Array,
+                    records,
+                    invalid,
+                })
+            }
+            _ => {
+                // Not an object or array: tell which JSON kind it is, or that it is not JSON.
+                let value: serde_json::Value = serde_json::from_str(text).map_err(not_json)?;
+                Err(PacketError::WrongShape {
+                    found: json_kind(&value),
+                })
+            }
+        }
+    }
+}
+
+fn not_json(e: serde_json::Error) -> PacketError {
+    PacketError::NotJson {
+        detail: e.to_string(),
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Validates one element's JSON text (already known to be well-formed JSON).
+fn parse_record(raw: &str) -> Result<LogRecord<'_>, RecordError> {
+    let first = raw.as_bytes().first().copied().unwrap_or(b' ');
+    if first != b'{' {
+        let found = match first {
+            b'[' => "an array",
+            b'"' => "a string",
+            b'n' => "null",
+            b't' | b'f' => "a boolean",
+            _ => "a number",
+        };
+        return Err(RecordError::NotAnObject { found });
+    }
+    let fields: RecordFields<'_> =
+        serde_json::from_str(raw).map_err(|e| RecordError::Malformed {
+            detail: e.to_string(),
+        })?;
+    let timestamp = match fields.timestamp {
+        Scalar::Absent => return Err(RecordError::MissingField { field: "timestamp" }),
+        Scalar::Int(n) => Timestamp::Epoch(n),
+        Scalar::Str(s) => {
+            let parsed =
+                time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| RecordError::BadTimestamp {
+                        value: s.clone().into_owned(),
+                    })?;
+            Timestamp::UnixNanos(parsed.unix_timestamp_nanos())
+        }
+        other => {
+            return Err(RecordError::WrongType {
+                field: "timestamp",
+                expected: "an integer epoch or an RFC 3339 string",
+                found: other.kind(),
+            })
+        }
+    };
+    let severity = match fields.severity {
+        Scalar::Absent => return Err(RecordError::MissingField { field: "severity" }),
+        Scalar::Str(s) => Severity::parse(&s).ok_or_else(|| RecordError::UnknownSeverity {
+            value: s.into_owned(),
+        })?,
+        other => {
+            return Err(RecordError::WrongType {
+                field: "severity",
+                expected: "a string",
+                found: other.kind(),
+            })
+        }
+    };
+    let source = expect_string("source", fields.source)?;
+    if source.is_empty() {
+        return Err(RecordError::EmptySource);
+    }
+    let message = expect_string("message", fields.message)?;
+    Ok(LogRecord {
+        timestamp,
+        severity,
+        source,
+        message,
+        raw,
+    })
+}
+
+fn expect_string<'a>(field: &'static str, value: Scalar<'a>) -> Result<Cow<'a, str>, RecordError> {
+    match value {
+        Scalar::Absent => Err(RecordError::MissingField { field }),
+        Scalar::Str(s) => Ok(s),
+        other => Err(RecordError::WrongType {
+            field,
+            expected: "a string",
+            found: other.kind(),
+        }),
+    }
+}
+
+/// The four contract fields of a log object; other fields are skipped without being built.
+#[derive(Deserialize)]
+struct RecordFields<'a> {
+    #[serde(borrow, default)]
+    timestamp: Scalar<'a>,
+    #[serde(borrow, default)]
+    severity: Scalar<'a>,
+    #[serde(borrow, default)]
+    source: Scalar<'a>,
+    #[serde(borrow, default)]
+    message: Scalar<'a>,
+}
+
+/// Any JSON value, reduced to what validation needs: integers and strings kept, the rest only
+/// named (so a wrong-typed field gets a precise reason without building the value). `Absent` is
+/// a field the object does not have (unlike `null`, which is a wrong type).
+#[derive(Default)]
+enum Scalar<'a> {
+    #[default]
+    Absent,
+    Int(i64),
+    Str(Cow<'a, str>),
+    Other(&'static str),
+}
+
+impl Scalar<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Scalar::Absent => "nothing",
+            Scalar::Int(_) => "an integer",
+            Scalar::Str(_) => "a string",
+            Scalar::Other(kind) => kind,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v)
+                    .map(Scalar::Int)
+                    .unwrap_or(Scalar::Other("an integer out of range")))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Other("a fractional number"))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Other("a boolean"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Other("null"))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other("an object"))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str =
+        r#"{"timestamp":1020,"severity":"WARN","source":"app","message":"hello world!"}"#;
+
+    fn parse(payload: &str) -> Result<Packet<'_>, PacketError> {
+        PacketValidator::default().parse(payload.as_bytes())
+    }
+
+    fn record_error(payload: &str) -> RecordError {
+        match parse(payload) {
+            Err(PacketError::Record(e)) => e,
+            other => panic!("expected a record error for {payload}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn single_object_is_a_one_message_packet() {
+        let packet = parse(HELLO).unwrap();
+        assert_eq!(packet.form, PacketForm::Object);
+        assert_eq!(packet.len(), 1);
+        let r = &packet.records[0];
+        assert_eq!(r.timestamp, Timestamp::Epoch(1020));
+        assert_eq!(r.severity, Severity::Warn);
+        assert_eq!(r.source, "app");
+        assert_eq!(r.message, "hello world!");
+        assert_eq!(r.raw, HELLO);
+    }
+
+    #[test]
+    fn array_of_objects_keeps_order_and_raw_text() {
+        let payload = format!("[{HELLO}, {HELLO} ]");
+        let packet = parse(&payload).unwrap();
+        assert_eq!(packet.form, PacketForm::Array);
+        assert_eq!(packet.records.len(), 2);
+        assert!(packet.is_fully_valid());
+        assert_eq!(packet.valid_json_array(), format!("[{HELLO},{HELLO}]"));
+    }
+
+    #[test]
+    fn empty_array_is_rejected() {
+        assert_eq!(parse("[]").unwrap_err(), PacketError::Empty);
+        assert_eq!(parse(" [ ] ").unwrap_err().code(), "empty_packet");
+    }
+
+    #[test]
+    fn extra_fields_are_kept_in_raw() {
+        let payload = r#"{"timestamp":1,"severity":"info","source":"a","message":"m","host":"h1","tags":{"k":[1,2]}}"#;
+        let packet = parse(payload).unwrap();
+        assert_eq!(packet.records[0].raw, payload);
+        assert_eq!(packet.records[0].severity, Severity::Info);
+    }
+
+    #[test]
+    fn rfc3339_timestamps_and_escaped_strings() {
+        let payload = r#"{"timestamp":"2026-11-25T10:00:00.5+01:00","severity":"Critical","source":"db\n1","message":"quote \" here"}"#;
+        let r = &parse(payload).unwrap().records[0];
+        assert_eq!(r.timestamp, Timestamp::UnixNanos(1_795_597_200_500_000_000));
+        assert_eq!(r.severity, Severity::Fatal);
+        assert_eq!(r.source, "db\n1");
+        assert_eq!(r.message, "quote \" here");
+    }
+
+    #[test]
+    fn every_severity_spelling_is_accepted() {
+        for (name, expected) in [
+            ("trace", Severity::Trace),
+            ("DEBUG", Severity::Debug),
+            ("Info", Severity::Info),
+            ("warn", Severity::Warn),
+            ("WARNING", Severity::Warn),
+            ("error", Severity::Error),
+            ("FATAL", Severity::Fatal),
+            ("critical", Severity::Fatal),
+        ] {
+            let payload =
+                format!(r#"{{"timestamp":1,"severity":"{name}","source":"s","message":"m"}}"#);
+            assert_eq!(parse(&payload).unwrap().records[0].severity, expected);
+        }
+    }
+
+    #[test]
+    fn not_utf8() {
+        let err = PacketValidator::default()
+            .parse(b"{\"a\":\"\xff\"}")
+            .unwrap_err();
+        assert_eq!(err, PacketError::NotUtf8 { offset: 6 });
+        assert_eq!(err.code(), "not_utf8");
+    }
+
+    #[test]
+    fn not_json() {
+        for payload in ["hello", "{", "[1,", "", "   ", "{\"timestamp\":1}}"] {
+            let err = parse(payload).unwrap_err();
+            assert_eq!(err.code(), "not_json", "{payload:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_name_what_they_are() {
+        for (payload, found) in [
+            ("42", "a number"),
+            ("\"text\"", "a string"),
+            ("null", "null"),
+            ("true", "a boolean"),
+        ] {
+            assert_eq!(
+                parse(payload).unwrap_err(),
+                PacketError::WrongShape { found },
+                "{payload}"
+            );
+        }
+    }
+
+    #[test]
+    fn nested_arrays_and_non_objects_in_a_packet_are_invalid_elements() {
+        let payload = format!(r#"[[{HELLO}], 7, {HELLO}, "x", null]"#);
+        let packet = parse(&payload).unwrap();
+        assert_eq!(packet.records.len(), 1);
+        let found: Vec<_> = packet
+            .invalid
+            .iter()
+            .map(|i| (i.index, i.error.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (0, RecordError::NotAnObject { found: "an array" }),
+                (1, RecordError::NotAnObject { found: "a number" }),
+                (3, RecordError::NotAnObject { found: "a string" }),
+                (4, RecordError::NotAnObject { found: "null" }),
+            ]
+        );
+        assert_eq!(packet.invalid[0].raw, format!("[{HELLO}]"));
+    }
+
+    #[test]
+    fn missing_fields() {
+        for field in ["timestamp", "severity", "source", "message"] {
+            let mut value: serde_json::Value = serde_json::from_str(HELLO).unwrap();
+            value.as_object_mut().unwrap().remove(field);
+            let err = record_error(&value.to_string());
+            assert_eq!(err, RecordError::MissingField { field });
+            assert_eq!(
+                err.to_string(),
+                format!("log message has no `{field}` field")
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_typed_fields() {
+        let cases = [
+            (
+                r#"{"timestamp":1.5,"severity":"INFO","source":"s","message":"m"}"#,
+                "timestamp",
+                "a fractional number",
+            ),
+            (
+                r#"{"timestamp":true,"severity":"INFO","source":"s","message":"m"}"#,
+                "timestamp",
+                "a boolean",
+            ),
+            (
+                r#"{"timestamp":1,"severity":3,"source":"s","message":"m"}"#,
+                "severity",
+                "an integer",
+            ),
+            (
+                r#"{"timestamp":1,"severity":"INFO","source":null,"message":"m"}"#,
+                "source",
+                "null",
+            ),
+            (
+                r#"{"timestamp":1,"severity":"INFO","source":"s","message":{"a":1}}"#,
+                "message",
+                "an object",
+            ),
+            (
+                r#"{"timestamp":1,"severity":"INFO","source":"s","message":["a"]}"#,
+                "message",
+                "an array",
+            ),
+        ];
+        for (payload, field, found) in cases {
+            match record_error(payload) {
+                RecordError::WrongType {
+                    field: f, found: k, ..
+                } => {
+                    assert_eq!((f, k), (field, found), "{payload}")
+                }
+                other => panic!("{payload}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_severity_empty_source_bad_timestamp() {
+        let err = record_error(r#"{"timestamp":1,"severity":"LOUD","source":"s","message":"m"}"#);
+        assert_eq!(
+            err,
+            RecordError::UnknownSeverity {
+                value: "LOUD".into()
+            }
+        );
+        assert_eq!(err.code(), "unknown_severity");
+        let err = record_error(r#"{"timestamp":1,"severity":"INFO","source":"","message":"m"}"#);
+        assert_eq!(err, RecordError::EmptySource);
+        let err = record_error(
+            r#"{"timestamp":"yesterday","severity":"INFO","source":"s","message":"m"}"#,
+        );
+        assert_eq!(err.code(), "bad_timestamp");
+    }
+
+    #[test]
+    fn over_the_size_limit() {
+        let err = PacketValidator::new(10)
+            .parse(HELLO.as_bytes())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            PacketError::TooLarge {
+                size: HELLO.len(),
+                limit: 10
+            }
+        );
+        assert_eq!(err.code(), "too_large");
+    }
+
+    #[test]
+    fn mixed_packet_keeps_valid_records_and_indexes_invalid_ones() {
+        let bad = r#"{"timestamp":1,"severity":"NOPE","source":"s","message":"m"}"#;
+        let payload = format!("[{HELLO},{bad},{HELLO}]");
+        let packet = parse(&payload).unwrap();
+        assert_eq!(packet.records.len(), 2);
+        assert_eq!(packet.invalid.len(), 1);
+        assert_eq!(packet.invalid[0].index, 1);
+        assert_eq!(packet.invalid[0].raw, bad);
+        assert_eq!(packet.valid_json_array(), format!("[{HELLO},{HELLO}]"));
+    }
+
+    #[test]
+    fn every_reason_has_a_distinct_code() {
+        let codes = [
+            PacketError::TooLarge { size: 2, limit: 1 }.code(),
+            PacketError::NotUtf8 { offset: 0 }.code(),
+            PacketError::NotJson {
+                detail: String::new(),
+            }
+            .code(),
+            PacketError::WrongShape { found: "null" }.code(),
+            PacketError::Empty.code(),
+            RecordError::NotAnObject { found: "null" }.code(),
+            RecordError::MissingField { field: "source" }.code(),
+            RecordError::WrongType {
+                field: "source",
+                expected: "",
+                found: "",
+            }
+            .code(),
+            RecordError::UnknownSeverity {
+                value: String::new(),
+            }
+            .code(),
+            RecordError::EmptySource.code(),
+            RecordError::BadTimestamp {
+                value: String::new(),
+            }
+            .code(),
+            RecordError::Malformed {
+                detail: String::new(),
+            }
+            .code(),
+        ];
+        let unique: std::collections::HashSet<_> = codes.iter().collect();
+        assert_eq!(unique.len(), codes.len());
+    }
+}
