@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -346,27 +346,21 @@ impl Drop for NatsCluster {
 }
 
 /// Path of one of the workspace's binaries (`distributor`, `analyzer`, `agent-sim`), built first
-/// with `cargo build` (once per test process) so a test never runs a stale binary.
+/// with `cargo build --bin <name>` (once per name and test process) so a test never runs a stale
+/// binary. Inside `cargo test --workspace` the build is already done and this is a no-op.
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "--bin",
-                "distributor",
-                "--bin",
-                "analyzer",
-                "--bin",
-                "agent-sim",
-            ])
+            .args(["build", "--quiet", "--bin", name])
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build of the binaries failed");
-    });
+        assert!(status.success(), "cargo build --bin {name} failed");
+        built.push(name.to_string());
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
