@@ -1,1 +1,39 @@
-fn main() {}
+//! `distributor`: parses the command line, sets up logging and the runtime, and runs the
+//! subcommand from the library. Exit codes: 0 ok, 1 runtime failure, 2 bad usage (from clap).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use distributor::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logdist::logging::init();
+    match run(cli.into_command()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("distributor: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = logdist::shutdown::on_signal();
+        match command {
+            Command::Run(args) => distributor::service::run(args, shutdown)
+                .await
+                .context("distributor failed"),
+            Command::Stats(args) => distributor::report::run(args, shutdown)
+                .await
+                .context("distributor stats failed"),
+        }
+    })
+}

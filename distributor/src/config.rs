@@ -1,0 +1,228 @@
+//! Command line of the `distributor` binary: one `clap` derive struct per subcommand, every flag
+//! with an environment fallback and its default in the help text.
+//!
+//! `distributor` alone is `distributor run`: the run flags are accepted at the top level too.
+
+use std::time::Duration;
+
+use clap::builder::TypedValueParser as _;
+use clap::{Args, Parser, Subcommand};
+use logdist::{Names, NatsArgs};
+
+use crate::hold_queue::{DEFAULT_MAX_BYTES, DEFAULT_MAX_PACKETS};
+use crate::membership::DEFAULT_TIMEOUT_FACTOR;
+
+/// Routes log packets from the ingest subjects to weighted analyzers, balancing log messages.
+#[derive(Debug, Parser)]
+#[command(
+    name = "distributor",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit codes: 0 ok, 1 runtime failure (e.g. NATS refused the credentials), 2 bad usage.\nLogs go to stderr, filtered by RUST_LOG (default info)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Flags of `run`, the default subcommand.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl Cli {
+    /// The subcommand to execute (`run` when none was given).
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.run))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the distributor (the default).
+    Run(RunArgs),
+    /// Print the routing shares of all replicas from the KV buckets.
+    Stats(StatsArgs),
+}
+
+/// Flags of `distributor run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub names: Names,
+
+    /// Replica id: names this replica in `Logdist-Distributor` headers and its stats key
+    /// `distributor.<id>`. Letters, digits, `-` and `_`. Default: `<hostname>-<pid>`.
+    #[arg(long, env = "DISTRIBUTOR_REPLICA_ID", value_name = "ID", value_parser = parse_replica_id)]
+    pub replica_id: Option<String>,
+
+    /// Largest payload accepted, in bytes; larger ones are dead-lettered (`too_large`).
+    /// Default 8388608 (8 MiB, the `max_payload` of nats.conf).
+    #[arg(long, env = "DISTRIBUTOR_MAX_PACKET_BYTES", value_name = "BYTES",
+          default_value_t = logdist::wire::DEFAULT_MAX_PACKET_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    pub max_packet_bytes: usize,
+
+    /// An analyzer instance is dropped when it sends nothing for this many times its announced
+    /// heartbeat interval. Default 3.
+    #[arg(long, env = "DISTRIBUTOR_HEARTBEAT_TIMEOUT_FACTOR", value_name = "N",
+          default_value_t = DEFAULT_TIMEOUT_FACTOR,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub heartbeat_timeout_factor: u32,
+
+    /// Most packets held while no analyzer is online; beyond it packets are dead-lettered
+    /// (`no_analyzer_online`). Default 10000.
+    #[arg(long, env = "DISTRIBUTOR_HOLD_MAX_PACKETS", value_name = "N",
+          default_value_t = DEFAULT_MAX_PACKETS,
+          value_parser = clap::value_parser!(u64).map(|v| v as usize))]
+    pub hold_max_packets: usize,
+
+    /// Most payload bytes held while no analyzer is online; beyond it packets are dead-lettered
+    /// (`no_analyzer_online`). Default 67108864 (64 MiB).
+    #[arg(long, env = "DISTRIBUTOR_HOLD_MAX_BYTES", value_name = "BYTES",
+          default_value_t = DEFAULT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).map(|v| v as usize))]
+    pub hold_max_bytes: usize,
+
+    /// How often this replica writes its counters to the stats bucket (10ms to 1s; the contract
+    /// asks for at least once a second). Default 1s.
+    #[arg(long, env = "DISTRIBUTOR_STATS_INTERVAL", value_name = "DURATION",
+          default_value = "1s", value_parser = parse_stats_interval)]
+    pub stats_interval: Duration,
+}
+
+impl RunArgs {
+    /// The replica id given, or `<hostname>-<pid>` made key-safe.
+    pub fn replica_id(&self) -> String {
+        self.replica_id.clone().unwrap_or_else(default_replica_id)
+    }
+}
+
+/// `<hostname>-<pid>` as a KV key token.
+pub fn default_replica_id() -> String {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "distributor".to_string());
+    logdist::stats::key_token(&format!("{host}-{}", std::process::id()))
+}
+
+/// Flags of `distributor stats`.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub names: Names,
+
+    /// Keep printing the table every --interval until Ctrl-C.
+    #[arg(long, env = "DISTRIBUTOR_STATS_WATCH")]
+    pub watch: bool,
+
+    /// Print JSON (one object per refresh) instead of a table.
+    #[arg(long, env = "DISTRIBUTOR_STATS_JSON")]
+    pub json: bool,
+
+    /// Refresh interval of --watch (100ms to 1h). Default 1s.
+    #[arg(long, env = "DISTRIBUTOR_STATS_REFRESH", value_name = "DURATION",
+          default_value = "1s", value_parser = parse_refresh)]
+    pub interval: Duration,
+}
+
+fn parse_replica_id(raw: &str) -> Result<String, String> {
+    logdist::control::validate_name("replica id", raw)
+        .map(|()| raw.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_duration_in(raw: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw)
+        .map_err(|e| format!("{raw:?} is not a duration like 500ms or 2s: {e}"))?;
+    if d < min || d > max {
+        return Err(format!(
+            "{} is out of range {}..={}",
+            humantime::format_duration(d),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_stats_interval(raw: &str) -> Result<Duration, String> {
+    parse_duration_in(raw, Duration::from_millis(10), Duration::from_secs(1))
+}
+
+fn parse_refresh(raw: &str) -> Result<Duration, String> {
+    parse_duration_in(raw, Duration::from_millis(100), Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_means_run_with_top_level_flags() {
+        let cli = Cli::try_parse_from([
+            "distributor",
+            "--replica-id",
+            "r1",
+            "--hold-max-packets",
+            "5",
+        ])
+        .unwrap();
+        match cli.into_command() {
+            Command::Run(args) => {
+                assert_eq!(args.replica_id(), "r1");
+                assert_eq!(args.hold_max_packets, 5);
+                assert_eq!(args.stats_interval, Duration::from_secs(1));
+                assert_eq!(args.heartbeat_timeout_factor, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stats_subcommand_flags() {
+        let cli = Cli::try_parse_from(["distributor", "stats", "--watch", "--interval", "250ms"])
+            .unwrap();
+        match cli.into_command() {
+            Command::Stats(args) => {
+                assert!(args.watch && !args.json);
+                assert_eq!(args.interval, Duration::from_millis(250));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["distributor", "--replica-id", "a.b"][..],
+            &["distributor", "--stats-interval", "5s"],
+            &["distributor", "--heartbeat-timeout-factor", "0"],
+            &["distributor", "stats", "--interval", "1ms"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn default_replica_id_is_key_safe() {
+        let id = default_replica_id();
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(id.ends_with(&std::process::id().to_string()));
+    }
+}

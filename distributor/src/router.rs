@@ -1,0 +1,227 @@
+//! [`Router`]: the routing table of one replica. It maps the [`WeightedSelector`]'s indices to
+//! analyzer ids and subjects, starts a new epoch on every membership change, and keeps the
+//! per-analyzer counters (all-time and since the epoch) that the stats report.
+//!
+//! Synchronous and allocation-free per packet: [`route`](Router::route) is one O(k) choice and a
+//! few counter increments, and hands back the pre-built subject to publish to.
+
+use std::collections::BTreeMap;
+
+use async_nats::Subject;
+use logdist::stats::{unix_millis_now, RouteStats};
+
+use crate::selector::WeightedSelector;
+
+/// Counters of what one replica routed to one analyzer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteCounters {
+    pub messages: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub epoch_messages: u64,
+    pub epoch_packets: u64,
+}
+
+/// One analyzer online now.
+#[derive(Debug, Clone)]
+struct Route {
+    id: String,
+    subject: Subject,
+    weight: f64,
+    counters: RouteCounters,
+}
+
+/// Routing table of one replica; see the module docs.
+#[derive(Debug)]
+pub struct Router {
+    analyzer_prefix: String,
+    selector: WeightedSelector,
+    /// Online analyzers, in the selector's index order (sorted by id).
+    routes: Vec<Route>,
+    /// All-time counters of analyzers that went offline (kept so stats still add up).
+    departed: BTreeMap<String, RouteCounters>,
+    epoch: u64,
+    epoch_started_ms: u64,
+    routed_messages: u64,
+}
+
+impl Router {
+    /// An empty table; analyzer `<id>` is reached at `<analyzer_prefix>.<id>`.
+    pub fn new(analyzer_prefix: &str) -> Self {
+        Router {
+            analyzer_prefix: analyzer_prefix.to_string(),
+            selector: WeightedSelector::new(),
+            routes: Vec::new(),
+            departed: BTreeMap::new(),
+            epoch: 0,
+            epoch_started_ms: unix_millis_now(),
+            routed_messages: 0,
+        }
+    }
+
+    /// Replaces the online analyzers and their weights and starts a new epoch (shares restart,
+    /// nobody is owed anything). Counters of analyzers that stay are kept; those of analyzers
+    /// that left move to the departed table.
+    pub fn set_members<'a>(&mut self, members: impl IntoIterator<Item = (&'a str, f64)>) {
+        let mut old: BTreeMap<String, RouteCounters> =
+            self.routes.drain(..).map(|r| (r.id, r.counters)).collect();
+        for (id, weight) in members {
+            let mut counters = old
+                .remove(id)
+                .or_else(|| self.departed.remove(id))
+                .unwrap_or_default();
+            counters.epoch_messages = 0;
+            counters.epoch_packets = 0;
+            self.routes.push(Route {
+                id: id.to_string(),
+                subject: Subject::from(format!("{}.{}", self.analyzer_prefix, id)),
+                weight,
+                counters,
+            });
+        }
+        for (id, mut counters) in old {
+            counters.epoch_messages = 0;
+            counters.epoch_packets = 0;
+            self.departed.insert(id, counters);
+        }
+        let weights: Vec<f64> = self.routes.iter().map(|r| r.weight).collect();
+        self.selector.set_weights(&weights);
+        self.epoch += 1;
+        self.epoch_started_ms = unix_millis_now();
+    }
+
+    /// True when no analyzer is online (packets must be held).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Picks the analyzer for a packet of `messages` messages and `bytes` bytes, counts it, and
+    /// returns the analyzer's subject; `None` when no analyzer is online.
+    #[inline]
+    pub fn route(&mut self, messages: u64, bytes: usize) -> Option<&Subject> {
+        let i = self.selector.pick(messages)?;
+        let route = &mut self.routes[i];
+        let c = &mut route.counters;
+        c.messages += messages;
+        c.packets += 1;
+        c.bytes += bytes as u64;
+        c.epoch_messages += messages;
+        c.epoch_packets += 1;
+        self.routed_messages += messages;
+        Some(&route.subject)
+    }
+
+    /// Membership changes applied since start.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// When the current epoch began, unix milliseconds.
+    pub fn epoch_started_ms(&self) -> u64 {
+        self.epoch_started_ms
+    }
+
+    /// Messages routed since start.
+    pub fn routed_messages(&self) -> u64 {
+        self.routed_messages
+    }
+
+    /// Counters of analyzer `id` (online or departed).
+    pub fn counters(&self, id: &str) -> Option<RouteCounters> {
+        self.routes
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.counters)
+            .or_else(|| self.departed.get(id).copied())
+    }
+
+    /// Per-analyzer stats, by id: online analyzers with their target shares, and departed ones
+    /// (offline, target 0) with their all-time counts.
+    pub fn route_stats(&self) -> BTreeMap<String, RouteStats> {
+        let total = self.routed_messages.max(1) as f64;
+        let epoch_total = self.selector.total().max(1) as f64;
+        let mut out = BTreeMap::new();
+        for (id, c) in &self.departed {
+            out.insert(
+                id.clone(),
+                RouteStats {
+                    online: false,
+                    weight: 0.0,
+                    target_share: 0.0,
+                    messages: c.messages,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    actual_share: c.messages as f64 / total,
+                    epoch_messages: 0,
+                    epoch_packets: 0,
+                    epoch_share: 0.0,
+                },
+            );
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let c = &r.counters;
+            out.insert(
+                r.id.clone(),
+                RouteStats {
+                    online: true,
+                    weight: r.weight,
+                    target_share: self.selector.target_share(i),
+                    messages: c.messages,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    actual_share: c.messages as f64 / total,
+                    epoch_messages: c.epoch_messages,
+                    epoch_packets: c.epoch_packets,
+                    epoch_share: c.epoch_messages as f64 / epoch_total,
+                },
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_to_prefixed_subjects_by_weight() {
+        let mut r = Router::new("analyzer");
+        assert!(r.route(1, 10).is_none());
+        r.set_members([("a", 3.0), ("b", 1.0)]);
+        let mut hits = BTreeMap::new();
+        for _ in 0..400 {
+            let s = r.route(1, 10).unwrap().to_string();
+            *hits.entry(s).or_insert(0) += 1;
+        }
+        assert_eq!(hits["analyzer.a"], 300);
+        assert_eq!(hits["analyzer.b"], 100);
+        let stats = r.route_stats();
+        assert_eq!(stats["a"].target_share, 0.75);
+        assert_eq!(stats["a"].bytes, 3000);
+        assert_eq!(stats["b"].epoch_share, 0.25);
+    }
+
+    #[test]
+    fn departed_analyzers_keep_all_time_counts_and_epoch_restarts() {
+        let mut r = Router::new("analyzer");
+        r.set_members([("a", 1.0), ("b", 1.0)]);
+        for _ in 0..10 {
+            r.route(5, 1);
+        }
+        assert_eq!(r.epoch(), 1);
+        r.set_members([("b", 1.0)]);
+        assert_eq!(r.epoch(), 2);
+        let stats = r.route_stats();
+        assert!(!stats["a"].online);
+        assert_eq!(stats["a"].messages, 25);
+        assert_eq!(stats["b"].epoch_messages, 0);
+        r.route(5, 1);
+        assert_eq!(r.counters("b").unwrap().messages, 30);
+        // a comes back: its all-time count resumes.
+        r.set_members([("a", 1.0), ("b", 1.0)]);
+        r.route(5, 1);
+        assert_eq!(r.counters("a").unwrap().messages, 30);
+        assert_eq!(r.routed_messages(), 60);
+    }
+}
