@@ -13,6 +13,7 @@ pub mod headers;
 pub mod logging;
 pub mod names;
 pub mod shutdown;
+pub mod snapshot;
 pub mod stats;
 pub mod wire;
 

@@ -1,11 +1,13 @@
 //! Diagnostics set-up shared by the binaries: `tracing` to stderr, filtered by `RUST_LOG`
-//! (default `info`), so stdout stays for what the user asked to see.
+//! (default `info`, with the NATS client's own chatter at `warn`), so stdout stays for what the
+//! user asked to see.
 
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Call once at the top of `main`.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

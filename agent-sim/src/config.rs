@@ -1,0 +1,222 @@
+//! Command-line configuration of agent-sim: one `clap` derive struct, every flag with an env
+//! fallback, plus the value types it parses (`PacketSize`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use logdist::{Names, NatsArgs};
+
+/// Simulates many log agents publishing realistic log packets to logdist, shows live progress,
+/// and (with --verify) checks what the pipeline did with them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "agent-sim", version, about, long_about = None)]
+#[command(
+    after_help = "Exit codes: 0 ok (and, with --verify, within limits); 1 runtime failure \
+or --verify found loss or deviation over the limits; 2 bad usage.\n\n\
+Example: agent-sim --agents 50 --packet-size 1..200 --rate 50000 --duration 30s --verify"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub names: Names,
+
+    /// Number of simulated agents; each publishes to `<ingest-subject>.<agent-id>`.
+    #[arg(long, env = "SIM_AGENTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub agents: u32,
+
+    /// Messages per packet: a number (`100`) or an inclusive range (`1..200`), drawn uniformly.
+    #[arg(long, env = "SIM_PACKET_SIZE", default_value = "100")]
+    pub packet_size: PacketSize,
+
+    /// Total log messages per second over all agents; 0 sends as fast as possible.
+    #[arg(long, env = "SIM_RATE", default_value_t = 10_000)]
+    pub rate: u64,
+
+    /// How long to send (e.g. `30s`, `2m`). Ignored when --count is given.
+    #[arg(long, env = "SIM_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Send exactly this many log messages, then stop (instead of --duration).
+    #[arg(long, env = "SIM_COUNT")]
+    pub count: Option<u64>,
+
+    /// Share of packets (0 to 1) sent malformed on purpose, to exercise the dead-letter path.
+    #[arg(long, env = "SIM_INVALID_RATIO", default_value_t = 0.0, value_parser = parse_ratio)]
+    pub invalid_ratio: f64,
+
+    /// NATS connections shared by the agents (agents are spread over them round-robin).
+    #[arg(long, env = "SIM_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub connections: u32,
+
+    /// Prefix of agent ids: agents are `<prefix>-0`, `<prefix>-1`, …
+    #[arg(long, env = "SIM_AGENT_PREFIX", default_value = "sim")]
+    pub agent_prefix: String,
+
+    /// After sending, wait until the pipeline is quiet, read the analyzers' own counters and
+    /// report shares, loss and dead letters.
+    #[arg(long, env = "SIM_VERIFY")]
+    pub verify: bool,
+
+    /// With --verify: the largest acceptable loss, in percent of valid messages sent.
+    #[arg(long, env = "SIM_MAX_LOSS", default_value_t = 0.0)]
+    pub max_loss: f64,
+
+    /// With --verify: the largest acceptable |received % − target %| of any analyzer, in
+    /// percentage points.
+    #[arg(long, env = "SIM_MAX_DEVIATION", default_value_t = 0.5)]
+    pub max_deviation: f64,
+
+    /// With --verify: the pipeline counts as quiet when no counter moved for this long. Make it
+    /// longer than the analyzers' --report-interval.
+    #[arg(long, env = "SIM_QUIET_PERIOD", default_value = "6s", value_parser = humantime::parse_duration)]
+    pub quiet_period: Duration,
+
+    /// With --verify: give up waiting for the counters after this long.
+    #[arg(long, env = "SIM_VERIFY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub verify_timeout: Duration,
+
+    /// Print the final report as JSON on stdout (progress still goes to stderr).
+    #[arg(long, env = "SIM_JSON")]
+    pub json: bool,
+
+    /// Seed of the content generator, for repeatable runs.
+    #[arg(long, env = "SIM_SEED", default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl Config {
+    /// Checks what clap cannot: the agent prefix becomes part of a subject.
+    pub fn validate(&self) -> Result<(), String> {
+        logdist::control::validate_name("agent prefix", &self.agent_prefix)
+            .map_err(|e| format!("--agent-prefix: {e}"))?;
+        if self.count == Some(0) {
+            return Err("--count must be at least 1".into());
+        }
+        if !(self.max_loss.is_finite() && self.max_loss >= 0.0) {
+            return Err(format!(
+                "--max-loss must be a percentage >= 0, got {}",
+                self.max_loss
+            ));
+        }
+        if !(self.max_deviation.is_finite() && self.max_deviation >= 0.0) {
+            return Err(format!(
+                "--max-deviation must be percentage points >= 0, got {}",
+                self.max_deviation
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not between 0 and 1"))
+    }
+}
+
+/// Messages per packet: fixed, or drawn uniformly from an inclusive range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketSize {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl PacketSize {
+    pub fn fixed(n: u32) -> Self {
+        PacketSize { min: n, max: n }
+    }
+}
+
+impl fmt::Display for PacketSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}..{}", self.min, self.max)
+        }
+    }
+}
+
+impl FromStr for PacketSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |s: &str| -> Result<u32, String> {
+            s.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{s:?} is not a whole number"))
+        };
+        let (min, max) = match text.split_once("..") {
+            Some((a, b)) => (number(a)?, number(b.strip_prefix('=').unwrap_or(b))?),
+            None => {
+                let n = number(text)?;
+                (n, n)
+            }
+        };
+        if min == 0 {
+            return Err("packets need at least 1 message".into());
+        }
+        if min > max {
+            return Err(format!("range {min}..{max} is empty"));
+        }
+        if max > 100_000 {
+            return Err(format!(
+                "{max} messages per packet is over the limit of 100000"
+            ));
+        }
+        Ok(PacketSize { min, max })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_size_forms() {
+        assert_eq!("100".parse::<PacketSize>().unwrap(), PacketSize::fixed(100));
+        assert_eq!(
+            "1..200".parse::<PacketSize>().unwrap(),
+            PacketSize { min: 1, max: 200 }
+        );
+        assert_eq!(
+            "5..=9".parse::<PacketSize>().unwrap(),
+            PacketSize { min: 5, max: 9 }
+        );
+        for bad in ["0", "10..2", "x", "1..", "200000"] {
+            assert!(bad.parse::<PacketSize>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let config = Config::try_parse_from(["agent-sim"]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.agents, 10);
+        assert_eq!(config.nats.nats_url, logdist::connect::DEFAULT_NATS_URL);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            vec!["agent-sim", "--invalid-ratio", "1.5"],
+            vec!["agent-sim", "--agents", "0"],
+            vec!["agent-sim", "--packet-size", "0"],
+            vec!["agent-sim", "--duration", "soon"],
+        ] {
+            let err = Config::try_parse_from(&args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+        let config = Config::try_parse_from(["agent-sim", "--agent-prefix", "a.b"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--agent-prefix"));
+    }
+}
