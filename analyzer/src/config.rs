@@ -1,0 +1,257 @@
+//! The analyzer's command line: one `clap` derive struct, every flag with an env fallback.
+//!
+//! Each value is checked while it is parsed (weight, id, instance, durations), so a bad value is
+//! a usage error from clap — a message naming the flag and exit code 2 — before anything touches
+//! the network.
+
+use std::time::Duration;
+
+use clap::Parser;
+use logdist::control::{self, MAX_INTERVAL_MS, MIN_INTERVAL_MS};
+use logdist::{Names, NatsArgs};
+
+/// Default number of recent `Logdist-Packet-Id`s remembered for de-duplication.
+pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
+
+/// Receives its share of log packets on `<prefix>.<id>`, analyzes them (severities, sources,
+/// error rate, end-to-end latency), announces itself to the distributors with heartbeats, and
+/// writes its own counters to the stats bucket under `analyzer.<id>.<instance>`.
+///
+/// Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 on a runtime failure, 2 on bad usage.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "analyzer", version)]
+pub struct AnalyzerConfig {
+    /// Analyzer id: the distributors route to `<prefix>.<id>`, and every instance started with
+    /// the same id shares that traffic. 1-64 characters of A-Z a-z 0-9 - _.
+    #[arg(long, env = "ANALYZER_ID", value_name = "ID", value_parser = parse_id)]
+    pub id: String,
+
+    /// Relative weight of this analyzer: its share of log messages is its weight divided by the
+    /// sum of the weights online. A finite number > 0, at most 1000000.
+    #[arg(
+        long,
+        env = "ANALYZER_WEIGHT",
+        value_name = "WEIGHT",
+        allow_negative_numbers = true,
+        value_parser = parse_weight
+    )]
+    pub weight: f64,
+
+    /// Name of this instance, unique among the instances of one id (part of its stats key).
+    /// Default: a random 8-character name.
+    #[arg(long, env = "ANALYZER_INSTANCE", value_name = "NAME", value_parser = parse_instance)]
+    pub instance: Option<String>,
+
+    /// How often to heartbeat on the control subject (10ms to 1h, e.g. `500ms`, `2s`). The
+    /// distributors drop an instance silent for 3 intervals.
+    #[arg(
+        long,
+        env = "ANALYZER_HEARTBEAT_INTERVAL",
+        value_name = "DURATION",
+        allow_negative_numbers = true,
+        default_value = "1s",
+        value_parser = parse_heartbeat_interval
+    )]
+    pub heartbeat_interval: Duration,
+
+    /// How often to print a summary line and write the counters to the stats bucket (at least
+    /// 10ms).
+    #[arg(
+        long,
+        env = "ANALYZER_REPORT_INTERVAL",
+        value_name = "DURATION",
+        allow_negative_numbers = true,
+        default_value = "5s",
+        value_parser = parse_report_interval
+    )]
+    pub report_interval: Duration,
+
+    /// Print each log message to stdout as it arrives (for manual tests; slow under load).
+    #[arg(long, env = "ANALYZER_PRINT")]
+    pub print: bool,
+
+    /// Simulated analysis cost per log message (e.g. `50us`), for load tests: the analyzer then
+    /// handles at most one message per this duration. Default 0: no added cost.
+    #[arg(
+        long,
+        env = "ANALYZER_WORK_PER_MESSAGE",
+        value_name = "DURATION",
+        allow_negative_numbers = true,
+        default_value = "0s",
+        value_parser = parse_duration
+    )]
+    pub work_per_message: Duration,
+
+    /// How many recent `Logdist-Packet-Id`s to remember for dropping redelivered packets
+    /// (at-least-once mode). The oldest is forgotten first.
+    #[arg(
+        long,
+        env = "ANALYZER_DEDUP_WINDOW",
+        value_name = "PACKETS",
+        default_value_t = DEFAULT_DEDUP_WINDOW,
+        value_parser = clap::value_parser!(usize)
+    )]
+    pub dedup_window: usize,
+
+    /// On shutdown, how long to wait for packets already delivered to be handed over and
+    /// analyzed, and for the final stats to be written.
+    #[arg(
+        long,
+        env = "ANALYZER_DRAIN_TIMEOUT",
+        value_name = "DURATION",
+        allow_negative_numbers = true,
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
+    pub drain_timeout: Duration,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub names: Names,
+}
+
+impl AnalyzerConfig {
+    /// The instance name: the one given, or a fresh random one. Call once and keep the result.
+    pub fn instance_name(&self) -> String {
+        self.instance.clone().unwrap_or_else(random_instance_name)
+    }
+}
+
+/// A random instance name: 8 characters of a fresh NUID's random prefix (62^8 possibilities).
+/// A new generator each time, because the global one keeps its prefix for the whole process.
+pub fn random_instance_name() -> String {
+    nuid::NUID::new().next().as_str()[..8].to_string()
+}
+
+fn parse_id(value: &str) -> Result<String, String> {
+    control::validate_name("id", value)
+        .map(|()| value.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_instance(value: &str) -> Result<String, String> {
+    control::validate_name("instance", value)
+        .map(|()| value.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_weight(value: &str) -> Result<f64, String> {
+    let weight: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number"))?;
+    control::validate_weight(weight).map_err(|e| e.to_string())?;
+    Ok(weight)
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim())
+        .map_err(|e| format!("{e} (write a duration such as 500ms, 2s, 1m)"))
+}
+
+fn parse_heartbeat_interval(value: &str) -> Result<Duration, String> {
+    let interval = parse_duration(value)?;
+    let ms = interval.as_millis();
+    if ms < u128::from(MIN_INTERVAL_MS) || ms > u128::from(MAX_INTERVAL_MS) {
+        return Err(format!(
+            "must be between {MIN_INTERVAL_MS}ms and {}h",
+            MAX_INTERVAL_MS / 3_600_000
+        ));
+    }
+    Ok(interval)
+}
+
+fn parse_report_interval(value: &str) -> Result<Duration, String> {
+    let interval = parse_duration(value)?;
+    if interval < Duration::from_millis(10) {
+        return Err("must be at least 10ms".to_string());
+    }
+    Ok(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<AnalyzerConfig, clap::Error> {
+        AnalyzerConfig::try_parse_from(std::iter::once("analyzer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&["--id", "1", "--weight", "0.5"]).unwrap();
+        assert_eq!(config.id, "1");
+        assert_eq!(config.weight, 0.5);
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(config.report_interval, Duration::from_secs(5));
+        assert_eq!(config.work_per_message, Duration::ZERO);
+        assert_eq!(config.dedup_window, DEFAULT_DEDUP_WINDOW);
+        assert!(!config.print);
+        assert_eq!(config.instance, None);
+        assert_eq!(config.names, Names::default());
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        let config = parse(&[
+            "--id=a_b-1",
+            "--weight=2",
+            "--heartbeat-interval=500ms",
+            "--report-interval=2s",
+            "--work-per-message=50us",
+            "--instance=k3f9",
+        ])
+        .unwrap();
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(config.report_interval, Duration::from_secs(2));
+        assert_eq!(config.work_per_message, Duration::from_micros(50));
+        assert_eq!(config.instance_name(), "k3f9");
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_naming_the_flag() {
+        for (args, flag) in [
+            (&["--id", "1", "--weight", "0"][..], "--weight"),
+            (&["--id", "1", "--weight", "-1"], "--weight"),
+            (&["--id", "1", "--weight", "NaN"], "--weight"),
+            (&["--id", "1", "--weight", "inf"], "--weight"),
+            (&["--id", "1", "--weight", "abc"], "--weight"),
+            (&["--id", "1", "--weight", ""], "--weight"),
+            (&["--id", "1", "--weight", "2e6"], "--weight"),
+            (&["--id", "", "--weight", "1"], "--id"),
+            (&["--id", "a.b", "--weight", "1"], "--id"),
+            (
+                &["--id", "1", "--weight", "1", "--instance", "x y"],
+                "--instance",
+            ),
+            (
+                &["--id", "1", "--weight", "1", "--heartbeat-interval", "1ms"],
+                "--heartbeat-interval",
+            ),
+            (
+                &["--id", "1", "--weight", "1", "--report-interval", "soon"],
+                "--report-interval",
+            ),
+            (
+                &["--id", "1", "--weight", "1", "--work-per-message", "-3"],
+                "--work-per-message",
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            let text = err.to_string();
+            assert!(text.contains(flag), "{args:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn random_instance_names_are_valid_and_differ() {
+        let a = random_instance_name();
+        let b = random_instance_name();
+        control::validate_name("instance", &a).unwrap();
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, b);
+    }
+}
