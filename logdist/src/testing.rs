@@ -353,11 +353,30 @@ pub fn binary(name: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        command
             .current_dir(workspace_root())
-            .args(["build", "--quiet", "--bin", name])
-            .status()
-            .expect("run cargo build");
+            .args(["build", "--quiet", "--bin", name]);
+        // Cargo sets these for the running test (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …). Some
+        // build scripts (ring's) rerun when they change, so passing them on would rebuild the
+        // TLS stack here and again at the next plain `cargo test`, every time.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
+                || key == "CARGO_TARGET_TMPDIR"
+            {
+                command.env_remove(key.as_ref());
+            }
+        }
+        let status = command.status().expect("run cargo build");
         assert!(status.success(), "cargo build --bin {name} failed");
         built.push(name.to_string());
     }
