@@ -1,0 +1,596 @@
+//! The analyzer binary against a real nats-server: announce and heartbeats, withdrawal and drain
+//! on SIGTERM, queue-group sharing, KV stats, latency, acks, de-duplication, reconnection, and
+//! usage errors. Every wait is bounded.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::Store;
+use async_nats::{Client, HeaderMap, Subscriber};
+use futures::StreamExt;
+use logdist::control::{ControlMessage, Heartbeat, Withdraw};
+use logdist::headers;
+use logdist::stats::{analyzer_key, AnalyzerStats, SourceCount};
+use logdist::testing::{wait_until, NatsServer, Process};
+
+const CONTROL: &str = "logdist.control";
+const STATS_BUCKET: &str = "logdist_stats";
+const WAIT: Duration = Duration::from_secs(15);
+const SEVERITY_SPELLINGS: [(&str, &str); 8] = [
+    ("trace", "TRACE"),
+    ("DEBUG", "DEBUG"),
+    ("Info", "INFO"),
+    ("WARN", "WARN"),
+    ("warning", "WARN"),
+    ("ERROR", "ERROR"),
+    ("fatal", "FATAL"),
+    ("CRITICAL", "FATAL"),
+];
+
+/// Starts an analyzer `id`/`instance` on `server` with 100 ms heartbeats and reports.
+fn spawn_analyzer(server: &NatsServer, id: &str, instance: &str, extra: &[&str]) -> Process {
+    let url = server.url();
+    let mut args = vec![
+        "--nats-url",
+        &url,
+        "--id",
+        id,
+        "--weight",
+        "0.5",
+        "--instance",
+        instance,
+        "--heartbeat-interval",
+        "100ms",
+        "--report-interval",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    Process::spawn("analyzer", &args, &[])
+}
+
+async fn connect(server: &NatsServer) -> Client {
+    async_nats::connect(server.url())
+        .await
+        .expect("test client connects")
+}
+
+/// Waits for the next control message about `instance`.
+async fn next_control(
+    control: &mut Subscriber,
+    instance: &str,
+    process: &Process,
+) -> ControlMessage {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, control.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no control message from {instance} within {WAIT:?}; stderr:\n{}",
+                    process.stderr()
+                )
+            })
+            .expect("control subscription open");
+        let parsed = ControlMessage::parse(&message.payload).unwrap_or_else(|e| {
+            panic!(
+                "invalid control message {:?}: {e}",
+                String::from_utf8_lossy(&message.payload)
+            )
+        });
+        let about = match &parsed {
+            ControlMessage::Up(hb) => &hb.instance,
+            ControlMessage::Down(w) => &w.instance,
+        };
+        if about == instance {
+            return parsed;
+        }
+    }
+}
+
+/// Waits until `instance` has announced itself (so it is subscribed), and returns the heartbeat.
+async fn wait_online(control: &mut Subscriber, instance: &str, process: &Process) -> Heartbeat {
+    match next_control(control, instance, process).await {
+        ControlMessage::Up(hb) => hb,
+        other => panic!("expected an announcement, got {other:?}"),
+    }
+}
+
+async fn stats_bucket(client: &Client) -> Store {
+    async_nats::jetstream::new(client.clone())
+        .get_key_value(STATS_BUCKET)
+        .await
+        .expect("the analyzer created the stats bucket")
+}
+
+async fn read_stats(bucket: &Store, id: &str, instance: &str) -> Option<AnalyzerStats> {
+    let value = bucket.get(analyzer_key(id, instance)).await.ok()??;
+    Some(serde_json::from_slice(&value).expect("stats value is AnalyzerStats JSON"))
+}
+
+/// What a test published, counted independently of the analyzer's code.
+#[derive(Debug, Default)]
+struct Expected {
+    messages: u64,
+    packets: u64,
+    bytes: u64,
+    by_severity: BTreeMap<String, u64>,
+    by_source: BTreeMap<String, u64>,
+}
+
+impl Expected {
+    fn new() -> Self {
+        let mut expected = Expected::default();
+        for (_, canonical) in SEVERITY_SPELLINGS {
+            expected.by_severity.insert(canonical.to_string(), 0);
+        }
+        expected
+    }
+
+    /// Packet `i` with `n` messages (a single object when `n` is 1), recorded as published.
+    fn packet(&mut self, i: usize, n: usize) -> String {
+        let mut records = Vec::with_capacity(n);
+        for j in 0..n {
+            let (spelling, canonical) = SEVERITY_SPELLINGS[(i * 7 + j) % SEVERITY_SPELLINGS.len()];
+            let source = format!("src-{}", (i + j * j) % 9);
+            records.push(format!(
+                r#"{{"timestamp":{},"severity":"{spelling}","source":"{source}","message":"packet {i} message {j}","host":"h{}"}}"#,
+                1_764_064_800 + i,
+                j % 3
+            ));
+            *self.by_severity.get_mut(canonical).unwrap() += 1;
+            *self.by_source.entry(source).or_default() += 1;
+        }
+        let payload = if n == 1 {
+            records.pop().unwrap()
+        } else {
+            format!("[{}]", records.join(","))
+        };
+        self.messages += n as u64;
+        self.packets += 1;
+        self.bytes += payload.len() as u64;
+        payload
+    }
+
+    fn top_sources(&self) -> Vec<SourceCount> {
+        let mut sources: Vec<(&String, &u64)> = self.by_source.iter().collect();
+        sources.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        sources
+            .into_iter()
+            .take(5)
+            .map(|(source, &messages)| SourceCount {
+                source: source.clone(),
+                messages,
+            })
+            .collect()
+    }
+
+    fn error_rate(&self) -> f64 {
+        (self.by_severity["ERROR"] + self.by_severity["FATAL"]) as f64 / self.messages as f64
+    }
+
+    fn assert_matches(&self, stats: &AnalyzerStats) {
+        assert_eq!(stats.messages, self.messages, "messages");
+        assert_eq!(stats.packets, self.packets, "packets");
+        assert_eq!(stats.bytes, self.bytes, "bytes");
+        assert_eq!(stats.by_severity, self.by_severity, "by_severity");
+        assert_eq!(stats.top_sources, self.top_sources(), "top_sources");
+        assert!(
+            (stats.error_rate - self.error_rate()).abs() < 1e-9,
+            "error_rate {} != {}",
+            stats.error_rate,
+            self.error_rate()
+        );
+    }
+}
+
+async fn publish_packets(
+    client: &Client,
+    subject: &str,
+    expected: &mut Expected,
+    count: usize,
+    size: usize,
+) {
+    for i in 0..count {
+        let payload = expected.packet(i, size);
+        client
+            .publish(subject.to_string(), payload.into())
+            .await
+            .expect("publish packet");
+    }
+    client.flush().await.expect("flush packets");
+}
+
+#[tokio::test]
+async fn heartbeats_at_the_interval_then_withdraw_on_sigterm() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    let mut analyzer = spawn_analyzer(&server, "hb", "hb-1", &[]);
+
+    let first = wait_online(&mut control, "hb-1", &analyzer).await;
+    let expected = Heartbeat {
+        id: "hb".into(),
+        weight: 0.5,
+        instance: "hb-1".into(),
+        interval_ms: 100,
+    };
+    assert_eq!(first, expected);
+
+    // One second of heartbeats at 100 ms: about 10 (scheduling jitter allowed).
+    let window = Duration::from_secs(1);
+    let start = Instant::now();
+    let mut count = 0;
+    while start.elapsed() < window {
+        let left = window.saturating_sub(start.elapsed());
+        let Ok(Some(message)) = tokio::time::timeout(left, control.next()).await else {
+            break;
+        };
+        match ControlMessage::parse(&message.payload).unwrap() {
+            ControlMessage::Up(hb) => {
+                assert_eq!(hb, expected);
+                count += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        (7..=13).contains(&count),
+        "{count} heartbeats in {window:?}"
+    );
+
+    analyzer.signal("TERM");
+    // Heartbeats may still be in flight; the withdrawal must follow, and nothing after it.
+    loop {
+        match next_control(&mut control, "hb-1", &analyzer).await {
+            ControlMessage::Up(_) => continue,
+            ControlMessage::Down(w) => {
+                assert_eq!(
+                    w,
+                    Withdraw {
+                        id: "hb".into(),
+                        instance: "hb-1".into()
+                    }
+                );
+                break;
+            }
+        }
+    }
+    let status = analyzer.wait(WAIT).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", analyzer.stderr());
+    let after = tokio::time::timeout(Duration::from_millis(300), control.next()).await;
+    assert!(
+        after.is_err(),
+        "control message after the withdrawal: {after:?}"
+    );
+    let stdout = analyzer.stdout();
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("analyzer hb/hb-1 down: 0 msgs"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_right_after_publishing_counts_every_delivered_message() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    let mut analyzer = spawn_analyzer(&server, "drain", "d1", &[]);
+    wait_online(&mut control, "d1", &analyzer).await;
+
+    let mut expected = Expected::new();
+    publish_packets(&client, "analyzer.drain", &mut expected, 3_000, 10).await;
+    let status = analyzer.terminate(WAIT).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", analyzer.stderr());
+
+    let bucket = stats_bucket(&client).await;
+    let stats = read_stats(&bucket, "drain", "d1")
+        .await
+        .expect("final stats");
+    assert_eq!(stats.state, "down");
+    assert_eq!(
+        (stats.id.as_str(), stats.instance.as_str()),
+        ("drain", "d1")
+    );
+    expected.assert_matches(&stats);
+    assert_eq!((stats.duplicates, stats.invalid_packets), (0, 0));
+    assert!(
+        analyzer
+            .stdout()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("analyzer drain/d1 down: 30000 msgs 3000 pkts"),
+        "{}",
+        analyzer.stdout()
+    );
+}
+
+#[tokio::test]
+async fn live_kv_stats_equal_what_was_published() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    let mut analyzer = spawn_analyzer(&server, "kv", "k1", &[]);
+    wait_online(&mut control, "k1", &analyzer).await;
+
+    let mut expected = Expected::new();
+    publish_packets(&client, "analyzer.kv", &mut expected, 40, 25).await;
+    // Single-object packets, and one payload that bypassed the distributor and is not a packet.
+    for i in 40..60 {
+        let payload = expected.packet(i, 1);
+        client.publish("analyzer.kv", payload.into()).await.unwrap();
+    }
+    client
+        .publish("analyzer.kv", "not a packet".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let bucket = stats_bucket(&client).await;
+    wait_until("live stats to count every message", WAIT, || async {
+        read_stats(&bucket, "kv", "k1")
+            .await
+            .is_some_and(|s| s.messages == expected.messages && s.invalid_packets == 1)
+    })
+    .await;
+    let stats = read_stats(&bucket, "kv", "k1").await.unwrap();
+    assert_eq!(stats.state, "up");
+    assert_eq!(stats.weight, 0.5);
+    expected.assert_matches(&stats);
+    assert_eq!(stats.latency, None, "no Logdist-Sent-At was set");
+    assert!(stats.updated_at_ms >= stats.started_at_ms);
+
+    let status = analyzer.terminate(WAIT).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", analyzer.stderr());
+    let last = read_stats(&bucket, "kv", "k1").await.unwrap();
+    assert_eq!(last.state, "down");
+    expected.assert_matches(&last);
+    assert!(
+        analyzer.stderr().contains("invalid packet"),
+        "the first invalid packet is logged"
+    );
+}
+
+#[tokio::test]
+async fn two_instances_of_one_id_share_its_traffic_without_duplicates() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    let mut first = spawn_analyzer(&server, "shared", "a", &[]);
+    let mut second = spawn_analyzer(&server, "shared", "b", &[]);
+    wait_online(&mut control, "a", &first).await;
+    wait_online(&mut control, "b", &second).await;
+
+    let mut expected = Expected::new();
+    publish_packets(&client, "analyzer.shared", &mut expected, 600, 5).await;
+    assert_eq!(first.terminate(WAIT).await.code(), Some(0));
+    assert_eq!(second.terminate(WAIT).await.code(), Some(0));
+
+    let bucket = stats_bucket(&client).await;
+    let a = read_stats(&bucket, "shared", "a").await.unwrap();
+    let b = read_stats(&bucket, "shared", "b").await.unwrap();
+    assert!(
+        a.messages > 0 && b.messages > 0,
+        "a {} b {}",
+        a.messages,
+        b.messages
+    );
+    assert_eq!(a.messages + b.messages, expected.messages);
+    assert_eq!(a.packets + b.packets, expected.packets);
+    assert_eq!(a.bytes + b.bytes, expected.bytes);
+    for (severity, count) in &expected.by_severity {
+        assert_eq!(
+            a.by_severity[severity] + b.by_severity[severity],
+            *count,
+            "{severity}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn latency_figures_are_plausible_when_sent_at_is_set() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    let mut analyzer = spawn_analyzer(&server, "lat", "l1", &[]);
+    wait_online(&mut control, "l1", &analyzer).await;
+
+    let mut expected = Expected::new();
+    // 200 packets sent now, 5 that claim to have been sent one second ago.
+    for i in 0..205 {
+        let sent_at = if i < 200 {
+            headers::unix_nanos_now()
+        } else {
+            headers::unix_nanos_now() - 1_000_000_000
+        };
+        let mut packet_headers = HeaderMap::new();
+        packet_headers.insert(headers::SENT_AT, sent_at.to_string().as_str());
+        client
+            .publish_with_headers("analyzer.lat", packet_headers, expected.packet(i, 3).into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+
+    let bucket = stats_bucket(&client).await;
+    wait_until("205 latency measurements", WAIT, || async {
+        read_stats(&bucket, "lat", "l1")
+            .await
+            .and_then(|s| s.latency)
+            .is_some_and(|l| l.count == 205)
+    })
+    .await;
+    let latency = read_stats(&bucket, "lat", "l1")
+        .await
+        .unwrap()
+        .latency
+        .unwrap();
+    assert!(
+        latency.p50_us > 0 && latency.p50_us < 500_000,
+        "p50 of local packets: {latency:?}"
+    );
+    // 5 of 205 packets (2.4 %) took a second or more: they set p99 and max.
+    assert!(latency.p99_us >= 990_000, "{latency:?}");
+    assert!(
+        latency.max_us >= 1_000_000 && latency.max_us < 10_000_000,
+        "{latency:?}"
+    );
+    assert!(latency.max_us >= latency.p99_us && latency.p99_us >= latency.p50_us);
+    assert_eq!(analyzer.terminate(WAIT).await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn request_style_packets_are_acknowledged_after_analysis() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    // 5 messages at 100 ms each: the analysis of one packet takes half a second.
+    let mut analyzer = spawn_analyzer(&server, "ack", "r1", &["--work-per-message", "100ms"]);
+    wait_online(&mut control, "r1", &analyzer).await;
+
+    let mut expected = Expected::new();
+    let sent = Instant::now();
+    let reply = tokio::time::timeout(
+        WAIT,
+        client.request("analyzer.ack", expected.packet(0, 5).into()),
+    )
+    .await
+    .expect("ack within the time limit")
+    .expect("ack received");
+    let waited = sent.elapsed();
+    assert!(reply.payload.is_empty(), "the ack is an empty message");
+    assert!(
+        waited >= Duration::from_millis(450),
+        "acked after {waited:?}, before the 500 ms of analysis were done"
+    );
+
+    assert_eq!(analyzer.terminate(WAIT).await.code(), Some(0));
+    let stats = read_stats(&stats_bucket(&client).await, "ack", "r1")
+        .await
+        .unwrap();
+    expected.assert_matches(&stats);
+}
+
+#[tokio::test]
+async fn a_repeated_packet_id_is_counted_once_and_still_acknowledged() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    let mut analyzer = spawn_analyzer(&server, "dup", "u1", &[]);
+    wait_online(&mut control, "u1", &analyzer).await;
+
+    let mut expected = Expected::new();
+    let first = expected.packet(0, 4);
+    let second = expected.packet(1, 4);
+    for (id, payload) in [("17", &first), ("17", &first), ("18", &second)] {
+        let mut packet_headers = HeaderMap::new();
+        packet_headers.insert(headers::PACKET_ID, id);
+        let ack = tokio::time::timeout(
+            WAIT,
+            client.request_with_headers("analyzer.dup", packet_headers, payload.clone().into()),
+        )
+        .await
+        .expect("ack within the time limit")
+        .expect("every packet is acknowledged, repeats included");
+        assert!(ack.payload.is_empty());
+    }
+
+    assert_eq!(analyzer.terminate(WAIT).await.code(), Some(0));
+    let stats = read_stats(&stats_bucket(&client).await, "dup", "u1")
+        .await
+        .unwrap();
+    expected.assert_matches(&stats);
+    assert_eq!(stats.duplicates, 1);
+}
+
+#[tokio::test]
+async fn heartbeats_resume_and_packets_flow_after_the_server_restarts() {
+    let mut server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    let mut analyzer = spawn_analyzer(&server, "rc", "c1", &[]);
+    wait_online(&mut control, "c1", &analyzer).await;
+    drop(control);
+    drop(client);
+
+    server.restart();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    wait_online(&mut control, "c1", &analyzer).await;
+
+    // The analyzer's subscription came back with its connection.
+    let mut expected = Expected::new();
+    let bucket = stats_bucket(&client).await;
+    publish_packets(&client, "analyzer.rc", &mut expected, 20, 5).await;
+    wait_until("packets after the restart to be counted", WAIT, || async {
+        read_stats(&bucket, "rc", "c1")
+            .await
+            .is_some_and(|s| s.messages == expected.messages)
+    })
+    .await;
+    assert_eq!(analyzer.terminate(WAIT).await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn bad_flag_values_exit_2_naming_the_flag_without_a_server() {
+    // Nothing listens on port 1: an analyzer that tried to connect would retry, not exit 2.
+    let base = ["--nats-url", "nats://127.0.0.1:1"];
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        (vec!["--id", "1", "--weight", "0"], vec![], "--weight"),
+        (vec!["--id", "1", "--weight", "-1"], vec![], "--weight"),
+        (vec!["--id", "1", "--weight", "NaN"], vec![], "--weight"),
+        (vec!["--id", "1", "--weight", "inf"], vec![], "--weight"),
+        (vec!["--id", "1", "--weight", "abc"], vec![], "--weight"),
+        (vec!["--id", "1", "--weight", ""], vec![], "--weight"),
+        (vec!["--id", "", "--weight", "1"], vec![], "--id"),
+        (vec!["--id", "a.b", "--weight", "1"], vec![], "--id"),
+        (
+            vec!["--id", "1"],
+            vec![("ANALYZER_WEIGHT", "abc")],
+            "--weight",
+        ),
+        (vec!["--weight", "1"], vec![("ANALYZER_ID", "x y")], "--id"),
+        (vec!["--weight", "1"], vec![], "--id"),
+        (
+            vec!["--id", "1", "--weight", "1", "--heartbeat-interval", "5ms"],
+            vec![],
+            "--heartbeat-interval",
+        ),
+        (
+            vec!["--id", "1", "--weight", "1", "--instance", "a.b"],
+            vec![],
+            "--instance",
+        ),
+    ];
+    let mut processes: Vec<(Process, String, &str)> = cases
+        .iter()
+        .map(|(args, envs, flag)| {
+            let all: Vec<&str> = base.iter().chain(args.iter()).copied().collect();
+            (
+                Process::spawn("analyzer", &all, envs),
+                format!("{args:?} {envs:?}"),
+                *flag,
+            )
+        })
+        .collect();
+    for (process, case, flag) in &mut processes {
+        let status = process.wait(WAIT).await;
+        let stderr = process.stderr();
+        assert_eq!(status.code(), Some(2), "{case}: {stderr}");
+        assert!(stderr.contains(*flag), "{case}: {stderr}");
+        assert!(
+            !stderr.contains("NATS"),
+            "{case} touched the network: {stderr}"
+        );
+    }
+}
