@@ -541,11 +541,18 @@ async fn heartbeats_resume_and_packets_flow_after_the_server_restarts() {
     assert_eq!(analyzer.terminate(WAIT).await.code(), Some(0));
 }
 
+/// A bad command line: flags, environment, and the flag the error must name.
+type UsageCase = (
+    Vec<&'static str>,
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+);
+
 #[tokio::test]
 async fn bad_flag_values_exit_2_naming_the_flag_without_a_server() {
     // Nothing listens on port 1: an analyzer that tried to connect would retry, not exit 2.
     let base = ["--nats-url", "nats://127.0.0.1:1"];
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<UsageCase> = vec![
         (vec!["--id", "1", "--weight", "0"], vec![], "--weight"),
         (vec!["--id", "1", "--weight", "-1"], vec![], "--weight"),
         (vec!["--id", "1", "--weight", "NaN"], vec![], "--weight"),
