@@ -59,36 +59,36 @@ pub struct RunArgs {
     #[arg(long, env = "DISTRIBUTOR_REPLICA_ID", value_name = "ID", value_parser = parse_replica_id)]
     pub replica_id: Option<String>,
 
-    /// Largest payload accepted, in bytes; larger ones are dead-lettered (`too_large`).
-    /// Default 8388608 (8 MiB, the `max_payload` of nats.conf).
+    /// Largest payload accepted, in bytes; larger ones are dead-lettered (`too_large`). The
+    /// default, 8 MiB, is the `max_payload` of nats.conf.
     #[arg(long, env = "DISTRIBUTOR_MAX_PACKET_BYTES", value_name = "BYTES",
           default_value_t = logdist::wire::DEFAULT_MAX_PACKET_BYTES,
           value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     pub max_packet_bytes: usize,
 
     /// An analyzer instance is dropped when it sends nothing for this many times its announced
-    /// heartbeat interval. Default 3.
+    /// heartbeat interval.
     #[arg(long, env = "DISTRIBUTOR_HEARTBEAT_TIMEOUT_FACTOR", value_name = "N",
           default_value_t = DEFAULT_TIMEOUT_FACTOR,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub heartbeat_timeout_factor: u32,
 
     /// Most packets held while no analyzer is online; beyond it packets are dead-lettered
-    /// (`no_analyzer_online`). Default 10000.
+    /// (`no_analyzer_online`).
     #[arg(long, env = "DISTRIBUTOR_HOLD_MAX_PACKETS", value_name = "N",
           default_value_t = DEFAULT_MAX_PACKETS,
           value_parser = clap::value_parser!(u64).map(|v| v as usize))]
     pub hold_max_packets: usize,
 
     /// Most payload bytes held while no analyzer is online; beyond it packets are dead-lettered
-    /// (`no_analyzer_online`). Default 67108864 (64 MiB).
+    /// (`no_analyzer_online`). The default is 64 MiB.
     #[arg(long, env = "DISTRIBUTOR_HOLD_MAX_BYTES", value_name = "BYTES",
           default_value_t = DEFAULT_MAX_BYTES,
           value_parser = clap::value_parser!(u64).map(|v| v as usize))]
     pub hold_max_bytes: usize,
 
     /// How often this replica writes its counters to the stats bucket (10ms to 1s; the contract
-    /// asks for at least once a second). Default 1s.
+    /// asks for at least once a second).
     #[arg(long, env = "DISTRIBUTOR_STATS_INTERVAL", value_name = "DURATION",
           default_value = "1s", value_parser = parse_stats_interval)]
     pub stats_interval: Duration,
@@ -126,7 +126,7 @@ pub struct StatsArgs {
     #[arg(long, env = "DISTRIBUTOR_STATS_JSON")]
     pub json: bool,
 
-    /// Refresh interval of --watch (100ms to 1h). Default 1s.
+    /// Refresh interval of --watch (100ms to 1h).
     #[arg(long, env = "DISTRIBUTOR_STATS_REFRESH", value_name = "DURATION",
           default_value = "1s", value_parser = parse_refresh)]
     pub interval: Duration,

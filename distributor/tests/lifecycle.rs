@@ -1,0 +1,80 @@
+//! Process lifecycle: SIGTERM drains and exits 0 with final stats, bad usage exits 2, a missing
+//! NATS server is retried with a clear message.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use logdist::testing::{free_port, NatsServer, Process};
+
+#[tokio::test]
+async fn sigterm_routes_what_is_in_hand_and_writes_final_stats() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut distributor = start_distributor(&server, "r1", &[]).await;
+    let (members, stats) = buckets(&client).await;
+    let a = SimAnalyzer::start(&client, "a", "i", 1.0).await;
+    wait_member(&members, "a", true).await;
+
+    let payload = Bytes::from(packet(10));
+    for _ in 0..2000 {
+        client.publish(INGEST, payload.clone()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    // Terminate while packets are still in flight.
+    let status = distributor.terminate(WAIT).await;
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        distributor.stderr()
+    );
+    let s = read_stats(&stats, "r1").await.expect("final stats");
+    assert_eq!(
+        s.received_packets, s.routed_packets,
+        "everything received was routed"
+    );
+    assert!(s.received_packets > 0);
+    // What the replica routed, the analyzer gets (the client flushed before exiting).
+    a.wait_packets(s.routed_packets).await;
+    assert_eq!(a.messages(), s.routed_messages);
+    assert!(distributor.stderr().contains("writing final stats"));
+}
+
+#[tokio::test]
+async fn bad_usage_exits_2() {
+    for args in [
+        &["run", "--replica-id", "not.valid"][..],
+        &["--stats-interval", "10s"],
+        &["--no-such-flag"],
+        &["stats", "--interval", "0s"],
+    ] {
+        let mut p = Process::spawn("distributor", args, &[]);
+        let status = p.wait(WAIT).await;
+        assert_eq!(status.code(), Some(2), "{args:?}: {}", p.stderr());
+    }
+    let mut help = Process::spawn("distributor", &["--help"], &[]);
+    assert!(help.wait(WAIT).await.success());
+    let text = help.stdout();
+    for flag in [
+        "--hold-max-packets",
+        "--hold-max-bytes",
+        "--heartbeat-timeout-factor",
+        "--nats-url",
+        "DISTRIBUTOR_REPLICA_ID",
+        "[default: 10000]",
+    ] {
+        assert!(text.contains(flag), "--help mentions {flag}");
+    }
+}
+
+#[tokio::test]
+async fn missing_nats_is_retried_with_a_clear_message() {
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let mut p = Process::spawn("distributor", &["--nats-url", &url], &[]);
+    logdist::testing::wait_until("a retry warning", WAIT, || async {
+        p.stderr().contains("cannot reach NATS")
+    })
+    .await;
+    let status = p.terminate(WAIT).await;
+    assert!(status.success(), "{}", p.stderr());
+}

@@ -1,0 +1,218 @@
+//! Membership against a real nats-server: joins, withdrawals, silent deaths, weight changes, the
+//! KV mirror, start-up from the bucket, and rejected control messages.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use logdist::stats::MemberRecord;
+use logdist::testing::NatsServer;
+
+/// Publishes `count` packets of `size` messages and flushes.
+async fn send(client: &async_nats::Client, count: usize, size: usize) {
+    let payload = Bytes::from(packet(size));
+    for _ in 0..count {
+        client.publish(INGEST, payload.clone()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn withdraw_newcomer_and_silent_death_reshape_the_shares() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut distributor = start_distributor(&server, "r1", &[]).await;
+    let (members, stats) = buckets(&client).await;
+    let mut a = SimAnalyzer::start(&client, "a", "i1", 1.0).await;
+    let b = SimAnalyzer::start(&client, "b", "i1", 1.0).await;
+    wait_member(&members, "a", true).await;
+    wait_member(&members, "b", true).await;
+    let record = read_member(&members, "a").await.unwrap();
+    assert_eq!(
+        (record.weight, record.instances.clone()),
+        (1.0, vec!["i1".to_string()])
+    );
+    assert_eq!(record.interval_ms, HEARTBEAT.as_millis() as u64);
+
+    send(&client, 100, 10).await;
+    wait_total(&[&a, &b], "first 1000 messages", 1000).await;
+    assert_eq!((a.messages(), b.messages()), (500, 500));
+
+    // Withdraw: no packet published after it reaches `a` (the distributor handles control
+    // messages before ingest messages that arrived after them), and KV drops the key.
+    a.withdraw().await;
+    send(&client, 100, 10).await;
+    wait_total(&[&a, &b], "second 1000 messages", 2000).await;
+    assert_eq!(
+        a.messages(),
+        500,
+        "traffic to a withdrawn analyzer stops at once"
+    );
+    assert_eq!(b.messages(), 1500);
+    wait_member(&members, "a", false).await;
+
+    // A newcomer with weight 3 gets 3/4 from the moment it joins, nothing "owed".
+    let c = SimAnalyzer::start(&client, "c", "i1", 3.0).await;
+    wait_member(&members, "c", true).await;
+    send(&client, 400, 10).await;
+    wait_total(&[&a, &b, &c], "third 4000 messages", 6000).await;
+    assert_eq!(c.messages(), 3000);
+    assert_eq!(b.messages(), 2500);
+
+    // `c` dies silently: dropped within 3 × 100 ms (plus scheduling slack), b gets everything.
+    let mut c = c;
+    c.go_silent();
+    let silent_at = Instant::now();
+    wait_member(&members, "c", false).await;
+    let dropped_after = silent_at.elapsed();
+    assert!(
+        dropped_after < Duration::from_millis(300) + Duration::from_millis(700),
+        "dropped after {dropped_after:?}"
+    );
+    send(&client, 100, 10).await;
+    wait_total(&[&a, &b, &c], "fourth 1000 messages", 7000).await;
+    assert_eq!(
+        (a.messages(), b.messages(), c.messages()),
+        (500, 3500, 3000)
+    );
+
+    let s = wait_stats(&stats, "r1", "stats after the changes", |s| {
+        s.routed_messages == 7000
+    })
+    .await;
+    assert!(!s.analyzers["a"].online && !s.analyzers["c"].online);
+    assert_eq!(s.analyzers["c"].messages, 3000);
+    assert_eq!(s.analyzers["b"].epoch_messages, 1000);
+    assert_eq!(s.analyzers["b"].target_share, 1.0);
+    assert!(
+        s.epoch >= 5,
+        "join a, join b, a left, c joined, c left: epoch {}",
+        s.epoch
+    );
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
+async fn weight_change_and_conflicting_instances_use_the_newest() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut distributor = start_distributor(&server, "r1", &[]).await;
+    let (members, _) = buckets(&client).await;
+    let _old = SimAnalyzer::start(&client, "x", "old", 1.0).await;
+    wait_member(&members, "x", true).await;
+    // A second instance of x announces 4.0: being the newest, its weight is in force.
+    let mut new = SimAnalyzer::start(&client, "x", "new", 4.0).await;
+    let members_ref = &members;
+    logdist::testing::wait_until("x at weight 4 with two instances", WAIT, || async move {
+        read_member(members_ref, "x")
+            .await
+            .is_some_and(|r| r.weight == 4.0 && r.instances.len() == 2)
+    })
+    .await;
+    // The newest withdraws: back to the older instance's weight, x stays online.
+    new.withdraw().await;
+    logdist::testing::wait_until("x back at weight 1", WAIT, || async move {
+        read_member(members_ref, "x")
+            .await
+            .is_some_and(|r| r.weight == 1.0 && r.instances == vec!["old".to_string()])
+    })
+    .await;
+    assert!(
+        distributor.stderr().contains("different weights"),
+        "a warning is logged"
+    );
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
+async fn a_starting_replica_routes_to_the_bucket_members_then_confirms_them() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    // A membership record left by an earlier replica; the analyzer listens but has not
+    // heartbeated to this replica yet.
+    let js = async_nats::jetstream::new(client.clone());
+    let members = logdist::buckets::open_or_create(&js, "analyzers", "test")
+        .await
+        .unwrap();
+    let record = MemberRecord {
+        id: "k".into(),
+        weight: 1.0,
+        instances: vec!["i1".into()],
+        interval_ms: 200,
+        since_ms: 1,
+        updated_at_ms: 1,
+    };
+    members
+        .put("k", serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
+    let mut k = SimAnalyzer::subscribe(&client, "k", "i1", 1.0).await;
+    let mut distributor = start_distributor(&server, "r1", &[]).await;
+    send(&client, 1, 5).await;
+    k.wait_packets(1).await;
+
+    // Confirmed by heartbeats, it stays past the provisional deadline (3 × 200 ms).
+    k.resume_heartbeats();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(read_member(&members, "k").await.is_some());
+    // Silent again: dropped, and the key deleted.
+    k.go_silent();
+    wait_member(&members, "k", false).await;
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
+async fn an_unconfirmed_bucket_member_expires() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let members = logdist::buckets::open_or_create(&js, "analyzers", "test")
+        .await
+        .unwrap();
+    let record = MemberRecord {
+        id: "ghost".into(),
+        weight: 1.0,
+        instances: vec!["i1".into()],
+        interval_ms: 100,
+        since_ms: 1,
+        updated_at_ms: 1,
+    };
+    members
+        .put("ghost", serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
+    let mut distributor = start_distributor(&server, "r1", &[]).await;
+    wait_member(&members, "ghost", false).await;
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
+async fn bad_control_messages_are_counted_and_ignored() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut distributor = start_distributor(&server, "r1", &[]).await;
+    let (members, stats) = buckets(&client).await;
+    for bad in [
+        r#"{"id":"z","weight":0,"instance":"i","state":"up","interval_ms":100}"#,
+        r#"{"id":"z","weight":-2,"instance":"i","state":"up","interval_ms":100}"#,
+        r#"{"id":"z","weight":1e300,"instance":"i","state":"up","interval_ms":100}"#,
+        r#"{"id":"z.y","weight":1,"instance":"i","state":"up","interval_ms":100}"#,
+        r#"{"id":"z","weight":1,"instance":"i","state":"up","interval_ms":0}"#,
+        "not json",
+    ] {
+        client.publish(CONTROL, bad.into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let s = wait_stats(&stats, "r1", "6 bad heartbeats", |s| s.bad_heartbeats == 6).await;
+    assert!(s.analyzers.is_empty());
+    assert!(read_member(&members, "z").await.is_none());
+    assert!(distributor.stderr().contains("rejected control message"));
+    // Still running and routing.
+    let a = SimAnalyzer::start(&client, "a", "i", 1.0).await;
+    wait_member(&members, "a", true).await;
+    send(&client, 1, 1).await;
+    a.wait_packets(1).await;
+    assert!(distributor.terminate(WAIT).await.success());
+}
