@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use logdist::{Names, NatsArgs};
 
 use crate::hold_queue::{DEFAULT_MAX_BYTES, DEFAULT_MAX_PACKETS};
@@ -37,6 +37,8 @@ impl Cli {
     }
 }
 
+// Built once per process, so the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the distributor (the default).
@@ -92,6 +94,106 @@ pub struct RunArgs {
     #[arg(long, env = "DISTRIBUTOR_STATS_INTERVAL", value_name = "DURATION",
           default_value = "1s", value_parser = parse_stats_interval)]
     pub stats_interval: Duration,
+
+    /// Delivery guarantee. `at-most-once`: core-NATS queue subscription, publish and forget.
+    /// `at-least-once`: a JetStream stream captures the ingest subjects, and a packet is acked
+    /// there only after an analyzer acknowledged it (see docs/delivery.md).
+    #[arg(long, env = "DISTRIBUTOR_DELIVERY", value_enum, default_value_t = Delivery::AtMostOnce)]
+    pub delivery: Delivery,
+
+    #[command(flatten)]
+    pub at_least_once: AtLeastOnceArgs,
+}
+
+/// The delivery guarantee of `distributor run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Delivery {
+    AtMostOnce,
+    AtLeastOnce,
+}
+
+impl Delivery {
+    /// The `delivery` field of the stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::AtMostOnce => "at-most-once",
+            Delivery::AtLeastOnce => "at-least-once",
+        }
+    }
+}
+
+/// Flags that only matter with `--delivery at-least-once`.
+#[derive(Debug, Clone, Args)]
+pub struct AtLeastOnceArgs {
+    /// JetStream stream that captures the ingest subjects (created if missing, file storage).
+    #[arg(long = "stream", env = "DISTRIBUTOR_STREAM", value_name = "NAME", default_value = "LOGS",
+          value_parser = parse_js_name)]
+    pub stream: String,
+
+    /// Replicas of the stream when this replica creates it (1, or 3/5 in a cluster).
+    #[arg(long, env = "DISTRIBUTOR_STREAM_REPLICAS", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=5).map(|v| v as usize))]
+    pub stream_replicas: usize,
+
+    /// Oldest packet the stream keeps, acknowledged or not (a backlog older than this is lost).
+    #[arg(long, env = "DISTRIBUTOR_STREAM_MAX_AGE", value_name = "DURATION", default_value = "24h",
+          value_parser = parse_max_age)]
+    pub stream_max_age: Duration,
+
+    /// Largest size of the stream in bytes; past it the oldest packets are discarded. Default
+    /// 1 GiB.
+    #[arg(long, env = "DISTRIBUTOR_STREAM_MAX_BYTES", value_name = "BYTES",
+          default_value_t = 1 << 30, value_parser = clap::value_parser!(i64).range(1..))]
+    pub stream_max_bytes: i64,
+
+    /// Durable pull consumer shared by every replica.
+    #[arg(long = "consumer", env = "DISTRIBUTOR_CONSUMER", value_name = "NAME",
+          default_value = "distributors", value_parser = parse_js_name)]
+    pub consumer: String,
+
+    /// JetStream redelivers a packet not acked within this time (e.g. the replica holding it
+    /// died). Set when the consumer is created. Should exceed --max-attempts × --request-timeout.
+    #[arg(long, env = "DISTRIBUTOR_ACK_WAIT", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_ack_wait)]
+    pub ack_wait: Duration,
+
+    /// Most packets delivered to the replicas and not yet acked (consumer max_ack_pending).
+    #[arg(long, env = "DISTRIBUTOR_MAX_ACK_PENDING", value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_ack_pending: i64,
+
+    /// How long to wait for an analyzer's acknowledgement before sending the packet to another
+    /// one. Must comfortably exceed the analyzers' --checkpoint-interval.
+    #[arg(long, env = "DISTRIBUTOR_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "5s",
+          value_parser = parse_request_timeout)]
+    pub request_timeout: Duration,
+
+    /// Delivery attempts per packet (timeouts, no responders) before it is dead-lettered
+    /// (`undeliverable`) and acked.
+    #[arg(long, env = "DISTRIBUTOR_MAX_ATTEMPTS", value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// Most packets in flight (sent, not yet acknowledged) to one analyzer.
+    #[arg(long, env = "DISTRIBUTOR_ANALYZER_WINDOW", value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    pub analyzer_window: usize,
+
+    /// Most packets in flight on this replica altogether.
+    #[arg(long, env = "DISTRIBUTOR_MAX_IN_FLIGHT", value_name = "N", default_value_t = 4000,
+          value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    pub max_in_flight: usize,
+
+    /// Packets asked from JetStream per pull request.
+    #[arg(long, env = "DISTRIBUTOR_FETCH_BATCH", value_name = "N", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=10_000).map(|v| v as usize))]
+    pub fetch_batch: usize,
+
+    /// On shutdown, how long to wait for requests in flight before exiting (what is not acked
+    /// by then is redelivered by JetStream).
+    #[arg(long, env = "DISTRIBUTOR_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_shutdown_timeout)]
+    pub shutdown_timeout: Duration,
 }
 
 impl RunArgs {
@@ -156,6 +258,33 @@ fn parse_stats_interval(raw: &str) -> Result<Duration, String> {
     parse_duration_in(raw, Duration::from_millis(10), Duration::from_secs(1))
 }
 
+fn parse_js_name(raw: &str) -> Result<String, String> {
+    // JetStream stream and consumer names become subject tokens.
+    logdist::control::validate_name("name", raw)
+        .map(|()| raw.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_max_age(raw: &str) -> Result<Duration, String> {
+    parse_duration_in(
+        raw,
+        Duration::from_secs(1),
+        Duration::from_secs(10 * 365 * 86400),
+    )
+}
+
+fn parse_ack_wait(raw: &str) -> Result<Duration, String> {
+    parse_duration_in(raw, Duration::from_millis(500), Duration::from_secs(3600))
+}
+
+fn parse_request_timeout(raw: &str) -> Result<Duration, String> {
+    parse_duration_in(raw, Duration::from_millis(10), Duration::from_secs(600))
+}
+
+fn parse_shutdown_timeout(raw: &str) -> Result<Duration, String> {
+    parse_duration_in(raw, Duration::ZERO, Duration::from_secs(600))
+}
+
 fn parse_refresh(raw: &str) -> Result<Duration, String> {
     parse_duration_in(raw, Duration::from_millis(100), Duration::from_secs(3600))
 }
@@ -186,6 +315,15 @@ mod tests {
                 assert_eq!(args.hold_max_packets, 5);
                 assert_eq!(args.stats_interval, Duration::from_secs(1));
                 assert_eq!(args.heartbeat_timeout_factor, 3);
+                assert_eq!(args.delivery, Delivery::AtMostOnce);
+                let alo = &args.at_least_once;
+                assert_eq!(
+                    (alo.stream.as_str(), alo.consumer.as_str()),
+                    ("LOGS", "distributors")
+                );
+                assert_eq!(alo.stream_replicas, 1);
+                assert_eq!(alo.max_attempts, 5);
+                assert!(alo.request_timeout < alo.ack_wait);
             }
             other => panic!("{other:?}"),
         }
@@ -211,9 +349,42 @@ mod tests {
             &["distributor", "--stats-interval", "5s"],
             &["distributor", "--heartbeat-timeout-factor", "0"],
             &["distributor", "stats", "--interval", "1ms"],
+            &["distributor", "--delivery", "exactly-once"],
+            &["distributor", "--stream", "a.b"],
+            &["distributor", "--max-attempts", "0"],
+            &["distributor", "--stream-replicas", "7"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn at_least_once_flags() {
+        let cli = Cli::try_parse_from([
+            "distributor",
+            "--delivery",
+            "at-least-once",
+            "--stream",
+            "L2",
+            "--ack-wait",
+            "2s",
+            "--request-timeout",
+            "700ms",
+        ])
+        .unwrap();
+        match cli.into_command() {
+            Command::Run(args) => {
+                assert_eq!(args.delivery, Delivery::AtLeastOnce);
+                assert_eq!(args.delivery.as_str(), "at-least-once");
+                assert_eq!(args.at_least_once.stream, "L2");
+                assert_eq!(args.at_least_once.ack_wait, Duration::from_secs(2));
+                assert_eq!(
+                    args.at_least_once.request_timeout,
+                    Duration::from_millis(700)
+                );
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -13,6 +13,7 @@
 //! The async shell: [`service`] (the event loop of `distributor run`), [`stats_publisher`] and
 //! [`membership_mirror`] (KV writers), [`config`] (the command line).
 
+pub mod at_least_once;
 pub mod config;
 pub mod hold_queue;
 pub mod membership;

@@ -4,8 +4,14 @@
 //!
 //! Synchronous and allocation-free per packet: [`route`](Router::route) is one O(k) choice and a
 //! few counter increments, and hands back the pre-built subject to publish to.
+//!
+//! At-least-once delivery counts only what analyzers acknowledged: [`reserve`](Router::reserve)
+//! assigns a packet in the selector at once (so balancing sees packets in flight), then either
+//! [`confirm`](Router::confirm) counts it in the route counters when the analyzer acknowledged,
+//! or [`cancel`](Router::cancel) takes the assignment back when the delivery failed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_nats::Subject;
 use logdist::stats::{unix_millis_now, RouteStats};
@@ -25,10 +31,22 @@ pub struct RouteCounters {
 /// One analyzer online now.
 #[derive(Debug, Clone)]
 struct Route {
-    id: String,
+    id: Arc<str>,
     subject: Subject,
     weight: f64,
     counters: RouteCounters,
+}
+
+/// A packet assigned to an analyzer and not yet acknowledged (at-least-once delivery).
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    /// The analyzer's id.
+    pub id: Arc<str>,
+    /// Where to send the packet.
+    pub subject: Subject,
+    index: usize,
+    epoch: u64,
+    messages: u64,
 }
 
 /// Routing table of one replica; see the module docs.
@@ -63,8 +81,11 @@ impl Router {
     /// nobody is owed anything). Counters of analyzers that stay are kept; those of analyzers
     /// that left move to the departed table.
     pub fn set_members<'a>(&mut self, members: impl IntoIterator<Item = (&'a str, f64)>) {
-        let mut old: BTreeMap<String, RouteCounters> =
-            self.routes.drain(..).map(|r| (r.id, r.counters)).collect();
+        let mut old: BTreeMap<String, RouteCounters> = self
+            .routes
+            .drain(..)
+            .map(|r| (r.id.to_string(), r.counters))
+            .collect();
         for (id, weight) in members {
             let mut counters = old
                 .remove(id)
@@ -73,7 +94,7 @@ impl Router {
             counters.epoch_messages = 0;
             counters.epoch_packets = 0;
             self.routes.push(Route {
-                id: id.to_string(),
+                id: Arc::from(id),
                 subject: Subject::from(format!("{}.{}", self.analyzer_prefix, id)),
                 weight,
                 counters,
@@ -111,6 +132,75 @@ impl Router {
         Some(&route.subject)
     }
 
+    /// Picks the analyzer for a packet of `messages` messages, skipping the analyzers in `exclude`
+    /// (ids that already failed this packet); when that leaves none, any analyzer online. Counts
+    /// nothing: call [`reserve`](Self::reserve) with the result. `None` when none is online.
+    pub fn choose(&self, messages: u64, exclude: &[Arc<str>]) -> Option<usize> {
+        if !exclude.is_empty() {
+            let excluded: Vec<usize> = exclude
+                .iter()
+                .filter_map(|id| self.routes.iter().position(|r| r.id == *id))
+                .collect();
+            if let Some(i) = self.selector.choose(messages, &excluded) {
+                return Some(i);
+            }
+        }
+        self.selector.choose(messages, &[])
+    }
+
+    /// Id of the analyzer at index `i` (as returned by [`choose`](Self::choose)).
+    pub fn id(&self, i: usize) -> &Arc<str> {
+        &self.routes[i].id
+    }
+
+    /// Assigns a packet of `messages` messages to the analyzer at index `i` in the selector (so
+    /// the next choices account for it) without counting it as routed yet.
+    pub fn reserve(&mut self, i: usize, messages: u64) -> Reservation {
+        self.selector.assign(i, messages);
+        let route = &self.routes[i];
+        Reservation {
+            id: route.id.clone(),
+            subject: route.subject.clone(),
+            index: i,
+            epoch: self.epoch,
+            messages,
+        }
+    }
+
+    /// The analyzer acknowledged a reserved packet of `bytes` bytes: count it as routed. Epoch
+    /// counters count it only if it was reserved in the current epoch.
+    pub fn confirm(&mut self, reservation: &Reservation, bytes: usize) {
+        let same_epoch = reservation.epoch == self.epoch;
+        let counters = if same_epoch {
+            Some(&mut self.routes[reservation.index].counters)
+        } else {
+            match self.routes.iter_mut().find(|r| r.id == reservation.id) {
+                Some(route) => Some(&mut route.counters),
+                None => self.departed.get_mut(&*reservation.id),
+            }
+        };
+        let n = reservation.messages;
+        if let Some(c) = counters {
+            c.messages += n;
+            c.packets += 1;
+            c.bytes += bytes as u64;
+            if same_epoch {
+                c.epoch_messages += n;
+                c.epoch_packets += 1;
+            }
+        }
+        self.routed_messages += n;
+    }
+
+    /// The delivery of a reserved packet failed: take its assignment back (only within the same
+    /// epoch; a new epoch restarted the selector's counts anyway).
+    pub fn cancel(&mut self, reservation: &Reservation) {
+        if reservation.epoch == self.epoch {
+            self.selector
+                .revoke(reservation.index, reservation.messages);
+        }
+    }
+
     /// Membership changes applied since start.
     pub fn epoch(&self) -> u64 {
         self.epoch
@@ -130,7 +220,7 @@ impl Router {
     pub fn counters(&self, id: &str) -> Option<RouteCounters> {
         self.routes
             .iter()
-            .find(|r| r.id == id)
+            .find(|r| &*r.id == id)
             .map(|r| r.counters)
             .or_else(|| self.departed.get(id).copied())
     }
@@ -139,7 +229,14 @@ impl Router {
     /// (offline, target 0) with their all-time counts.
     pub fn route_stats(&self) -> BTreeMap<String, RouteStats> {
         let total = self.routed_messages.max(1) as f64;
-        let epoch_total = self.selector.total().max(1) as f64;
+        // Counted messages, not the selector's assignments: with at-least-once delivery those
+        // include packets still in flight.
+        let epoch_total = self
+            .routes
+            .iter()
+            .map(|r| r.counters.epoch_messages)
+            .sum::<u64>()
+            .max(1) as f64;
         let mut out = BTreeMap::new();
         for (id, c) in &self.departed {
             out.insert(
@@ -161,7 +258,7 @@ impl Router {
         for (i, r) in self.routes.iter().enumerate() {
             let c = &r.counters;
             out.insert(
-                r.id.clone(),
+                r.id.to_string(),
                 RouteStats {
                     online: true,
                     weight: r.weight,
@@ -223,5 +320,50 @@ mod tests {
         r.route(5, 1);
         assert_eq!(r.counters("a").unwrap().messages, 30);
         assert_eq!(r.routed_messages(), 60);
+    }
+
+    #[test]
+    fn reservations_count_only_when_confirmed() {
+        let mut r = Router::new("analyzer");
+        r.set_members([("a", 1.0), ("b", 1.0)]);
+        let i = r.choose(10, &[]).unwrap();
+        assert_eq!(&**r.id(i), "a");
+        let first = r.reserve(i, 10);
+        assert_eq!(first.subject.as_str(), "analyzer.a");
+        // The reservation steers the next choice although nothing is counted yet.
+        let j = r.choose(10, &[]).unwrap();
+        assert_eq!(&**r.id(j), "b");
+        let second = r.reserve(j, 10);
+        assert_eq!(r.routed_messages(), 0);
+        r.confirm(&first, 100);
+        assert_eq!(r.counters("a").unwrap().messages, 10);
+        assert_eq!(r.counters("a").unwrap().bytes, 100);
+        // b failed: its assignment is taken back, so b is chosen again, unless excluded.
+        r.cancel(&second);
+        assert_eq!(&**r.id(r.choose(10, &[]).unwrap()), "b");
+        let b: Arc<str> = Arc::from("b");
+        assert_eq!(
+            &**r.id(r.choose(10, std::slice::from_ref(&b)).unwrap()),
+            "a"
+        );
+        // Every analyzer excluded: any analyzer online rather than none.
+        let a: Arc<str> = Arc::from("a");
+        assert!(r.choose(10, &[a, b]).is_some());
+        assert_eq!(r.counters("b").unwrap().messages, 0);
+        assert_eq!(r.route_stats()["a"].epoch_share, 1.0);
+    }
+
+    #[test]
+    fn confirmation_after_an_epoch_change_counts_all_time_only() {
+        let mut r = Router::new("analyzer");
+        r.set_members([("a", 1.0), ("b", 1.0)]);
+        let i = r.choose(5, &[]).unwrap();
+        let res = r.reserve(i, 5);
+        r.set_members([("b", 1.0)]);
+        r.cancel(&res); // other epoch: no effect on the new selector
+        r.confirm(&res, 1);
+        let c = r.counters("a").unwrap();
+        assert_eq!((c.messages, c.epoch_messages), (5, 0));
+        assert_eq!(r.routed_messages(), 5);
     }
 }

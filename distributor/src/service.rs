@@ -8,10 +8,12 @@
 //! (stats, membership mirror) go to tasks of their own so a KV round trip never stalls routing.
 //! Publishing is buffered by the client; the loop never flushes per packet.
 //!
-//! Delivery is at-most-once: a packet is published once to one analyzer and forgotten. See
-//! `docs/distributor.md` for what can be lost.
+//! With `--delivery at-most-once` (the default) a packet is published once to one analyzer and
+//! forgotten. With `--delivery at-least-once` the ingest subscriptions are replaced by a JetStream
+//! consumer and the loop of [`crate::at_least_once`], which shares this module's validation,
+//! membership and stats. See `docs/delivery.md` for what each mode can lose or duplicate.
 //!
-//! Shutdown (SIGINT/SIGTERM): the ingest subscriptions are drained (unsubscribed, then what the
+//! At-most-once shutdown (SIGINT/SIGTERM): the ingest subscriptions are drained (unsubscribed, then what the
 //! client already buffered is still routed), packets still held are dead-lettered
 //! (`no_analyzer_online`), the client is flushed, the final stats are written.
 
@@ -31,16 +33,14 @@ use logdist::stats::{distributor_key, unix_millis_now, DistributorStats};
 use logdist::PacketValidator;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RunArgs;
+use crate::at_least_once;
+use crate::config::{Delivery, RunArgs};
 use crate::hold_queue::HoldQueue;
 use crate::membership::{Membership, MembershipEvent};
 use crate::membership_mirror::{read_members, MembershipMirror};
 use crate::outgoing::{self, Outgoing, Reason, NO_ANALYZER_ONLINE};
 use crate::router::Router;
 use crate::stats_publisher::StatsPublisher;
-
-/// The `delivery` field of this mode's stats.
-pub const DELIVERY: &str = "at-most-once";
 
 /// How long shutdown waits for the drained subscriptions to hand over their last messages.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,43 +108,33 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
             "cannot read the membership bucket; waiting for heartbeats"),
     }
 
-    let wildcard = names.ingest_wildcard();
-    let mut ingest = client
-        .queue_subscribe(names.ingest_subject.clone(), DISTRIBUTOR_QUEUE_GROUP.into())
-        .await
-        .map_err(|e| subscribe_err(&names.ingest_subject, e))?;
-    let mut ingest_agents = client
-        .queue_subscribe(wildcard.clone(), DISTRIBUTOR_QUEUE_GROUP.into())
-        .await
-        .map_err(|e| subscribe_err(&wildcard, e))?;
     let publisher = StatsPublisher::spawn(stats_kv, distributor_key(&replica));
-    tracing::info!(
-        replica = %replica,
-        ingest = %names.ingest_subject,
-        delivery = DELIVERY,
-        analyzers_online = distributor.membership.len(),
-        "distributor running"
-    );
-
     // Seeded analyzers are already in the bucket: mirror only what changes from now on.
     distributor.mirror = Some(MembershipMirror::spawn(members_kv));
-    distributor
-        .event_loop(
-            &mut control,
-            &mut ingest,
-            &mut ingest_agents,
-            &publisher,
-            args.stats_interval,
-            &shutdown,
-        )
-        .await;
-
-    // Shutdown: take no new packets, route what is in hand.
-    tracing::info!("draining the ingest subscriptions");
-    distributor
-        .drain(&mut control, &mut ingest, &mut ingest_agents)
-        .await;
-    distributor.deadletter_held().await;
+    match args.delivery {
+        Delivery::AtMostOnce => {
+            run_at_most_once(&args, &mut distributor, &mut control, &publisher, &shutdown).await?
+        }
+        Delivery::AtLeastOnce => {
+            tracing::info!(
+                replica = %replica,
+                stream = %args.at_least_once.stream,
+                consumer = %args.at_least_once.consumer,
+                delivery = args.delivery.as_str(),
+                analyzers_online = distributor.membership.len(),
+                "distributor running"
+            );
+            at_least_once::run(
+                &args,
+                &js,
+                &mut distributor,
+                &mut control,
+                &publisher,
+                &shutdown,
+            )
+            .await;
+        }
+    }
     if tokio::time::timeout(FINAL_WRITE_TIMEOUT, client.flush())
         .await
         .is_err()
@@ -159,6 +149,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         received_packets = last.received_packets,
         routed_messages = last.routed_messages,
         deadletter_packets = last.deadletter_packets,
+        redelivered = last.redelivered,
         "writing final stats"
     );
     publisher.finish(last, FINAL_WRITE_TIMEOUT).await;
@@ -166,31 +157,84 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     Ok(())
 }
 
+/// At-most-once: the core-NATS queue subscriptions on the ingest subjects, until shutdown, then
+/// their drain.
+async fn run_at_most_once(
+    args: &RunArgs,
+    distributor: &mut Distributor,
+    control: &mut Subscriber,
+    publisher: &StatsPublisher,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    let names = &args.names;
+    let client = distributor.client.clone();
+    let subscribe_err = |subject: &str, e: async_nats::SubscribeError| RunError::Subscribe {
+        subject: subject.to_string(),
+        detail: e.to_string(),
+    };
+    let wildcard = names.ingest_wildcard();
+    let mut ingest = client
+        .queue_subscribe(names.ingest_subject.clone(), DISTRIBUTOR_QUEUE_GROUP.into())
+        .await
+        .map_err(|e| subscribe_err(&names.ingest_subject, e))?;
+    let mut ingest_agents = client
+        .queue_subscribe(wildcard.clone(), DISTRIBUTOR_QUEUE_GROUP.into())
+        .await
+        .map_err(|e| subscribe_err(&wildcard, e))?;
+    tracing::info!(
+        replica = %distributor.replica,
+        ingest = %names.ingest_subject,
+        delivery = args.delivery.as_str(),
+        analyzers_online = distributor.membership.len(),
+        "distributor running"
+    );
+    distributor
+        .event_loop(
+            control,
+            &mut ingest,
+            &mut ingest_agents,
+            publisher,
+            args.stats_interval,
+            shutdown,
+        )
+        .await;
+
+    // Shutdown: take no new packets, route what is in hand.
+    tracing::info!("draining the ingest subscriptions");
+    distributor
+        .drain(control, &mut ingest, &mut ingest_agents)
+        .await;
+    distributor.deadletter_held().await;
+    Ok(())
+}
+
 /// Counters owned by the event loop (plain integers: one task owns them).
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
     received_packets: u64,
     received_messages: u64,
     received_bytes: u64,
-    routed_packets: u64,
+    pub(crate) routed_packets: u64,
     deadletter_packets: u64,
     deadletter_messages: u64,
     deadletter_reasons: BTreeMap<&'static str, u64>,
     held_total: u64,
     held_overflow: u64,
+    pub(crate) redelivered: u64,
 }
 
 /// All routing state of one replica, owned by the event loop.
-struct Distributor {
-    client: Client,
+pub(crate) struct Distributor {
+    pub(crate) client: Client,
+    delivery: Delivery,
     validator: PacketValidator,
     deadletter_subject: Subject,
     replica: String,
     replica_header: HeaderValue,
-    membership: Membership,
-    router: Router,
+    pub(crate) membership: Membership,
+    pub(crate) router: Router,
     hold: HoldQueue<Outgoing>,
-    counters: Counters,
+    pub(crate) counters: Counters,
     events: Arc<ConnectionEvents>,
     mirror: Option<MembershipMirror>,
     started_at_ms: u64,
@@ -202,6 +246,7 @@ impl Distributor {
     fn new(args: &RunArgs, replica: &str, client: Client, events: Arc<ConnectionEvents>) -> Self {
         Distributor {
             client,
+            delivery: args.delivery,
             validator: PacketValidator::new(args.max_packet_bytes),
             deadletter_subject: Subject::from(args.names.deadletter_subject.clone()),
             replica: replica.to_string(),
@@ -291,7 +336,7 @@ impl Distributor {
         }
     }
 
-    fn expiry_deadline(&self) -> tokio::time::Instant {
+    pub(crate) fn expiry_deadline(&self) -> tokio::time::Instant {
         let next = self
             .membership
             .next_deadline()
@@ -307,6 +352,20 @@ impl Distributor {
             headers,
             ..
         } = message;
+        if let Some(out) = self.validate(subject, headers, payload).await {
+            self.forward(out).await;
+        }
+    }
+
+    /// Validates one payload taken from an ingest subject and dead-letters what is invalid.
+    /// Returns what is left to forward (the whole payload, or the valid elements of a mixed
+    /// packet), with the forwarding headers, or `None` when nothing is valid.
+    pub(crate) async fn validate(
+        &mut self,
+        subject: Subject,
+        headers: Option<async_nats::HeaderMap>,
+        payload: Bytes,
+    ) -> Option<Outgoing> {
         self.counters.received_packets += 1;
         self.counters.received_bytes += payload.len() as u64;
         let validator = self.validator;
@@ -316,13 +375,12 @@ impl Distributor {
                 self.counters.received_messages += messages;
                 drop(packet);
                 let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
-                self.forward(Outgoing {
+                Some(Outgoing {
                     subject,
                     headers,
                     payload,
                     messages,
                 })
-                .await;
             }
             Ok(packet) => {
                 self.counters.received_messages += packet.len() as u64;
@@ -343,19 +401,18 @@ impl Distributor {
                     )
                     .await;
                 }
-                if !packet.records.is_empty() {
-                    let messages = packet.records.len() as u64;
-                    let valid = Bytes::from(packet.valid_json_array());
-                    let headers =
-                        outgoing::forward_headers(headers, messages, &self.replica_header);
-                    self.forward(Outgoing {
-                        subject,
-                        headers,
-                        payload: valid,
-                        messages,
-                    })
-                    .await;
+                if packet.records.is_empty() {
+                    return None;
                 }
+                let messages = packet.records.len() as u64;
+                let valid = Bytes::from(packet.valid_json_array());
+                let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
+                Some(Outgoing {
+                    subject,
+                    headers,
+                    payload: valid,
+                    messages,
+                })
             }
             Err(error) => {
                 let text = error.to_string();
@@ -365,6 +422,7 @@ impl Distributor {
                 };
                 self.deadletter(&subject, headers.as_ref(), payload.clone(), 1, reason, None)
                     .await;
+                None
             }
         }
     }
@@ -406,7 +464,7 @@ impl Distributor {
         }
     }
 
-    async fn deadletter_outgoing(&mut self, out: Outgoing, reason: Reason<'_>) {
+    pub(crate) async fn deadletter_outgoing(&mut self, out: Outgoing, reason: Reason<'_>) {
         let Outgoing {
             subject,
             headers,
@@ -418,7 +476,7 @@ impl Distributor {
     }
 
     /// Publishes rejected bytes to the dead-letter subject with the contract's headers.
-    async fn deadletter(
+    pub(crate) async fn deadletter(
         &mut self,
         subject: &Subject,
         original: Option<&async_nats::HeaderMap>,
@@ -463,7 +521,7 @@ impl Distributor {
         }
     }
 
-    async fn on_control(&mut self, payload: &[u8]) {
+    pub(crate) async fn on_control(&mut self, payload: &[u8]) {
         match self.membership.apply_payload(payload, Instant::now()) {
             Ok(events) => self.apply_events(events).await,
             Err(e) => tracing::warn!(
@@ -477,7 +535,7 @@ impl Distributor {
 
     /// Logs membership events, mirrors them to KV, and on a routing change starts a new epoch
     /// and releases held packets.
-    async fn apply_events(&mut self, events: Vec<MembershipEvent>) {
+    pub(crate) async fn apply_events(&mut self, events: Vec<MembershipEvent>) {
         let mut routing_changed = false;
         for event in &events {
             routing_changed |= event.changes_routing();
@@ -554,7 +612,7 @@ impl Distributor {
     }
 
     /// The replica's stats now.
-    fn snapshot(&mut self) -> DistributorStats {
+    pub(crate) fn snapshot(&mut self) -> DistributorStats {
         let now = Instant::now();
         let routed = self.router.routed_messages();
         let (mark, mark_routed) = self.rate_mark;
@@ -566,7 +624,7 @@ impl Distributor {
         let c = &self.counters;
         DistributorStats {
             replica: self.replica.clone(),
-            delivery: DELIVERY.to_string(),
+            delivery: self.delivery.as_str().to_string(),
             started_at_ms: self.started_at_ms,
             updated_at_ms: unix_millis_now(),
             received_packets: c.received_packets,
@@ -586,7 +644,7 @@ impl Distributor {
             held_bytes: self.hold.bytes() as u64,
             held_total: c.held_total,
             held_overflow: c.held_overflow,
-            redelivered: 0,
+            redelivered: c.redelivered,
             slow_consumer_events: self.events.slow_consumer_events(),
             disconnects: self.events.disconnects(),
             reconnects: self.events.reconnects(),

@@ -1,0 +1,477 @@
+//! At-least-once delivery (`--delivery at-least-once`): packets come from a JetStream stream
+//! through a durable pull consumer shared by every replica, and a packet is acked in the stream
+//! only after an analyzer acknowledged it. See `docs/delivery.md` for the guarantee.
+//!
+//! The same one-task event loop as at-most-once (control first, so a withdrawal takes effect at
+//! once), with two more sources: the consumer's message stream, and the requests in flight to
+//! analyzers (a `FuturesUnordered`, so thousands are pipelined). Per packet:
+//!
+//! 1. validate exactly as at-most-once; what is invalid is dead-lettered, a packet with nothing
+//!    valid is acked at once;
+//! 2. choose an analyzer and *reserve* the packet there (the selector counts it now, so balancing
+//!    sees packets in flight), unless that analyzer already has `--analyzer-window` packets in
+//!    flight: then the packet waits (and fetching pauses) until one completes, so a slow
+//!    analyzer slows the pipeline instead of losing its share;
+//! 3. send it as a request with `Logdist-Packet-Id: <stream>:<stream sequence>`;
+//! 4. on the reply: count it as routed and ack it in the stream. On a time-out, no responders or
+//!    any other error: take the reservation back, and send it to another analyzer (excluding
+//!    those that failed it) after telling JetStream the packet is still being worked on; after
+//!    `--max-attempts` failures dead-letter it (`undeliverable`) and ack it.
+//!
+//! With no analyzer online, packets in hand are nak'ed with a growing delay and fetching pauses:
+//! they stay in the stream. Errors of the consumer (a server restart, a cluster node lost) drop
+//! the message stream; the consumer is looked up again after a back-off, without restarting.
+//! Requests in flight are unaffected: the client reconnects by itself.
+//!
+//! Shutdown: stop fetching, nak what was not sent, wait (at most `--shutdown-timeout`) for the
+//! requests in flight and ack those acknowledged; the rest JetStream redelivers after
+//! `--ack-wait`.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::header::{HeaderName, HeaderValue};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{self, stream, AckKind};
+use async_nats::{Message, Request, RequestError, Subscriber};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use logdist::Names;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AtLeastOnceArgs, RunArgs};
+use crate::outgoing::{Outgoing, Reason};
+use crate::router::Reservation;
+use crate::service::Distributor;
+use crate::stats_publisher::StatsPublisher;
+
+/// Reason code of a packet that no analyzer acknowledged within `--max-attempts`.
+pub const UNDELIVERABLE: &str = "undeliverable";
+
+const PACKET_ID: HeaderName = HeaderName::from_static(logdist::headers::PACKET_ID);
+
+/// Idle heartbeat asked of the server on pull requests: a consumer that stops answering (server
+/// restart, leader lost) shows as an error within about two of these.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Expiry of one pull request; the client renews them.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// Back-off between attempts to get the consumer again after an error.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long JetStream should wait before redelivering a packet nak'ed because no analyzer is
+/// online, by how often it was delivered already: 250 ms, doubling, at most 5 s.
+pub fn nak_delay(delivered: i64) -> Duration {
+    let doublings = delivered.clamp(1, 6) - 1;
+    (Duration::from_millis(250) * (1u32 << doublings)).min(Duration::from_secs(5))
+}
+
+/// A packet taken from the stream and not yet acked there.
+struct Packet {
+    message: jetstream::Message,
+    out: Outgoing,
+    /// Failed deliveries so far.
+    attempts: u32,
+    /// Analyzers that failed it (skipped while others are online).
+    failed: Vec<Arc<str>>,
+}
+
+type Delivery = Pin<
+    Box<dyn Future<Output = (Packet, Reservation, Result<Message, RequestError>)> + Send + 'static>,
+>;
+
+/// Gets (or creates) the stream and the durable consumer.
+pub async fn open_consumer(
+    js: &jetstream::Context,
+    names: &Names,
+    args: &AtLeastOnceArgs,
+) -> Result<jetstream::consumer::PullConsumer, String> {
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: args.stream.clone(),
+            description: Some(
+                "logdist: log packets from the ingest subjects (at-least-once delivery)".into(),
+            ),
+            subjects: vec![names.ingest_subject.clone(), names.ingest_wildcard()],
+            // A packet leaves the stream once acked: the stream holds the backlog only.
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: args.stream_replicas,
+            max_age: args.stream_max_age,
+            max_bytes: args.stream_max_bytes,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cannot get or create stream {:?}: {e}", args.stream))?;
+    stream
+        .get_or_create_consumer(
+            &args.consumer,
+            pull::Config {
+                durable_name: Some(args.consumer.clone()),
+                description: Some("logdist distributors (shared by every replica)".into()),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: args.ack_wait,
+                // Never give up on a packet: failures end as dead letters, not as drops.
+                max_deliver: -1,
+                max_ack_pending: args.max_ack_pending,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot get or create consumer {:?} on stream {:?}: {e}",
+                args.consumer, args.stream
+            )
+        })
+}
+
+/// Gets the consumer and opens its message stream, in a task of its own so the event loop keeps
+/// serving acknowledgements and heartbeats meanwhile.
+fn open(
+    js: jetstream::Context,
+    names: Names,
+    args: AtLeastOnceArgs,
+) -> JoinHandle<Result<pull::Stream, String>> {
+    tokio::spawn(async move {
+        let consumer = open_consumer(&js, &names, &args).await?;
+        consumer
+            .stream()
+            .max_messages_per_batch(args.fetch_batch)
+            .heartbeat(PULL_HEARTBEAT)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| format!("cannot pull from consumer {:?}: {e}", args.consumer))
+    })
+}
+
+async fn join(
+    opening: &mut Option<JoinHandle<Result<pull::Stream, String>>>,
+) -> Result<pull::Stream, String> {
+    match opening {
+        Some(task) => task
+            .await
+            .unwrap_or_else(|e| Err(format!("consumer set-up task failed: {e}"))),
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_message(
+    messages: &mut Option<pull::Stream>,
+) -> Option<Result<jetstream::Message, pull::MessagesError>> {
+    match messages {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The at-least-once pipeline of one replica.
+struct Pipeline<'a> {
+    d: &'a mut Distributor,
+    stream: String,
+    request_timeout: Duration,
+    max_attempts: u32,
+    window: usize,
+    max_in_flight: usize,
+    in_flight: FuturesUnordered<Delivery>,
+    /// Requests in flight per analyzer id.
+    per_analyzer: HashMap<Arc<str>, usize>,
+    /// Packets to send (new, or to retry), oldest first.
+    ready: VecDeque<Packet>,
+    /// Whether "no analyzer online" was logged since the last packet went out.
+    idle_logged: bool,
+}
+
+/// Runs the at-least-once pipeline until `shutdown`, then finishes what is in flight.
+pub(crate) async fn run(
+    args: &RunArgs,
+    js: &jetstream::Context,
+    distributor: &mut Distributor,
+    control: &mut Subscriber,
+    publisher: &StatsPublisher,
+    shutdown: &CancellationToken,
+) {
+    let alo = &args.at_least_once;
+    let mut p = Pipeline {
+        d: distributor,
+        stream: alo.stream.clone(),
+        request_timeout: alo.request_timeout,
+        max_attempts: alo.max_attempts,
+        window: alo.analyzer_window,
+        max_in_flight: alo.max_in_flight,
+        in_flight: FuturesUnordered::new(),
+        per_analyzer: HashMap::new(),
+        ready: VecDeque::new(),
+        idle_logged: false,
+    };
+    let reopen = || open(js.clone(), args.names.clone(), alo.clone());
+    let mut opening = Some(reopen());
+    let mut messages: Option<pull::Stream> = None;
+    let mut backoff = MIN_BACKOFF;
+    let retry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(retry);
+    let mut retry_armed = false;
+    let mut stats_tick = tokio::time::interval(args.stats_interval);
+    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let expiry = tokio::time::sleep_until(p.d.expiry_deadline());
+    tokio::pin!(expiry);
+
+    loop {
+        p.dispatch_ready().await;
+        let room = p.ready.is_empty()
+            && p.in_flight.len() < p.max_in_flight
+            && !p.d.router.is_empty()
+            && messages.is_some();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(message) = control.next() => {
+                p.d.on_control(&message.payload).await;
+                expiry.as_mut().reset(p.d.expiry_deadline());
+            }
+            () = &mut expiry => {
+                let events = p.d.membership.expire(Instant::now());
+                p.d.apply_events(events).await;
+                expiry.as_mut().reset(p.d.expiry_deadline());
+            }
+            Some(done) = p.in_flight.next() => p.on_done(done).await,
+            _ = stats_tick.tick() => publisher.offer(p.d.snapshot()),
+            result = join(&mut opening) => {
+                opening = None;
+                match result {
+                    Ok(stream) => {
+                        tracing::info!(stream = %alo.stream, consumer = %alo.consumer, "consuming from JetStream");
+                        messages = Some(stream);
+                        backoff = MIN_BACKOFF;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "JetStream consumer not available");
+                        retry.as_mut().reset(tokio::time::Instant::now() + backoff);
+                        retry_armed = true;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            () = &mut retry, if retry_armed => {
+                retry_armed = false;
+                opening = Some(reopen());
+            }
+            item = next_message(&mut messages), if room => match item {
+                Some(Ok(message)) => p.on_message(message).await,
+                other => {
+                    match other {
+                        Some(Err(e)) => tracing::warn!(error = %e, kind = ?e.kind(), retry_in = ?backoff, "JetStream consumer error; getting the consumer again"),
+                        _ => tracing::warn!(retry_in = ?backoff, "JetStream message stream ended; getting the consumer again"),
+                    }
+                    messages = None;
+                    retry.as_mut().reset(tokio::time::Instant::now() + backoff);
+                    retry_armed = true;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            },
+        }
+    }
+
+    tracing::info!(
+        in_flight = p.in_flight.len(),
+        waiting = p.ready.len(),
+        "stopping: no more fetching; finishing the requests in flight"
+    );
+    drop(messages);
+    if let Some(task) = opening {
+        task.abort();
+    }
+    p.finish(alo.shutdown_timeout).await;
+}
+
+impl Pipeline<'_> {
+    /// One message from the stream: validate, dead-letter what is invalid, queue the rest.
+    async fn on_message(&mut self, message: jetstream::Message) {
+        let sequence = match message.info() {
+            Ok(info) => info.stream_sequence,
+            Err(e) => {
+                // Not a consumer delivery (no ack subject): nothing to ack either.
+                tracing::warn!(error = %e, subject = %message.subject, "message without JetStream metadata; skipped");
+                return;
+            }
+        };
+        let subject = message.subject.clone();
+        let headers = message.headers.clone();
+        let payload = message.payload.clone();
+        match self.d.validate(subject, headers, payload).await {
+            Some(mut out) => {
+                let id = format!("{}:{sequence}", self.stream);
+                out.headers
+                    .insert(PACKET_ID, HeaderValue::from(id.as_str()));
+                self.ready.push_back(Packet {
+                    message,
+                    out,
+                    attempts: 0,
+                    failed: Vec::new(),
+                });
+            }
+            // Everything was dead-lettered (published before this ack, on the same connection).
+            None => ack(&message, AckKind::Ack).await,
+        }
+    }
+
+    /// Sends ready packets while analyzers have room in their windows.
+    async fn dispatch_ready(&mut self) {
+        while let Some(packet) = self.ready.pop_front() {
+            let messages = packet.out.messages;
+            let Some(i) = self.d.router.choose(messages, &packet.failed) else {
+                self.nak_no_analyzer(packet).await;
+                continue;
+            };
+            let busy = self
+                .per_analyzer
+                .get(self.d.router.id(i))
+                .is_some_and(|&n| n >= self.window);
+            if busy {
+                self.ready.push_front(packet);
+                return;
+            }
+            self.idle_logged = false;
+            let reservation = self.d.router.reserve(i, messages);
+            *self.per_analyzer.entry(reservation.id.clone()).or_insert(0) += 1;
+            self.send(packet, reservation);
+        }
+    }
+
+    fn send(&mut self, packet: Packet, reservation: Reservation) {
+        let request = Request::new()
+            .headers(packet.out.headers.clone())
+            .payload(packet.out.payload.clone())
+            .timeout(Some(self.request_timeout));
+        let client = self.d.client.clone();
+        self.in_flight.push(Box::pin(async move {
+            let result = client
+                .send_request(reservation.subject.clone(), request)
+                .await;
+            (packet, reservation, result)
+        }));
+    }
+
+    /// A request finished: ack on a reply, otherwise retry elsewhere or dead-letter.
+    async fn on_done(&mut self, done: (Packet, Reservation, Result<Message, RequestError>)) {
+        let (mut packet, reservation, result) = done;
+        if let Some(n) = self.per_analyzer.get_mut(&reservation.id) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_analyzer.remove(&reservation.id);
+            }
+        }
+        let error = match result {
+            Ok(_) => {
+                self.d
+                    .router
+                    .confirm(&reservation, packet.out.payload.len());
+                self.d.counters.routed_packets += 1;
+                ack(&packet.message, AckKind::Ack).await;
+                return;
+            }
+            Err(e) => e,
+        };
+        self.d.router.cancel(&reservation);
+        packet.attempts += 1;
+        if !packet.failed.contains(&reservation.id) {
+            packet.failed.push(reservation.id.clone());
+        }
+        tracing::debug!(analyzer_id = %reservation.id, attempts = packet.attempts, error = %error, "delivery failed");
+        if packet.attempts >= self.max_attempts {
+            let text = format!(
+                "no analyzer acknowledged the packet in {} attempts (last: analyzer {}: {error})",
+                packet.attempts, reservation.id
+            );
+            tracing::warn!(reason = %text, "dead-lettering an undeliverable packet");
+            let Packet { message, out, .. } = packet;
+            self.d
+                .deadletter_outgoing(
+                    out,
+                    Reason {
+                        code: UNDELIVERABLE,
+                        text: &text,
+                    },
+                )
+                .await;
+            ack(&message, AckKind::Ack).await;
+            return;
+        }
+        self.d.counters.redelivered += 1;
+        // Restart JetStream's ack-wait clock: this replica is still working on the packet.
+        ack(&packet.message, AckKind::Progress).await;
+        self.ready.push_front(packet);
+    }
+
+    /// No analyzer online: the packet goes back to the stream, to be redelivered later.
+    async fn nak_no_analyzer(&mut self, packet: Packet) {
+        if !self.idle_logged {
+            tracing::warn!("no analyzer online: packets stay in the stream until one is");
+            self.idle_logged = true;
+        }
+        let delivered = packet.message.info().map_or(1, |i| i.delivered);
+        ack(&packet.message, AckKind::Nak(Some(nak_delay(delivered)))).await;
+    }
+
+    /// Shutdown: nak what was not sent, then wait (bounded) for the requests in flight.
+    async fn finish(&mut self, timeout: Duration) {
+        while let Some(packet) = self.ready.pop_front() {
+            ack(&packet.message, AckKind::Nak(None)).await;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
+                Ok(Some((packet, reservation, Ok(_)))) => {
+                    self.d
+                        .router
+                        .confirm(&reservation, packet.out.payload.len());
+                    self.d.counters.routed_packets += 1;
+                    ack(&packet.message, AckKind::Ack).await;
+                }
+                // Another replica (or this one, restarted) will deliver it.
+                Ok(Some((packet, reservation, Err(_)))) => {
+                    self.d.router.cancel(&reservation);
+                    ack(&packet.message, AckKind::Nak(None)).await;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        left = self.in_flight.len(),
+                        ?timeout,
+                        "requests still in flight at the shutdown timeout; JetStream will redeliver them"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Acks (or naks, …) a stream message; a failure only delays it (JetStream redelivers).
+async fn ack(message: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::warn!(error = %e, ?kind, "cannot acknowledge to JetStream");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nak_delay_grows_and_is_capped() {
+        assert_eq!(nak_delay(0), Duration::from_millis(250));
+        assert_eq!(nak_delay(1), Duration::from_millis(250));
+        assert_eq!(nak_delay(2), Duration::from_millis(500));
+        assert_eq!(nak_delay(5), Duration::from_secs(4));
+        assert_eq!(nak_delay(6), Duration::from_secs(5));
+        assert_eq!(nak_delay(1000), Duration::from_secs(5));
+    }
+}
