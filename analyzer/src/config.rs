@@ -93,6 +93,21 @@ pub struct AnalyzerConfig {
     )]
     pub dedup_window: usize,
 
+    /// How often, while acknowledgements are pending, the counters are written to the stats
+    /// bucket before the acknowledgements go out (10ms to 10s). A request-style packet
+    /// (at-least-once mode) is acknowledged only once a write that counts it succeeded, so an
+    /// analyzer killed at any moment never loses a count it acknowledged. Keep it well below the
+    /// distributors' --request-timeout.
+    #[arg(
+        long,
+        env = "ANALYZER_CHECKPOINT_INTERVAL",
+        value_name = "DURATION",
+        allow_negative_numbers = true,
+        default_value = "200ms",
+        value_parser = parse_checkpoint_interval
+    )]
+    pub checkpoint_interval: Duration,
+
     /// On shutdown, how long to wait for packets already delivered to be handed over and
     /// analyzed, and for the final stats to be written.
     #[arg(
@@ -163,6 +178,14 @@ fn parse_heartbeat_interval(value: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+fn parse_checkpoint_interval(value: &str) -> Result<Duration, String> {
+    let interval = parse_duration(value)?;
+    if interval < Duration::from_millis(10) || interval > Duration::from_secs(10) {
+        return Err("must be between 10ms and 10s".to_string());
+    }
+    Ok(interval)
+}
+
 fn parse_report_interval(value: &str) -> Result<Duration, String> {
     let interval = parse_duration(value)?;
     if interval < Duration::from_millis(10) {
@@ -188,6 +211,7 @@ mod tests {
         assert_eq!(config.report_interval, Duration::from_secs(5));
         assert_eq!(config.work_per_message, Duration::ZERO);
         assert_eq!(config.dedup_window, DEFAULT_DEDUP_WINDOW);
+        assert_eq!(config.checkpoint_interval, Duration::from_millis(200));
         assert!(!config.print);
         assert_eq!(config.instance, None);
         assert_eq!(config.names, Names::default());
@@ -237,6 +261,10 @@ mod tests {
             (
                 &["--id", "1", "--weight", "1", "--work-per-message", "-3"],
                 "--work-per-message",
+            ),
+            (
+                &["--id", "1", "--weight", "1", "--checkpoint-interval", "1m"],
+                "--checkpoint-interval",
             ),
         ] {
             let err = parse(args).unwrap_err();

@@ -24,6 +24,8 @@ pub struct Reporter {
     started_at_ms: u64,
     previous: Instant,
     previous_messages: u64,
+    /// The rate of the last [`snapshot`](Reporter::snapshot), repeated by checkpoints.
+    last_rate: f64,
 }
 
 impl Reporter {
@@ -35,6 +37,7 @@ impl Reporter {
             started_at_ms: unix_millis_now(),
             previous: started,
             previous_messages: 0,
+            last_rate: 0.0,
         }
     }
 
@@ -50,6 +53,18 @@ impl Reporter {
         };
         self.previous = now;
         self.previous_messages = analysis.messages();
+        self.last_rate = messages_per_sec;
+        self.record(analysis, state, messages_per_sec)
+    }
+
+    /// The stats record of `analysis` now, for a checkpoint between two reports: the counters are
+    /// current, `messages_per_sec` is the last report's (so it keeps meaning "over the report
+    /// interval").
+    pub fn checkpoint(&self, analysis: &Analysis, state: &str) -> AnalyzerStats {
+        self.record(analysis, state, self.last_rate)
+    }
+
+    fn record(&self, analysis: &Analysis, state: &str, messages_per_sec: f64) -> AnalyzerStats {
         AnalyzerStats {
             id: self.id.clone(),
             instance: self.instance.clone(),
@@ -197,6 +212,11 @@ mod tests {
         assert_eq!(stats.top_sources[0].source, "web");
         assert_eq!(stats.latency.as_ref().unwrap().count, 1);
         assert!(stats.started_at_ms > 0 && stats.updated_at_ms >= stats.started_at_ms);
+
+        // A checkpoint repeats the report's rate.
+        let checkpoint = reporter.checkpoint(&analysis, STATE_UP);
+        assert_eq!(checkpoint.messages_per_sec, 1.5);
+        assert_eq!(checkpoint.messages, 3);
 
         // Nothing new in the next interval: the rate drops to 0, the counters stay.
         let stats = reporter.snapshot(&analysis, STATE_DOWN, started + Duration::from_secs(3));

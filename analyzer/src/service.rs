@@ -2,11 +2,20 @@
 //! down in the order the protocol needs.
 //!
 //! Three tasks run:
-//! - this one owns the subscription and the counters (so the hot path takes no lock), acks each
-//!   request-style packet after analyzing it, and snapshots the counters every report interval;
+//! - this one owns the subscription and the counters (so the hot path takes no lock), and
+//!   snapshots the counters every report interval, and every `--checkpoint-interval` while
+//!   acknowledgements are pending;
 //! - the heartbeat task ([`crate::heartbeat`]) keeps the instance in the distributors' routing;
-//! - the stats publisher writes the latest snapshot to the stats bucket, so a slow or unreachable
-//!   JetStream never stalls the analysis (a snapshot that is overtaken is simply skipped).
+//! - the stats writer writes each snapshot to the stats bucket, then sends the acknowledgements
+//!   that waited for it, so a slow JetStream does not stall the analysis between checkpoints.
+//!
+//! Acknowledgements (replies to request-style packets, at-least-once mode) are *checkpointed*:
+//! a packet is acknowledged only after a stats write that counts it succeeded. An instance that
+//! is killed loses its in-memory counters since the last write; the packets they counted were
+//! not acknowledged, so the distributor sends them again (to another analyzer), and every
+//! acknowledged message stays counted in the bucket. Packets without a reply subject
+//! (at-most-once mode) take the same path and simply have nothing to acknowledge. Every write
+//! goes through the one writer in order, so the bucket never goes back to older counts.
 //!
 //! Start-up: subscribe `<prefix>.<id>` in queue group `<prefix>.<id>`, flush (the server now
 //! knows the subscription), and only then announce, so no packet is routed here before we listen.
@@ -18,14 +27,14 @@
 use std::io::{self, Stdout, Write};
 use std::time::Instant;
 
-use async_nats::{Client, HeaderName, Message};
+use async_nats::{Client, HeaderName, Message, Subject};
 use futures::StreamExt;
 use logdist::buckets::{self, BucketError};
 use logdist::connect::{self, ConnectError};
 use logdist::control::Heartbeat;
 use logdist::headers;
 use logdist::stats::{analyzer_key, AnalyzerStats};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -113,14 +122,22 @@ pub async fn run(
     ));
 
     let mut reporter = Reporter::new(id, instance, config.weight, started);
-    let mut handler = PacketHandler::new(client.clone(), config);
-    let (stats_tx, stats_rx) =
-        watch::channel(reporter.snapshot(&handler.analysis, STATE_UP, started));
-    let stats_publisher = tokio::spawn(publish_stats(
+    let mut handler = PacketHandler::new(config);
+    let (stats_tx, stats_rx) = mpsc::channel(CHECKPOINT_QUEUE);
+    let _ = stats_tx.try_send(Checkpoint {
+        stats: reporter.snapshot(&handler.analysis, STATE_UP, started),
+        replies: Vec::new(),
+    });
+    let stats_publisher = tokio::spawn(write_checkpoints(
         stats_bucket,
         analyzer_key(id, instance),
+        client.clone(),
         stats_rx,
     ));
+    // Replies to packets analyzed since the last checkpoint.
+    let mut pending: Vec<Subject> = Vec::new();
+    let mut checkpoint_ticks = tokio::time::interval(config.checkpoint_interval);
+    checkpoint_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tracing::info!(
         analyzer_id = %id,
         instance = %instance,
@@ -142,10 +159,14 @@ pub async fn run(
             _ = report_ticks.tick() => {
                 let stats = reporter.snapshot(&handler.analysis, STATE_UP, Instant::now());
                 print_summary(&stats);
-                stats_tx.send_replace(stats);
+                send_checkpoint(&stats_tx, stats, &mut pending).await;
+            }
+            _ = checkpoint_ticks.tick(), if !pending.is_empty() => {
+                let stats = reporter.checkpoint(&handler.analysis, STATE_UP);
+                send_checkpoint(&stats_tx, stats, &mut pending).await;
             }
             message = subscriber.next() => match message {
-                Some(message) => handler.handle(message).await,
+                Some(message) => pending.extend(handler.handle(message).await),
                 None => {
                     subscription_closed = true;
                     break;
@@ -181,7 +202,7 @@ pub async fn run(
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             match tokio::time::timeout_at(deadline, subscriber.next()).await {
-                Ok(Some(message)) => handler.handle(message).await,
+                Ok(Some(message)) => pending.extend(handler.handle(message).await),
                 Ok(None) => break,
                 Err(_) => {
                     problems.push(format!(
@@ -195,7 +216,8 @@ pub async fn run(
     handler.finish();
     let final_stats = reporter.snapshot(&handler.analysis, STATE_DOWN, Instant::now());
     print_summary(&final_stats);
-    stats_tx.send_replace(final_stats.clone());
+    // The final write also checkpoints the last packets, then acknowledges them.
+    send_checkpoint(&stats_tx, final_stats.clone(), &mut pending).await;
     drop(stats_tx);
     match tokio::time::timeout(limit, stats_publisher).await {
         Ok(Ok(Ok(()))) => {}
@@ -223,9 +245,8 @@ pub async fn run(
     Ok(Some(final_stats))
 }
 
-/// Handles one delivered packet at a time: analysis, optional printing, simulated work, ack.
+/// Handles one delivered packet at a time: analysis, optional printing, simulated work.
 struct PacketHandler {
-    client: Client,
     analysis: Analysis,
     work: SimulatedWork,
     printer: Option<RecordPrinter<Stdout>>,
@@ -236,9 +257,8 @@ struct PacketHandler {
 }
 
 impl PacketHandler {
-    fn new(client: Client, config: &AnalyzerConfig) -> Self {
+    fn new(config: &AnalyzerConfig) -> Self {
         PacketHandler {
-            client,
             analysis: Analysis::new(config.dedup_window),
             work: SimulatedWork::new(config.work_per_message),
             printer: config.print.then(|| RecordPrinter::new(io::stdout())),
@@ -252,10 +272,10 @@ impl PacketHandler {
         }
     }
 
-    /// Analyzes `message`, then acknowledges it if it asks for a reply: the ack promises the
-    /// packet was analyzed, so it is sent last (duplicates and invalid packets are acked too,
+    /// Analyzes `message` and returns its reply subject, if it asks for an acknowledgement: the
+    /// caller sends it after the next checkpoint (duplicates and invalid packets are acked too,
     /// since redelivering them cannot change the outcome).
-    async fn handle(&mut self, message: Message) {
+    async fn handle(&mut self, message: Message) -> Option<Subject> {
         let message_headers = message.headers.as_ref();
         let meta = PacketMeta {
             packet_id: message_headers
@@ -302,11 +322,7 @@ impl PacketHandler {
                 }
             }
         }
-        if let Some(reply) = message.reply {
-            if let Err(e) = self.client.publish(reply, bytes::Bytes::new()).await {
-                tracing::warn!(error = %e, "cannot acknowledge packet");
-            }
-        }
+        message.reply
     }
 
     fn finish(&mut self) {
@@ -329,27 +345,72 @@ impl PacketHandler {
     }
 }
 
-/// Writes the newest stats snapshot to `key` whenever one is sent, until the sender is dropped
-/// (after which the last snapshot is still written). Returns the last write's error, if any.
-async fn publish_stats(
+/// Checkpoints the writer may queue before the analysis waits for it (back-pressure on a slow
+/// KV store instead of unbounded memory).
+const CHECKPOINT_QUEUE: usize = 16;
+
+/// One stats write, and the acknowledgements that may go out once it succeeded.
+struct Checkpoint {
+    stats: AnalyzerStats,
+    replies: Vec<Subject>,
+}
+
+/// Hands `stats` and the pending replies to the writer. A report with nothing to acknowledge is
+/// skipped when the writer is behind (the next one carries newer numbers); one with replies
+/// waits for room.
+async fn send_checkpoint(
+    tx: &mpsc::Sender<Checkpoint>,
+    stats: AnalyzerStats,
+    pending: &mut Vec<Subject>,
+) {
+    let checkpoint = Checkpoint {
+        stats,
+        replies: std::mem::take(pending),
+    };
+    if checkpoint.replies.is_empty() {
+        let _ = tx.try_send(checkpoint);
+    } else if tx.send(checkpoint).await.is_err() {
+        tracing::warn!(
+            "stats writer stopped; acknowledgements dropped (the packets will be redelivered)"
+        );
+    }
+}
+
+/// Writes each checkpoint's stats to `key`, in order, and after a successful write sends the
+/// replies that waited for it. Queued checkpoints are merged (newest stats, every reply). When a
+/// write fails, its replies wait for the next successful one. Runs until the sender is dropped;
+/// returns the last write's error, if any.
+async fn write_checkpoints(
     bucket: async_nats::jetstream::kv::Store,
     key: String,
-    mut snapshots: watch::Receiver<AnalyzerStats>,
+    client: Client,
+    mut checkpoints: mpsc::Receiver<Checkpoint>,
 ) -> Result<(), String> {
-    loop {
-        let stats = snapshots.borrow_and_update().clone();
+    let mut result = Ok(());
+    let mut unacknowledged: Vec<Subject> = Vec::new();
+    while let Some(Checkpoint { mut stats, replies }) = checkpoints.recv().await {
+        unacknowledged.extend(replies);
+        while let Ok(newer) = checkpoints.try_recv() {
+            stats = newer.stats;
+            unacknowledged.extend(newer.replies);
+        }
         let value = serde_json::to_vec(&stats).expect("stats always serialize");
-        let result = match bucket.put(&key, value.into()).await {
-            Ok(_) => Ok(()),
+        result = match bucket.put(&key, value.into()).await {
+            Ok(_) => {
+                for reply in unacknowledged.drain(..) {
+                    if let Err(e) = client.publish(reply, bytes::Bytes::new()).await {
+                        tracing::warn!(error = %e, "cannot acknowledge packet");
+                    }
+                }
+                Ok(())
+            }
             Err(e) => {
-                tracing::warn!(key = %key, error = %e, "cannot write stats");
+                tracing::warn!(key = %key, error = %e, pending_acks = unacknowledged.len(), "cannot write stats; acknowledgements wait for the next write");
                 Err(format!("cannot write stats key {key:?}: {e}"))
             }
         };
-        if snapshots.changed().await.is_err() {
-            return result;
-        }
     }
+    result
 }
 
 /// Prints a report's summary line on stdout (what the user runs the analyzer to see).
