@@ -1,0 +1,518 @@
+//! The least-privilege roles of `nats-secure.conf` against a real nats-server: each role can do
+//! its job, and each forbidden action is refused by the server with a permission violation that
+//! the client observes (an `-ERR` event), while the thing it tried never happens.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use common::{check_config, kv_keys, password_env, repo_file, Role, SecureServer};
+use futures::StreamExt;
+use logdist::testing::{wait_until, Process};
+
+const SHORT: Duration = Duration::from_millis(300);
+
+#[test]
+fn secure_config_is_valid_and_takes_every_password_from_the_environment() {
+    let path = repo_file("nats-secure.conf");
+    let env = password_env();
+    let out = check_config(&path, &env);
+    assert!(
+        out.status.success(),
+        "nats-server -t rejected nats-secure.conf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without any one of the variables the server refuses to start, naming it.
+    for missing in 0..env.len() {
+        let partial: Vec<_> = env
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != missing)
+            .map(|(_, kv)| kv.clone())
+            .collect();
+        let out = check_config(&path, &partial);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "valid without {}", env[missing].0);
+        assert!(stderr.contains(&env[missing].0), "{stderr}");
+    }
+    // No password is written in the file itself.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let code_lines = text.lines().filter(|l| !l.trim_start().starts_with('#'));
+    let mut users = 0;
+    for line in code_lines.filter(|l| l.contains("password")) {
+        let value = line.split("password:").nth(1).unwrap_or_default().trim();
+        assert!(
+            value.starts_with("$LOGDIST_"),
+            "a password that is not an env reference: {line}"
+        );
+        users += 1;
+    }
+    assert_eq!(users, Role::ALL.len());
+}
+
+/// Waits until a message arrives on `sub`, or fails.
+async fn next_payload(sub: &mut async_nats::Subscriber, what: &str) -> Bytes {
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("nothing arrived: {what}"))
+        .expect("subscription open")
+        .payload
+}
+
+fn heartbeat(id: &str) -> Bytes {
+    format!(r#"{{"id":"{id}","weight":1,"instance":"i-{id}","state":"up","interval_ms":60000}}"#)
+        .into()
+}
+
+#[tokio::test]
+async fn an_agent_publishes_log_packets_and_nothing_else() {
+    let server = SecureServer::start();
+    let url = server.url();
+    let env = server.env(Role::Distributor);
+    let _distributor = Process::spawn(
+        "distributor",
+        &["run", "--nats-url", &url, "--replica-id", "d1"],
+        &[(env[0].0, &env[0].1), (env[1].0, &env[1].1)],
+    );
+    let (viewer, _) = server.connect(Role::Viewer).await;
+    let viewer_js = jetstream::new(viewer);
+    let (agent, agent_errors) = server.connect(Role::Agent).await;
+    let (analyzer, analyzer_errors) = server.connect(Role::Analyzer).await;
+
+    // No forged analyzer: an agent's heartbeat is refused by the server and never reaches the
+    // distributor, while the same heartbeat from an analyzer does.
+    agent
+        .publish("logdist.control", heartbeat("forged"))
+        .await
+        .unwrap();
+    agent.flush().await.unwrap();
+    agent_errors
+        .expect_violation("publish", "logdist.control")
+        .await;
+    let mut analyzer_sub = analyzer
+        .queue_subscribe("analyzer.real", "analyzer.real".into())
+        .await
+        .unwrap();
+    analyzer
+        .publish("logdist.control", heartbeat("real"))
+        .await
+        .unwrap();
+    analyzer.flush().await.unwrap();
+    wait_until(
+        "the analyzer's heartbeat in KV analyzers",
+        Duration::from_secs(15),
+        || {
+            let js = viewer_js.clone();
+            async move {
+                kv_keys(&js, "analyzers")
+                    .await
+                    .contains(&"real".to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(kv_keys(&viewer_js, "analyzers").await, vec!["real"]);
+
+    // The agent cannot listen to analyzer traffic, to other agents' logs, or to replies.
+    let mut spies = Vec::new();
+    for subject in ["analyzer.*", "analyzer.real", "logs.ingest.>", "_INBOX.>"] {
+        spies.push(agent.subscribe(subject).await.unwrap());
+        agent_errors.expect_violation("subscription", subject).await;
+    }
+    // Its log packets do go through: the distributor routes them to the analyzer.
+    let packet = r#"{"timestamp":1,"severity":"INFO","source":"app","message":"hi"}"#;
+    agent
+        .publish("logs.ingest.a1", packet.into())
+        .await
+        .unwrap();
+    agent.flush().await.unwrap();
+    assert_eq!(
+        next_payload(&mut analyzer_sub, "the agent's packet at the analyzer").await,
+        packet.as_bytes()
+    );
+    for spy in &mut spies {
+        assert!(tokio::time::timeout(SHORT, spy.next()).await.is_err());
+    }
+    // Nor read the KV buckets (its JetStream API request is refused).
+    let agent_js = jetstream::new(agent.clone());
+    assert!(agent_js.get_key_value("analyzers").await.is_err());
+    agent_errors
+        .expect_violation("publish", "$JS.API.STREAM.INFO.KV_analyzers")
+        .await;
+    assert!(
+        analyzer_errors.all().is_empty(),
+        "{:?}",
+        analyzer_errors.all()
+    );
+}
+
+#[tokio::test]
+async fn an_analyzer_cannot_feed_analyzers_or_ingest_but_can_reply_and_heartbeat() {
+    let server = SecureServer::start();
+    let (analyzer, errors) = server.connect(Role::Analyzer).await;
+    let (watcher, _) = server.connect(Role::Analyzer).await;
+    let (distributor, distributor_errors) = server.connect(Role::Distributor).await;
+    let (agent, _) = server.connect(Role::Agent).await;
+    let mut on_analyzers = watcher.subscribe("analyzer.>").await.unwrap();
+    let mut on_ingest = distributor
+        .queue_subscribe("logs.ingest.>", "distributors".into())
+        .await
+        .unwrap();
+    let mut on_bare_ingest = distributor
+        .queue_subscribe("logs.ingest", "distributors".into())
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    distributor.flush().await.unwrap();
+
+    for subject in ["analyzer.2", "logs.ingest", "logs.ingest.x"] {
+        analyzer.publish(subject, "forged".into()).await.unwrap();
+        analyzer.flush().await.unwrap();
+        errors.expect_violation("publish", subject).await;
+    }
+    // Allowed publishers go through; the first message each observer sees is theirs, so the
+    // forged ones never arrived.
+    distributor
+        .publish("analyzer.2", "routed".into())
+        .await
+        .unwrap();
+    agent.publish("logs.ingest.x", "log".into()).await.unwrap();
+    agent.publish("logs.ingest", "log".into()).await.unwrap();
+    assert_eq!(
+        next_payload(&mut on_analyzers, "analyzer.2").await,
+        "routed"
+    );
+    assert_eq!(next_payload(&mut on_ingest, "logs.ingest.x").await, "log");
+    assert_eq!(
+        next_payload(&mut on_bare_ingest, "logs.ingest").await,
+        "log"
+    );
+
+    // It cannot read the ingest subjects, nor write the membership bucket.
+    let _spy = analyzer.subscribe("logs.ingest.>").await.unwrap();
+    errors
+        .expect_violation("subscription", "logs.ingest.>")
+        .await;
+    analyzer
+        .publish("$KV.analyzers.9", "{}".into())
+        .await
+        .unwrap();
+    errors.expect_violation("publish", "$KV.analyzers.9").await;
+
+    // What it needs works: receive a request and reply to it (the at-least-once ack path).
+    let mut requests = analyzer
+        .queue_subscribe("analyzer.7", "analyzer.7".into())
+        .await
+        .unwrap();
+    analyzer.flush().await.unwrap();
+    let responder = tokio::spawn({
+        let analyzer = analyzer.clone();
+        async move {
+            let request = requests.next().await.unwrap();
+            analyzer
+                .publish(request.reply.unwrap(), "ack".into())
+                .await
+                .unwrap();
+            analyzer.flush().await.unwrap();
+        }
+    });
+    let reply = distributor
+        .request("analyzer.7", "packet".into())
+        .await
+        .expect("the analyzer's reply");
+    assert_eq!(reply.payload, "ack");
+    responder.await.unwrap();
+    assert!(
+        distributor_errors.all().is_empty(),
+        "{:?}",
+        distributor_errors.all()
+    );
+}
+
+#[tokio::test]
+async fn a_viewer_reads_the_buckets_and_cannot_change_anything() {
+    let server = SecureServer::start();
+    let (distributor, distributor_errors) = server.connect(Role::Distributor).await;
+    let (analyzer, analyzer_errors) = server.connect(Role::Analyzer).await;
+    let djs = jetstream::new(distributor);
+    // The distributor creates both buckets and writes its keys; the analyzer writes its own.
+    let members = logdist::buckets::open_or_create(&djs, "analyzers", "test")
+        .await
+        .unwrap();
+    let stats = logdist::buckets::open_or_create(&djs, "logdist_stats", "test")
+        .await
+        .unwrap();
+    members.put("1", r#"{"id":"1"}"#.into()).await.unwrap();
+    stats
+        .put("distributor.d1", r#"{"replica":"d1"}"#.into())
+        .await
+        .unwrap();
+    let ajs = jetstream::new(analyzer);
+    let analyzer_stats = ajs.get_key_value("logdist_stats").await.unwrap();
+    analyzer_stats
+        .put("analyzer.1.i1", r#"{"id":"1"}"#.into())
+        .await
+        .unwrap();
+    // … and only its own: not a distributor's key.
+    assert!(analyzer_stats
+        .put("distributor.d1", "{}".into())
+        .await
+        .is_err());
+    analyzer_errors
+        .expect_violation("publish", "$KV.logdist_stats.distributor.d1")
+        .await;
+
+    let (viewer, errors) = server.connect(Role::Viewer).await;
+    let vjs = jetstream::new(viewer.clone());
+    // Reading: get, keys (`kv get`, `kv ls`) and watch (`kv watch`).
+    let vmembers = vjs.get_key_value("analyzers").await.unwrap();
+    let vstats = vjs.get_key_value("logdist_stats").await.unwrap();
+    assert_eq!(vmembers.get("1").await.unwrap().unwrap(), r#"{"id":"1"}"#);
+    let mut keys = kv_keys(&vjs, "logdist_stats").await;
+    keys.sort();
+    assert_eq!(keys, ["analyzer.1.i1", "distributor.d1"]);
+    let mut watch = vstats.watch_all().await.unwrap();
+    stats
+        .put("distributor.d1", r#"{"replica":"d1","n":2}"#.into())
+        .await
+        .unwrap();
+    let entry = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("a watch update")
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.key, "distributor.d1");
+    assert!(
+        errors.all().is_empty(),
+        "reading was refused: {:?}",
+        errors.all()
+    );
+
+    // Writing: put, delete, purge and stream changes are all refused.
+    assert!(vmembers.put("1", "{}".into()).await.is_err());
+    errors.expect_violation("publish", "$KV.analyzers.1").await;
+    assert!(vmembers.delete("1").await.is_err());
+    assert!(vjs.delete_stream("KV_analyzers").await.is_err());
+    errors
+        .expect_violation("publish", "$JS.API.STREAM.DELETE.KV_analyzers")
+        .await;
+    let stats_stream = vjs.get_stream("KV_logdist_stats").await.unwrap();
+    assert!(stats_stream.purge().await.is_err());
+    errors
+        .expect_violation("publish", "$JS.API.STREAM.PURGE.KV_logdist_stats")
+        .await;
+    // … and so is capturing log traffic into a stream of its own, or listening to it.
+    let spy = stream::Config {
+        name: "SPY".into(),
+        subjects: vec!["logs.>".into()],
+        ..Default::default()
+    };
+    assert!(vjs.create_stream(spy).await.is_err());
+    errors
+        .expect_violation("publish", "$JS.API.STREAM.CREATE.SPY")
+        .await;
+    let _spy = viewer.subscribe("logs.ingest.>").await.unwrap();
+    errors
+        .expect_violation("subscription", "logs.ingest.>")
+        .await;
+
+    assert_eq!(members.get("1").await.unwrap().unwrap(), r#"{"id":"1"}"#);
+    assert!(distributor_errors.all().is_empty());
+}
+
+#[tokio::test]
+async fn the_distributor_role_covers_the_at_least_once_stream_and_no_more() {
+    let server = SecureServer::start();
+    let (distributor, errors) = server.connect(Role::Distributor).await;
+    let (agent, _) = server.connect(Role::Agent).await;
+    let (viewer, viewer_errors) = server.connect(Role::Viewer).await;
+    let js = jetstream::new(distributor.clone());
+    // The LOGS stream captures the ingest subjects: agents publish exactly as before.
+    let logs = js
+        .get_or_create_stream(stream::Config {
+            name: "LOGS".into(),
+            subjects: vec!["logs.ingest".into(), "logs.ingest.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("the distributor creates LOGS");
+    let consumer = logs
+        .get_or_create_consumer(
+            "distributors",
+            consumer::pull::Config {
+                durable_name: Some("distributors".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the distributor creates the durable consumer");
+    for n in 0..3 {
+        agent
+            .publish(format!("logs.ingest.a{n}"), "packet".into())
+            .await
+            .unwrap();
+    }
+    agent.flush().await.unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(3)
+        .expires(Duration::from_secs(3))
+        .messages()
+        .await
+        .unwrap();
+    let mut fetched = 0;
+    while let Some(message) = batch.next().await {
+        message.unwrap().double_ack().await.expect("ack accepted");
+        fetched += 1;
+    }
+    assert_eq!(fetched, 3);
+    let mut consumer = consumer;
+    let info = consumer.info().await.unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    assert!(errors.all().is_empty(), "{:?}", errors.all());
+
+    // A distributor cannot forge heartbeats, write an analyzer's counters or delete the stream.
+    distributor
+        .publish("logdist.control", heartbeat("forged"))
+        .await
+        .unwrap();
+    errors.expect_violation("publish", "logdist.control").await;
+    distributor
+        .publish("$KV.logdist_stats.analyzer.1.i1", "{}".into())
+        .await
+        .unwrap();
+    errors
+        .expect_violation("publish", "$KV.logdist_stats.analyzer.1.i1")
+        .await;
+    assert!(js.delete_stream("LOGS").await.is_err());
+    errors
+        .expect_violation("publish", "$JS.API.STREAM.DELETE.LOGS")
+        .await;
+    // Ingest outside the queue group (a copy of all traffic) is refused too.
+    let _copy = distributor.subscribe("logs.ingest.>").await.unwrap();
+    errors
+        .expect_violation("subscription", "logs.ingest.>")
+        .await;
+
+    // A viewer cannot read the logs through a consumer of its own.
+    let vjs = jetstream::new(viewer);
+    assert!(vjs.get_stream("LOGS").await.is_err());
+    viewer_errors
+        .expect_violation("publish", "$JS.API.STREAM.INFO.LOGS")
+        .await;
+}
+
+#[tokio::test]
+async fn the_pipeline_runs_with_each_role_and_loses_nothing() {
+    let server = SecureServer::start();
+    let url = server.url();
+    let as_env = |role: Role| server.env(role);
+    let spawn = |name: &str, args: &[&str], role: Role| {
+        let env = as_env(role);
+        Process::spawn(name, args, &[(env[0].0, &env[0].1), (env[1].0, &env[1].1)])
+    };
+    let _distributor = spawn(
+        "distributor",
+        &[
+            "run",
+            "--nats-url",
+            &url,
+            "--replica-id",
+            "d1",
+            "--stats-interval",
+            "200ms",
+        ],
+        Role::Distributor,
+    );
+    // Analyzers may not create buckets: start them once the distributor has.
+    let (viewer, _) = server.connect(Role::Viewer).await;
+    let vjs = jetstream::new(viewer);
+    wait_until("the distributor's buckets", Duration::from_secs(30), || {
+        let js = vjs.clone();
+        async move {
+            js.get_key_value("logdist_stats").await.is_ok()
+                && js.get_key_value("analyzers").await.is_ok()
+        }
+    })
+    .await;
+    let _analyzers: Vec<Process> = [("1", "0.7"), ("2", "0.3")]
+        .iter()
+        .map(|(id, weight)| {
+            spawn(
+                "analyzer",
+                &[
+                    "--nats-url",
+                    &url,
+                    "--id",
+                    id,
+                    "--weight",
+                    weight,
+                    "--heartbeat-interval",
+                    "100ms",
+                    "--report-interval",
+                    "200ms",
+                ],
+                Role::Analyzer,
+            )
+        })
+        .collect();
+    wait_until("two analyzers online", Duration::from_secs(30), || {
+        let js = vjs.clone();
+        async move { kv_keys(&js, "analyzers").await.len() == 2 }
+    })
+    .await;
+
+    let mut sim = spawn(
+        "agent-sim",
+        &[
+            "--nats-url",
+            &url,
+            "--agents",
+            "4",
+            "--packet-size",
+            "1..100",
+            "--rate",
+            "50000",
+            "--count",
+            "100000",
+            "--verify",
+            "--quiet-period",
+            "2s",
+            "--max-loss",
+            "0",
+            "--json",
+        ],
+        Role::Loadtest,
+    );
+    let status = sim.wait(Duration::from_secs(60)).await;
+    let report: serde_json::Value = serde_json::from_str(&sim.stdout())
+        .unwrap_or_else(|e| panic!("JSON report ({e}); stderr:\n{}", sim.stderr()));
+    assert!(status.success(), "verify failed: {report:#}");
+    let verification = &report["verification"];
+    assert_eq!(verification["lost"], 0, "{verification:#}");
+    assert_eq!(verification["received"], 100_000, "{verification:#}");
+
+    // An operator reads the shares with the viewer role.
+    let mut stats = spawn(
+        "distributor",
+        &["stats", "--nats-url", &url, "--json"],
+        Role::Viewer,
+    );
+    assert!(
+        stats.wait(Duration::from_secs(20)).await.success(),
+        "{}",
+        stats.stderr()
+    );
+    let table: serde_json::Value = serde_json::from_str(&stats.stdout()).unwrap();
+    assert_eq!(
+        table["analyzers"].as_array().map(Vec::len),
+        Some(2),
+        "{table:#}"
+    );
+
+    // Every role had every permission it used.
+    assert_eq!(server.violations_in_log(), Vec::<String>::new());
+}
