@@ -48,8 +48,10 @@ test: tools fmt-check clippy unit
 demo: tools
 	@bash scripts/demo.sh
 
+# Starts its own nats-server on free ports; several minutes. Rewrites BENCHMARKS.md and docs/shares.png.
 bench: tools
-	@bash scripts/bench.sh
+	$(CARGO) build --release --bins
+	target/release/logdist-bench $(BENCH_ARGS)
 
 clean-tools:
 	rm -rf "$(TOOLS)"

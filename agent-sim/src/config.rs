@@ -52,6 +52,11 @@ pub struct Config {
     #[arg(long, env = "SIM_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub connections: u32,
 
+    /// Publish every packet to this exact subject instead of `<ingest-subject>.<agent-id>` (for
+    /// benchmarks that bypass the distributor, e.g. straight to `analyzer.1`).
+    #[arg(long, env = "SIM_SUBJECT", value_name = "SUBJECT")]
+    pub subject: Option<String>,
+
     /// Prefix of agent ids: agents are `<prefix>-0`, `<prefix>-1`, …
     #[arg(long, env = "SIM_AGENT_PREFIX", default_value = "sim")]
     pub agent_prefix: String,

@@ -75,9 +75,11 @@ pub async fn send_all(
     for n in 0..config.agents {
         let agent = Agent {
             id: format!("{}-{n}", config.agent_prefix),
-            subject: config
-                .names
-                .agent_ingest_subject(&format!("{}-{n}", config.agent_prefix)),
+            subject: async_nats::Subject::from(config.subject.clone().unwrap_or_else(|| {
+                config
+                    .names
+                    .agent_ingest_subject(&format!("{}-{n}", config.agent_prefix))
+            })),
             client: clients[n as usize % clients.len()].clone(),
             generator: LogGenerator::new(config.seed.wrapping_add(n as u64), config.packet_size),
             invalid_ratio: config.invalid_ratio,
@@ -125,7 +127,8 @@ pub async fn send_all(
 
 struct Agent {
     id: String,
-    subject: String,
+    /// Cheap to clone (shared bytes), once per publish.
+    subject: async_nats::Subject,
     client: Client,
     generator: LogGenerator,
     invalid_ratio: f64,

@@ -400,13 +400,23 @@ impl Process {
     /// Starts `binary(name)` with `args` and extra environment variables. `RUST_LOG` defaults to
     /// `info` so the logs tell what happened when a test fails.
     pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
+        Process::spawn_at(&binary(name), args, envs)
+    }
+
+    /// Like [`Process::spawn`], for a binary at `path` (e.g. a release build for benchmarks).
+    pub fn spawn_at(path: &Path, args: &[&str], envs: &[(&str, &str)]) -> Process {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = name.as_str();
         let dir = tempfile::Builder::new()
             .prefix(&format!("logdist-{name}-"))
             .tempdir()
             .expect("create temp dir");
         let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
         let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-        let mut command = tokio::process::Command::new(binary(name));
+        let mut command = tokio::process::Command::new(path);
         command
             .args(args)
             .env("RUST_LOG", "info")
@@ -469,6 +479,11 @@ impl Process {
                 self.stderr()
             ),
         }
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM, then wait for a clean exit (bounded).

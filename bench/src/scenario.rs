@@ -1,0 +1,449 @@
+//! One benchmark run: a fresh nats-server on free loopback ports, the receivers (real analyzer
+//! processes, the same counting receivers in every scenario), a distributor where the scenario has
+//! one, and agent-sim as the load; the result is read from agent-sim's `--verify` report, the
+//! analyzers' counters sampled over time, and the distributor's `/proc` figures.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use futures::{StreamExt, TryStreamExt};
+use logdist::snapshot::StatsSnapshot;
+use logdist::testing::{NatsServer, Process};
+
+/// What routes the packets from agent-sim to the analyzers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// agent-sim publishes straight to `analyzer.1`: the broker's ceiling on this machine.
+    RawNats,
+    /// nats-server maps `logs.ingest` to `analyzer.1/2/3` at 50/30/20 %, random per packet.
+    WeightedMapping,
+    /// agent-sim → distributor (at-most-once) → three analyzers.
+    LogdistAtMostOnce,
+    /// agent-sim → JetStream stream → distributor (at-least-once) → three analyzers.
+    LogdistAtLeastOnce,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [
+        Scenario::RawNats,
+        Scenario::WeightedMapping,
+        Scenario::LogdistAtMostOnce,
+        Scenario::LogdistAtLeastOnce,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Scenario::RawNats => "raw NATS (1 subscriber)",
+            Scenario::WeightedMapping => "nats-server weighted mapping",
+            Scenario::LogdistAtMostOnce => "logdist at-most-once",
+            Scenario::LogdistAtLeastOnce => "logdist at-least-once",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Scenario::RawNats => "raw",
+            Scenario::WeightedMapping => "mapping",
+            Scenario::LogdistAtMostOnce => "logdist-amo",
+            Scenario::LogdistAtLeastOnce => "logdist-alo",
+        }
+    }
+
+    fn analyzers(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Scenario::RawNats => &[("1", "1")],
+            _ => &[("1", "0.5"), ("2", "0.3"), ("3", "0.2")],
+        }
+    }
+
+    fn has_distributor(self) -> bool {
+        matches!(
+            self,
+            Scenario::LogdistAtMostOnce | Scenario::LogdistAtLeastOnce
+        )
+    }
+
+    /// Server config beyond the harness's own lines.
+    fn server_config(self) -> String {
+        let mut config = String::from("max_payload: 8MB\nmax_pending: 256MB\n");
+        if self == Scenario::WeightedMapping {
+            config.push_str(
+                "mappings = {\n  \"logs.ingest\": [\n    { destination: \"analyzer.1\", weight: 50% },\n    \
+                 { destination: \"analyzer.2\", weight: 30% },\n    { destination: \"analyzer.3\", weight: 20% }\n  ]\n}\n",
+            );
+        }
+        config
+    }
+}
+
+/// The payload shape of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One log message (~150 B) per publish.
+    Single,
+    /// 100 log messages per packet.
+    Packet100,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 2] = [Shape::Single, Shape::Packet100];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Shape::Single => "single messages",
+            Shape::Packet100 => "100-message packets",
+        }
+    }
+
+    fn packet_size(self) -> &'static str {
+        match self {
+            Shape::Single => "1",
+            Shape::Packet100 => "100",
+        }
+    }
+
+    fn messages_per_packet(self) -> u64 {
+        match self {
+            Shape::Single => 1,
+            Shape::Packet100 => 100,
+        }
+    }
+}
+
+/// Where the release binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    /// The folder of this executable (`target/release`), where `cargo build --release` put the
+    /// other binaries too.
+    pub fn next_to_me() -> anyhow::Result<Binaries> {
+        let me = std::env::current_exe().context("locating logdist-bench")?;
+        let dir = me
+            .parent()
+            .context("executable has a folder")?
+            .to_path_buf();
+        for name in ["distributor", "analyzer", "agent-sim"] {
+            if !dir.join(name).is_file() {
+                bail!(
+                    "{} is missing: build with `cargo build --release --bins` (make bench does)",
+                    dir.join(name).display()
+                );
+            }
+        }
+        Ok(Binaries { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct RunResult {
+    pub sent: u64,
+    pub received: u64,
+    /// Seconds from the first to the last message counted by the analyzers.
+    pub active_seconds: f64,
+    pub bytes_sent: u64,
+    pub loss_pct: f64,
+    pub max_deviation_pp: f64,
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    /// Distributor CPU seconds (user + system) over the run, when there is a distributor.
+    pub distributor_cpu_s: Option<f64>,
+    pub distributor_peak_rss_mib: Option<f64>,
+    /// (seconds since start, messages per analyzer id 1..=3) samples, for the plot.
+    pub series: Vec<(f64, Vec<u64>)>,
+}
+
+impl RunResult {
+    /// End-to-end delivered log messages per second.
+    pub fn messages_per_sec(&self) -> f64 {
+        self.received as f64 / self.active_seconds.max(1e-3)
+    }
+
+    pub fn megabytes_per_sec(&self) -> f64 {
+        if self.sent == 0 {
+            return 0.0;
+        }
+        let bytes_delivered = self.bytes_sent as f64 * self.received as f64 / self.sent as f64;
+        bytes_delivered / 1e6 / self.active_seconds.max(1e-3)
+    }
+}
+
+/// Runs `scenario` with `shape` at `rate` messages/s (0 = as fast as possible) for `seconds`.
+/// With `observe`, the bench also subscribes to every analyzer subject and counts the packets
+/// routed to each as they go by, for an exact share-over-time series (this adds a subscriber's
+/// load, so it is used only on the half-rate runs).
+pub async fn run(
+    bins: &Binaries,
+    scenario: Scenario,
+    shape: Shape,
+    rate: u64,
+    seconds: u64,
+    observe: bool,
+) -> anyhow::Result<RunResult> {
+    let server = NatsServer::with_config(&scenario.server_config());
+    let url = server.url();
+    let client = async_nats::connect(&url).await?;
+    let js = async_nats::jetstream::new(client);
+    let stats =
+        logdist::buckets::open_or_create(&js, logdist::names::DEFAULT_STATS_BUCKET, "stats")
+            .await?;
+
+    let mut processes = Vec::new();
+    for (id, weight) in scenario.analyzers() {
+        processes.push(Process::spawn_at(
+            &bins.path("analyzer"),
+            &[
+                "--nats-url",
+                &url,
+                "--id",
+                id,
+                "--weight",
+                weight,
+                "--instance",
+                &format!("b{id}"),
+                "--heartbeat-interval",
+                "200ms",
+                "--report-interval",
+                "200ms",
+            ],
+            &[("RUST_LOG", "warn")],
+        ));
+    }
+    let distributor = if scenario.has_distributor() {
+        let delivery = match scenario {
+            Scenario::LogdistAtLeastOnce => "at-least-once",
+            _ => "at-most-once",
+        };
+        Some(Process::spawn_at(
+            &bins.path("distributor"),
+            &[
+                "run",
+                "--nats-url",
+                &url,
+                "--replica-id",
+                "bench",
+                "--delivery",
+                delivery,
+            ],
+            &[("RUST_LOG", "warn")],
+        ))
+    } else {
+        None
+    };
+
+    // Ready: every analyzer wrote its stats, and the distributor (if any) mirrored them all.
+    let wanted = scenario.analyzers().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snapshot = StatsSnapshot::read(&stats).await?;
+        let mut ready = snapshot.analyzers.len() >= wanted;
+        if scenario.has_distributor() {
+            let members = match js
+                .get_key_value(logdist::names::DEFAULT_MEMBERSHIP_BUCKET)
+                .await
+            {
+                Ok(kv) => kv.keys().await?.try_collect::<Vec<String>>().await?.len(),
+                Err(_) => 0,
+            };
+            ready &= members >= wanted;
+        }
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = processes.iter().map(|p| p.stderr()).collect();
+            bail!("{} did not get ready in 30 s: {logs:?}", scenario.label());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let observed: Arc<Vec<AtomicU64>> = Arc::new((0..wanted).map(|_| AtomicU64::new(0)).collect());
+    let observer = if observe {
+        let client = async_nats::connect(&url).await?;
+        let mut sub = client.subscribe("analyzer.*").await?;
+        client.flush().await?;
+        let counts = observed.clone();
+        let per_packet = shape.messages_per_packet();
+        Some(tokio::spawn(async move {
+            let _client = client;
+            while let Some(msg) = sub.next().await {
+                let id = msg
+                    .subject
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .and_then(|i| i.parse::<usize>().ok());
+                if let Some(i) = id.filter(|i| (1..=counts.len()).contains(i)) {
+                    counts[i - 1].fetch_add(per_packet, Ordering::Relaxed);
+                }
+            }
+        }))
+    } else {
+        None
+    };
+
+    let pid = distributor.as_ref().and_then(|d| d.id());
+    let cpu_before = pid.map(cpu_seconds).transpose()?;
+    let mut args: Vec<String> = [
+        "--nats-url",
+        &url,
+        "--agents",
+        "4",
+        "--connections",
+        "2",
+        "--packet-size",
+        shape.packet_size(),
+        "--rate",
+        &rate.to_string(),
+        "--duration",
+        &format!("{seconds}s"),
+        "--verify",
+        "--quiet-period",
+        "2s",
+        "--max-loss",
+        "100",
+        "--max-deviation",
+        "100",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    match scenario {
+        Scenario::RawNats => args.extend(["--subject".into(), "analyzer.1".into()]),
+        Scenario::WeightedMapping => args.extend(["--subject".into(), "logs.ingest".into()]),
+        _ => {}
+    }
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let start = Instant::now();
+    let mut sim = Process::spawn_at(&bins.path("agent-sim"), &arg_refs, &[("RUST_LOG", "warn")]);
+
+    // Sample the analyzers' counters while the run goes on, until agent-sim exits.
+    let mut series = Vec::new();
+    let mut first_active: Option<f64> = None;
+    let mut last_change: f64 = 0.0;
+    let mut last_total = 0u64;
+    let status = loop {
+        let snapshot = StatsSnapshot::read(&stats).await?;
+        let t = start.elapsed().as_secs_f64();
+        let mut per_id = vec![0u64; wanted];
+        for a in &snapshot.analyzers {
+            if let Ok(i) = a.id.parse::<usize>() {
+                if (1..=wanted).contains(&i) {
+                    per_id[i - 1] += a.messages;
+                }
+            }
+        }
+        let total: u64 = per_id.iter().sum();
+        if total > 0 && first_active.is_none() {
+            first_active = Some(t);
+        }
+        if total != last_total {
+            last_total = total;
+            last_change = t;
+        }
+        if observe {
+            series.push((
+                t,
+                observed.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+            ));
+        } else {
+            series.push((t, per_id));
+        }
+        if let Some(status) = sim.try_wait() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if start.elapsed() > Duration::from_secs(seconds + 120) {
+            bail!("agent-sim did not finish: {}", sim.stderr());
+        }
+    };
+    if !status.success() {
+        bail!("agent-sim failed: {}\n{}", sim.stdout(), sim.stderr());
+    }
+    let cpu_after = pid.map(cpu_seconds).transpose()?;
+    let peak_rss = pid.map(peak_rss_mib).transpose()?;
+    let report: serde_json::Value =
+        serde_json::from_str(&sim.stdout()).context("agent-sim's JSON report")?;
+    let v = &report["verification"];
+    let rows = v["analyzers"].as_array().cloned().unwrap_or_default();
+    let max_of = |key: &str| rows.iter().filter_map(|r| r[key].as_u64()).max();
+    // The samples are 200 ms apart (the analyzers' report interval): the first sample that saw
+    // traffic was taken up to one interval after it began.
+    let active_seconds = (last_change - first_active.unwrap_or(0.0) + 0.2).max(0.2);
+    let result = RunResult {
+        sent: v["sent"].as_u64().unwrap_or(0),
+        received: v["received"].as_u64().unwrap_or(0),
+        active_seconds,
+        bytes_sent: report["sent"]["bytes"].as_u64().unwrap_or(0),
+        loss_pct: v["loss_pct"].as_f64().unwrap_or(0.0),
+        max_deviation_pp: v["max_abs_deviation_pp"].as_f64().unwrap_or(0.0),
+        p50_us: max_of("p50_us"),
+        p99_us: max_of("p99_us"),
+        distributor_cpu_s: match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        },
+        distributor_peak_rss_mib: peak_rss,
+        series,
+    };
+    if let Some(task) = observer {
+        task.abort();
+    }
+    drop(distributor);
+    drop(processes);
+    drop(server);
+    Ok(result)
+}
+
+/// User + system CPU seconds of a process so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").context("proc stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields[11].parse()?;
+    let stime: f64 = fields[12].parse()?;
+    Ok((utime + stime) / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Peak resident memory of a process (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("VmHWM in /proc status")?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// The workspace root, for output paths.
+pub fn workspace_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
