@@ -91,6 +91,13 @@ async fn an_agent_publishes_log_packets_and_nothing_else() {
     agent_errors
         .expect_violation("publish", "logdist.control")
         .await;
+    // The server logs it too (the pipeline test relies on that log).
+    let logged = server.violations_in_log();
+    assert!(
+        logged.iter().any(|l| l.contains("logdist.control")),
+        "{}",
+        server.server.log()
+    );
     let mut analyzer_sub = analyzer
         .queue_subscribe("analyzer.real", "analyzer.real".into())
         .await

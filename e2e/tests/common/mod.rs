@@ -135,12 +135,13 @@ impl SecureServer {
         (client, errors)
     }
 
-    /// Lines of the server log that report a permission violation.
+    /// Lines of the server log that report a permission violation (`Publish Violation`,
+    /// `Subscription Violation`).
     pub fn violations_in_log(&self) -> Vec<String> {
         self.server
             .log()
             .lines()
-            .filter(|l| l.contains("Permissions Violation"))
+            .filter(|l| l.contains(" Violation - "))
             .map(str::to_string)
             .collect()
     }
