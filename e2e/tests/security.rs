@@ -414,6 +414,15 @@ async fn the_distributor_role_covers_the_at_least_once_stream_and_no_more() {
 
 #[tokio::test]
 async fn the_pipeline_runs_with_each_role_and_loses_nothing() {
+    pipeline_with_roles("at-most-once").await;
+}
+
+#[tokio::test]
+async fn the_at_least_once_pipeline_runs_with_each_role_and_loses_nothing() {
+    pipeline_with_roles("at-least-once").await;
+}
+
+async fn pipeline_with_roles(delivery: &str) {
     let server = SecureServer::start();
     let url = server.url();
     let as_env = |role: Role| server.env(role);
@@ -431,6 +440,8 @@ async fn the_pipeline_runs_with_each_role_and_loses_nothing() {
             "d1",
             "--stats-interval",
             "200ms",
+            "--delivery",
+            delivery,
         ],
         Role::Distributor,
     );
