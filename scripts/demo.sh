@@ -62,7 +62,7 @@ fi
 export NATS_URL=nats://127.0.0.1:$PORT
 
 echo "== starting nats-server on $NATS_URL (monitoring http://127.0.0.1:$MPORT)"
-"$NATS_SERVER" -c nats.conf -a 127.0.0.1 -p "$PORT" -m "$MPORT" -sd "$DEMO/jetstream" >"$LOGS/nats-server.log" 2>&1 &
+"$NATS_SERVER" -c nats.conf -a 127.0.0.1 -p "$PORT" -m "$MPORT" >"$LOGS/nats-server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do port_free "$PORT" || break; sleep 0.1; done
 port_free "$PORT" && { echo "demo: nats-server did not start; see $LOGS/nats-server.log" >&2; exit 1; }

@@ -110,8 +110,10 @@ impl ConnectionEvents {
             Event::Connected => {
                 if self.connected_once.swap(true, Ordering::Relaxed) {
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("reconnected to NATS");
+                } else {
+                    tracing::debug!("connected to NATS");
                 }
-                tracing::info!("connected to NATS");
             }
             Event::Disconnected => {
                 self.disconnects.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +152,6 @@ pub async fn connect(
         let options = options(args, name, events.clone()).await?;
         match options.connect(args.nats_url.as_str()).await {
             Ok(client) => {
-                events.connected_once.store(true, Ordering::Relaxed);
                 return Ok(Connection { client, events });
             }
             Err(e) => {
