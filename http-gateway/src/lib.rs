@@ -1,0 +1,572 @@
+//! The HTTP ingest gateway (`distributor --http 127.0.0.1:3000`): lets agents that speak HTTP —
+//! curl, scripts written for the old Python service, Fluent Bit's and Vector's HTTP outputs —
+//! send to logdist unchanged.
+//!
+//! | endpoint | body |
+//! | --- | --- |
+//! | `POST /message/send` | one JSON log object (the old service's body) |
+//! | `POST /messages` | a JSON array (a packet), or NDJSON with `Content-Type: application/x-ndjson`; optionally `Content-Encoding: gzip` |
+//! | `GET /analyzer/stats` | the old service's stats view: per analyzer `id`, `weight`, `messages` |
+//! | `GET /healthz` | 200 while connected to NATS, 503 otherwise |
+//!
+//! Each accepted body is validated with the same [`PacketValidator`] as NATS ingest and published
+//! to `<ingest-subject>.http`, so it takes the same path, shares and guarantees as any packet. With
+//! `acknowledged` (the distributor's at-least-once mode) the publish goes through JetStream and the
+//! response waits for the stream's ack: a 200 means stored. A request is accepted whole or not at
+//! all: 400 (invalid, with the field and reason), 413 (over the size limit), 415 (content type),
+//! 503 (NATS unreachable) — never a 200 for something that was dropped.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use logdist::snapshot::StatsSnapshot;
+use logdist::wire::{PacketForm, RecordError};
+use logdist::{Names, PacketError, PacketValidator};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Default largest request body (after gzip decompression): 8 MiB, the distributor's default
+/// packet limit.
+pub const DEFAULT_MAX_BODY_BYTES: usize = logdist::wire::DEFAULT_MAX_PACKET_BYTES;
+
+/// How the gateway is set up.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub names: Names,
+    /// Largest body accepted, compressed or not (413 above).
+    pub max_body_bytes: usize,
+    /// Publish through JetStream and answer only after the stream's ack (at-least-once mode).
+    pub acknowledged: bool,
+}
+
+/// Counters of what the gateway did, for the distributor's logs and tests.
+#[derive(Debug, Default)]
+pub struct GatewayCounters {
+    pub accepted_requests: AtomicU64,
+    pub accepted_messages: AtomicU64,
+    pub rejected_requests: AtomicU64,
+}
+
+struct Gateway {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    subject: async_nats::Subject,
+    names: Names,
+    validator: PacketValidator,
+    max_body_bytes: usize,
+    acknowledged: bool,
+    counters: Arc<GatewayCounters>,
+}
+
+/// A running gateway: its bound address and a handle to wait for it after shutdown.
+pub struct RunningGateway {
+    pub local_addr: SocketAddr,
+    pub counters: Arc<GatewayCounters>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for HTTP on {addr}: {source} (--http / DISTRIBUTOR_HTTP)")]
+pub struct StartError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Binds `config.listen` and serves until `shutdown` is cancelled (then finishes the requests in
+/// progress).
+pub async fn start(
+    config: GatewayConfig,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> Result<RunningGateway, StartError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError {
+        addr: config.listen,
+        source,
+    })?;
+    let counters = Arc::new(GatewayCounters::default());
+    let gateway = Arc::new(Gateway {
+        jetstream: jetstream::new(client.clone()),
+        subject: config.names.agent_ingest_subject("http").into(),
+        client,
+        names: config.names.clone(),
+        validator: PacketValidator::new(config.max_body_bytes),
+        max_body_bytes: config.max_body_bytes,
+        acknowledged: config.acknowledged,
+        counters: counters.clone(),
+    });
+    let router = Router::new()
+        .route("/message/send", post(send_one))
+        .route("/messages", post(send_many))
+        .route("/analyzer/stats", get(analyzer_stats))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(gateway);
+    tracing::info!(%local_addr, acknowledged = config.acknowledged, "HTTP ingest gateway listening");
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    });
+    Ok(RunningGateway {
+        local_addr,
+        counters,
+        task,
+    })
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    /// Machine-readable reason (the dead-letter codes of docs/protocol.md, or an HTTP one).
+    error: &'static str,
+    /// For people.
+    reason: String,
+    /// The log field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+    /// Per-message problems of a packet: nothing of the request was accepted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    invalid: Vec<InvalidMessage>,
+}
+
+#[derive(Debug, Serialize)]
+struct InvalidMessage {
+    index: usize,
+    error: &'static str,
+    reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+}
+
+struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &'static str, reason: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error,
+                reason: reason.into(),
+                field: None,
+                invalid: Vec::new(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// The field a record error is about.
+fn field_of(error: &RecordError) -> Option<&'static str> {
+    match error {
+        RecordError::MissingField { field } | RecordError::WrongType { field, .. } => Some(field),
+        RecordError::UnknownSeverity { .. } => Some("severity"),
+        RecordError::EmptySource => Some("source"),
+        RecordError::BadTimestamp { .. } => Some("timestamp"),
+        RecordError::NotAnObject { .. } | RecordError::Malformed { .. } => None,
+    }
+}
+
+impl From<PacketError> for ApiError {
+    fn from(e: PacketError) -> Self {
+        let status = match e {
+            PacketError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let field = match &e {
+            PacketError::Record(r) => field_of(r),
+            _ => None,
+        };
+        let mut api = ApiError::new(status, e.code(), e.to_string());
+        api.body.field = field;
+        api
+    }
+}
+
+async fn send_one(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = gw.body(&headers, body)?;
+        gw.require_content_type(&headers, &["application/json"])?;
+        let packet = gw.validator.parse(&body)?;
+        if packet.form != PacketForm::Object {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "wrong_shape",
+                "POST /message/send takes one JSON log object; send arrays to POST /messages",
+            ));
+        }
+        gw.publish(body, 1).await
+    }
+    .await;
+    gw.respond(result)
+}
+
+async fn send_many(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = gw.body(&headers, body)?;
+        let ndjson = gw
+            .require_content_type(&headers, &["application/json", "application/x-ndjson"])?
+            == "application/x-ndjson";
+        let payload = if ndjson {
+            ndjson_to_array(&body)?
+        } else {
+            body
+        };
+        let packet = gw.validator.parse(&payload)?;
+        if !packet.invalid.is_empty() {
+            let mut api = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_messages",
+                format!(
+                    "{} of {} log messages are invalid; nothing was accepted",
+                    packet.invalid.len(),
+                    packet.len()
+                ),
+            );
+            api.body.invalid = packet
+                .invalid
+                .iter()
+                .map(|i| InvalidMessage {
+                    index: i.index,
+                    error: i.error.code(),
+                    reason: i.error.to_string(),
+                    field: field_of(&i.error),
+                })
+                .collect();
+            return Err(api);
+        }
+        let count = packet.records.len() as u64;
+        gw.publish(payload, count).await
+    }
+    .await;
+    gw.respond(result)
+}
+
+/// NDJSON (one JSON value per line, blank lines ignored) as a JSON array, so it is one packet.
+/// A line that is not JSON is reported with its line number.
+fn ndjson_to_array(body: &[u8]) -> Result<Bytes, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::from(PacketError::NotUtf8 {
+            offset: e.valid_up_to(),
+        })
+    })?;
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.push(b'[');
+    let mut first = true;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(line) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not_json",
+                format!("NDJSON line {} is not JSON: {e}", n + 1),
+            ));
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(line.as_bytes());
+    }
+    out.push(b']');
+    Ok(Bytes::from(out))
+}
+
+#[derive(Debug, Serialize)]
+struct Accepted {
+    accepted: u64,
+    /// True when the stream stored it (at-least-once mode); false when published at most once.
+    stored: bool,
+}
+
+impl Gateway {
+    /// The request body, decompressed if gzip, within the size limit.
+    fn body(
+        &self,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<Bytes, ApiError> {
+        let body = body.map_err(|rejection| {
+            let too_large = rejection.status() == StatusCode::PAYLOAD_TOO_LARGE;
+            let (status, code) = if too_large {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            } else {
+                (StatusCode::BAD_REQUEST, "bad_body")
+            };
+            let reason = if too_large {
+                format!(
+                    "request body is over the limit of {} bytes (--http-max-body-bytes)",
+                    self.max_body_bytes
+                )
+            } else {
+                rejection.body_text()
+            };
+            ApiError::new(status, code, reason)
+        })?;
+        match headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+        {
+            None | Some("identity") => Ok(body),
+            Some(enc) if enc.eq_ignore_ascii_case("gzip") => {
+                let mut decoded = Vec::new();
+                let limit = self.max_body_bytes as u64 + 1;
+                flate2::read::GzDecoder::new(&body[..])
+                    .take(limit)
+                    .read_to_end(&mut decoded)
+                    .map_err(|e| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_gzip",
+                            format!(
+                                "Content-Encoding is gzip but the body does not decompress: {e}"
+                            ),
+                        )
+                    })?;
+                if decoded.len() > self.max_body_bytes {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!(
+                            "decompressed body is over the limit of {} bytes (--http-max-body-bytes)",
+                            self.max_body_bytes
+                        ),
+                    ));
+                }
+                Ok(Bytes::from(decoded))
+            }
+            Some(other) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding {other:?} is not supported; use gzip or none"),
+            )),
+        }
+    }
+
+    /// The request's media type if it is one of `allowed` (a missing Content-Type counts as the
+    /// first, as curl's `-d` with JSON is common); 415 otherwise.
+    fn require_content_type(
+        &self,
+        headers: &HeaderMap,
+        allowed: &[&'static str],
+    ) -> Result<&'static str, ApiError> {
+        let Some(value) = headers.get(header::CONTENT_TYPE) else {
+            return Ok(allowed[0]);
+        };
+        let media = value
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        // curl -d sends this by default; the body is still JSON.
+        let media = if media == "application/x-www-form-urlencoded" {
+            allowed[0].to_string()
+        } else {
+            media
+        };
+        allowed
+            .iter()
+            .find(|a| **a == media)
+            .copied()
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!(
+                        "Content-Type {media:?} is not supported here; use {}",
+                        allowed.join(" or ")
+                    ),
+                )
+            })
+    }
+
+    async fn publish(&self, payload: Bytes, count: u64) -> Result<Accepted, ApiError> {
+        let unavailable = |e: String| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "nats_unavailable",
+                format!("NATS did not take the message: {e}; nothing was accepted, retry later"),
+            )
+        };
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(unavailable("not connected".into()));
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(logdist::headers::AGENT, "http");
+        headers.insert(
+            logdist::headers::SENT_AT,
+            logdist::headers::unix_nanos_now().to_string().as_str(),
+        );
+        if self.acknowledged {
+            let ack = self
+                .jetstream
+                .publish_with_headers(self.subject.clone(), headers, payload)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            ack.await.map_err(|e| unavailable(e.to_string()))?;
+        } else {
+            self.client
+                .publish_with_headers(self.subject.clone(), headers, payload)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+        }
+        self.counters
+            .accepted_messages
+            .fetch_add(count, Ordering::Relaxed);
+        Ok(Accepted {
+            accepted: count,
+            stored: self.acknowledged,
+        })
+    }
+
+    fn respond(&self, result: Result<Accepted, ApiError>) -> Response {
+        match result {
+            Ok(accepted) => {
+                self.counters
+                    .accepted_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                (StatusCode::OK, Json(accepted)).into_response()
+            }
+            Err(e) => {
+                self.counters
+                    .rejected_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(status = %e.status, error = e.body.error, reason = %e.body.reason, "HTTP request rejected");
+                e.into_response()
+            }
+        }
+    }
+}
+
+/// One analyzer in the old service's stats view.
+#[derive(Debug, Serialize, PartialEq)]
+struct AnalyzerView {
+    id: String,
+    weight: f64,
+    /// Log messages the analyzer received (its own counters, all instances added up).
+    messages: u64,
+    online: bool,
+}
+
+async fn analyzer_stats(State(gw): State<Arc<Gateway>>) -> Response {
+    let result = async {
+        let stats = gw
+            .jetstream
+            .get_key_value(&gw.names.stats_bucket)
+            .await
+            .map_err(|e| e.to_string())?;
+        let snapshot = StatsSnapshot::read(&stats)
+            .await
+            .map_err(|e| e.to_string())?;
+        let online: std::collections::HashSet<String> = match gw
+            .jetstream
+            .get_key_value(&gw.names.membership_bucket)
+            .await
+        {
+            Ok(kv) => {
+                use futures::TryStreamExt as _;
+                match kv.keys().await {
+                    Ok(keys) => keys.try_collect().await.unwrap_or_default(),
+                    Err(_) => Default::default(),
+                }
+            }
+            Err(_) => Default::default(),
+        };
+        let mut by_id: std::collections::BTreeMap<String, AnalyzerView> = Default::default();
+        for a in snapshot.analyzers {
+            let view = by_id.entry(a.id.clone()).or_insert_with(|| AnalyzerView {
+                online: online.contains(&a.id),
+                id: a.id.clone(),
+                weight: a.weight,
+                messages: 0,
+            });
+            view.messages += a.messages;
+            view.weight = a.weight;
+        }
+        Ok::<_, String>(by_id.into_values().collect::<Vec<_>>())
+    }
+    .await;
+    match result {
+        Ok(views) => Json(views).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stats_unavailable",
+            format!("cannot read the stats bucket: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.client.connection_state() == async_nats::connection::State::Connected {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "NATS disconnected\n").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_becomes_one_packet() {
+        let body = b"{\"a\":1}\n\n  {\"b\":2}  \r\n";
+        assert_eq!(
+            &ndjson_to_array(body).ok().unwrap()[..],
+            b"[{\"a\":1},{\"b\":2}]"
+        );
+        let err = ndjson_to_array(b"{\"a\":1}\nnope\n").err().unwrap();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(err.body.reason.contains("line 2"), "{}", err.body.reason);
+    }
+
+    #[test]
+    fn record_errors_name_their_field() {
+        assert_eq!(field_of(&RecordError::EmptySource), Some("source"));
+        assert_eq!(
+            field_of(&RecordError::MissingField { field: "timestamp" }),
+            Some("timestamp")
+        );
+        assert_eq!(field_of(&RecordError::NotAnObject { found: "null" }), None);
+    }
+}
