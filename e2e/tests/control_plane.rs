@@ -79,7 +79,7 @@ async fn a_distributor_ignores_absurd_heartbeats_and_counts_them() {
         .await
         .unwrap();
     analyzer.flush().await.unwrap();
-    wait_until("the sound analyzer online", Duration::from_secs(15), || {
+    wait_until("the sound analyzer online", Duration::from_secs(30), || {
         let js = js.clone();
         async move { kv_keys(&js, "analyzers").await.contains(&"sound".into()) }
     })

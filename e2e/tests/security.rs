@@ -109,7 +109,7 @@ async fn an_agent_publishes_log_packets_and_nothing_else() {
     analyzer.flush().await.unwrap();
     wait_until(
         "the analyzer's heartbeat in KV analyzers",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         || {
             let js = viewer_js.clone();
             async move {
