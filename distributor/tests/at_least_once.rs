@@ -1,0 +1,288 @@
+//! `--delivery at-least-once` on one real nats-server, under steady load from agent-sim: killing
+//! an analyzer, killing one of two distributor replicas, restarting nats-server and withdrawing
+//! an analyzer mid-run lose no log message (counted by the analyzers, after de-duplication), and
+//! every packet the stream captured ends acked. The same analyzer kill in at-most-once mode
+//! loses messages, which shows what the mode buys.
+
+mod pipeline;
+
+use std::time::Duration;
+
+use logdist::stats::unix_millis_now;
+use logdist::testing::{wait_until, NatsServer};
+use pipeline::*;
+
+/// Waits for the run to be acked everywhere, then for a stats write of `replica` made after
+/// that, and returns it.
+async fn settled_stats(
+    js: &async_nats::jetstream::Context,
+    replica: &str,
+) -> logdist::stats::DistributorStats {
+    let (captured, delivered) = wait_consumer_drained(js).await;
+    eprintln!("  stream captured {captured} packets, consumer delivered up to {delivered}");
+    let stats = stats_bucket(js).await;
+    let after = unix_millis_now();
+    let stats = &stats;
+    wait_until("stats written after the run", WAIT, || async move {
+        distributor_stats(stats, replica)
+            .await
+            .is_some_and(|s| s.updated_at_ms > after)
+    })
+    .await;
+    distributor_stats(stats, replica).await.unwrap()
+}
+
+fn assert_no_loss(name: &str, report: &serde_json::Value) {
+    let v = verification(name, report);
+    assert_eq!(v["lost"], 0, "{name}: {v:#}");
+    assert!(v["sent"].as_u64().unwrap() > 50_000, "{name}: {v:#}");
+    assert_eq!(v["deadlettered"], 0, "{name}: {v:#}");
+}
+
+#[tokio::test]
+async fn analyzer_killed_mid_run_loses_nothing() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut d1 = distributor(&url, "d1", "at-least-once", &[]);
+    let mut analyzers = three_analyzers(&[&url]);
+    let js = jetstream(&url).await;
+    wait_members(&js, 3).await;
+    let stats = stats_bucket(&js).await;
+
+    let _load = LOAD.lock().await;
+    let mut sim = agent_sim(&url);
+    wait_analyzed(&stats, "2", 10_000).await;
+    analyzers[1].kill().await; // SIGKILL: no withdrawal, packets in flight unanswered
+    let (_, report) = report(&mut sim).await;
+    assert_no_loss("analyzer killed, at-least-once", &report);
+
+    let last = settled_stats(&js, "d1").await;
+    assert_eq!(last.delivery, "at-least-once");
+    assert!(
+        last.redelivered > 0,
+        "the killed analyzer's packets went elsewhere: {last:#?}"
+    );
+    assert_eq!(last.deadletter_packets, 0, "{last:#?}");
+    assert!(!last.analyzers["2"].online);
+    // Since analyzer 2 left, 1 and 3 share by 0.5 : 0.2, counted from acknowledgements.
+    assert_epoch_shares(&last, 0.5);
+    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+}
+
+#[tokio::test]
+async fn analyzer_killed_mid_run_loses_messages_at_most_once() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _d1 = distributor(&url, "d1", "at-most-once", &[]);
+    let mut analyzers = three_analyzers(&[&url]);
+    let js = jetstream(&url).await;
+    wait_members(&js, 3).await;
+    let stats = stats_bucket(&js).await;
+
+    let _load = LOAD.lock().await;
+    let mut sim = agent_sim(&url);
+    wait_analyzed(&stats, "2", 10_000).await;
+    analyzers[1].kill().await;
+    let (status, report) = report(&mut sim).await;
+    let v = verification("analyzer killed, at-most-once", &report);
+    assert_eq!(status.code(), Some(1), "the check must fail: {v:#}");
+    assert!(v["lost"].as_u64().unwrap() > 0, "{v:#}");
+}
+
+#[tokio::test]
+async fn distributor_replica_killed_mid_run_loses_nothing() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut d1 = distributor(&url, "d1", "at-least-once", &[]);
+    let mut d2 = distributor(&url, "d2", "at-least-once", &[]);
+    let _analyzers = three_analyzers(&[&url]);
+    let js = jetstream(&url).await;
+    wait_members(&js, 3).await;
+    let stats = stats_bucket(&js).await;
+    let stats_ref = &stats;
+
+    let _load = LOAD.lock().await;
+    let mut sim = agent_sim(&url);
+    wait_until("replica d2 to route", WAIT, || async move {
+        distributor_stats(stats_ref, "d2")
+            .await
+            .is_some_and(|s| s.routed_messages > 10_000)
+    })
+    .await;
+    d2.kill().await; // its packets in flight are redelivered to d1 after the ack wait
+    let (status, report) = report(&mut sim).await;
+    assert_no_loss("distributor replica killed", &report);
+    // Membership was stable: the shares agent-sim measured hold (duplicates included).
+    assert!(status.success(), "{:#}", report["verification"]);
+
+    let last = settled_stats(&js, "d1").await;
+    assert_eq!(last.deadletter_packets, 0, "{last:#?}");
+    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+}
+
+#[tokio::test]
+async fn nats_server_restart_mid_run_loses_nothing() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let mut d1 = distributor(&url, "d1", "at-least-once", &[]);
+    let _analyzers = three_analyzers(&[&url]);
+    let js = jetstream(&url).await;
+    wait_members(&js, 3).await;
+    let stats = stats_bucket(&js).await;
+
+    let _load = LOAD.lock().await;
+    let mut sim = agent_sim(&url);
+    wait_analyzed(&stats, "3", 5_000).await;
+    server.restart(); // SIGKILL, then the same port and store
+    let (status, report) = report(&mut sim).await;
+    assert_no_loss("nats-server restarted", &report);
+    assert!(status.success(), "{:#}", report["verification"]);
+
+    let js = jetstream(&url).await;
+    let last = settled_stats(&js, "d1").await;
+    assert!(last.reconnects > 0, "{last:#?}");
+    assert_eq!(last.deadletter_packets, 0, "{last:#?}");
+    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+}
+
+#[tokio::test]
+async fn analyzer_withdrawn_mid_run_loses_nothing() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut d1 = distributor(&url, "d1", "at-least-once", &[]);
+    let mut analyzers = three_analyzers(&[&url]);
+    let js = jetstream(&url).await;
+    wait_members(&js, 3).await;
+    let stats = stats_bucket(&js).await;
+
+    let _load = LOAD.lock().await;
+    let mut sim = agent_sim(&url);
+    wait_analyzed(&stats, "1", 10_000).await;
+    let status = analyzers[0].terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "{}", analyzers[0].stderr());
+    let (_, report) = report(&mut sim).await;
+    assert_no_loss("analyzer withdrawn", &report);
+
+    let last = settled_stats(&js, "d1").await;
+    assert!(!last.analyzers["1"].online);
+    // Since analyzer 1 left, 2 and 3 share by 0.3 : 0.2.
+    assert_epoch_shares(&last, 0.5);
+    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+}
+
+/// No analyzer online: packets stay in the stream (nothing dead-lettered) and are delivered once
+/// one comes.
+#[tokio::test]
+async fn packets_wait_in_the_stream_until_an_analyzer_is_online() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut d1 = distributor(&url, "d1", "at-least-once", &[]);
+    let js = jetstream(&url).await;
+    let js_ref = &js;
+    wait_until("the stream", WAIT, || async move {
+        js_ref.get_stream("LOGS").await.is_ok()
+    })
+    .await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let packet = r#"[{"timestamp":1,"severity":"INFO","source":"t","message":"a"},{"timestamp":2,"severity":"WARN","source":"t","message":"b"}]"#;
+    for i in 0..50 {
+        client
+            .publish(format!("logs.ingest.a{}", i % 3), packet.into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    // With no analyzer online the replica does not fetch: the stream holds every packet.
+    let stats = stats_bucket(&js).await;
+    wait_until("the stream to hold the 50 packets", WAIT, || async move {
+        match js_ref.get_stream("LOGS").await {
+            Ok(mut stream) => stream.info().await.is_ok_and(|i| i.state.messages == 50),
+            Err(_) => false,
+        }
+    })
+    .await;
+
+    let _analyzer = analyzer(&url, "1", "1");
+    wait_analyzed(&stats, "1", 100).await;
+    wait_consumer_drained(&js).await;
+    let s = distributor_stats(&stats, "d1").await.unwrap();
+    assert_eq!(s.deadletter_packets, 0, "{s:#?}");
+    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+    let a = analyzer_stats(&stats, "1").await.unwrap();
+    assert_eq!(a.messages, 100, "each packet analyzed once: {a:#?}");
+}
+
+/// An analyzer that never answers: the packet is retried `--max-attempts` times, then
+/// dead-lettered as `undeliverable` and acked.
+#[tokio::test]
+async fn a_packet_no_analyzer_acknowledges_is_dead_lettered_after_max_attempts() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    // A silent analyzer: it heartbeats and subscribes, but never replies.
+    let mut silent = client.subscribe("analyzer.mute").await.unwrap();
+    let mut deadletters = client.subscribe("logs.deadletter").await.unwrap();
+    let heartbeat = logdist::control::ControlMessage::Up(logdist::control::Heartbeat {
+        id: "mute".into(),
+        weight: 1.0,
+        instance: "m".into(),
+        interval_ms: 100,
+    });
+    let beat_client = client.clone();
+    let beats = tokio::spawn(async move {
+        loop {
+            let _ = beat_client
+                .publish("logdist.control", heartbeat.to_json().into())
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let _d1 = distributor(
+        &url,
+        "d1",
+        "at-least-once",
+        &["--request-timeout", "100ms", "--max-attempts", "3"],
+    );
+    let js = jetstream(&url).await;
+    wait_members(&js, 1).await;
+    client
+        .publish(
+            "logs.ingest",
+            r#"{"timestamp":1,"severity":"INFO","source":"t","message":"x"}"#.into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let letter = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut deadletters))
+        .await
+        .expect("a dead letter in time")
+        .unwrap();
+    beats.abort();
+    let headers = letter.headers.unwrap();
+    assert_eq!(
+        headers.get("Logdist-Error-Code").unwrap().as_str(),
+        "undeliverable"
+    );
+    assert!(
+        headers
+            .get("Logdist-Error")
+            .unwrap()
+            .as_str()
+            .contains("3 attempts"),
+        "{headers:?}"
+    );
+    assert!(headers
+        .get("Logdist-Packet-Id")
+        .unwrap()
+        .as_str()
+        .starts_with("LOGS:"));
+    // Three requests reached the silent analyzer, each with the same packet id.
+    for _ in 0..3 {
+        let m = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut silent))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(m.reply.is_some());
+    }
+    wait_consumer_drained(&js).await;
+}

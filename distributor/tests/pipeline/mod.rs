@@ -1,0 +1,245 @@
+//! A whole pipeline of real processes for the delivery tests: distributors, analyzers and
+//! agent-sim as the load, on a real nats-server or cluster; plus readers of the stream, the
+//! consumer and the stats that the assertions need.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::TryStreamExt;
+use logdist::stats::{AnalyzerStats, DistributorStats};
+use logdist::testing::{wait_until, Process};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Held by each test that runs agent-sim: several full pipelines in debug builds at once would
+/// starve two cores, and requests timing out for lack of CPU only measure the machine.
+pub static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Ack wait of the consumer in these tests: a replica that dies holds its packets this long.
+pub const ACK_WAIT: &str = "2s";
+/// Well above the analyzers' default 200 ms checkpoint interval.
+pub const REQUEST_TIMEOUT: &str = "1s";
+
+/// `distributor run` in `delivery` mode.
+pub fn distributor(urls: &str, replica: &str, delivery: &str, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "run",
+        "--nats-url",
+        urls,
+        "--replica-id",
+        replica,
+        "--stats-interval",
+        "200ms",
+        "--delivery",
+        delivery,
+        "--ack-wait",
+        ACK_WAIT,
+    ];
+    if !extra.contains(&"--request-timeout") {
+        args.extend_from_slice(&["--request-timeout", REQUEST_TIMEOUT]);
+    }
+    args.extend_from_slice(extra);
+    Process::spawn("distributor", &args, &[])
+}
+
+/// A real analyzer with fast heartbeats and reports.
+pub fn analyzer(urls: &str, id: &str, weight: &str) -> Process {
+    Process::spawn(
+        "analyzer",
+        &[
+            "--nats-url",
+            urls,
+            "--id",
+            id,
+            "--weight",
+            weight,
+            "--instance",
+            &format!("i{id}"),
+            "--heartbeat-interval",
+            "100ms",
+            "--report-interval",
+            "200ms",
+        ],
+        &[],
+    )
+}
+
+/// Analyzers 1, 2, 3 with weights 0.5, 0.3, 0.2.
+pub fn three_analyzers(urls: &[&str]) -> Vec<Process> {
+    [("1", "0.5"), ("2", "0.3"), ("3", "0.2")]
+        .iter()
+        .enumerate()
+        .map(|(i, (id, weight))| analyzer(urls[i % urls.len()], id, weight))
+        .collect()
+}
+
+/// agent-sim: 6 s of 20,000 messages/s in packets of 1–100, verified with no loss allowed.
+pub fn agent_sim(urls: &str) -> Process {
+    agent_sim_quiet(urls, "3s")
+}
+
+/// [`agent_sim`] that waits for counters to stay still `quiet` before verifying (a cluster
+/// fail-over pauses the pipeline for several seconds).
+pub fn agent_sim_quiet(urls: &str, quiet: &str) -> Process {
+    Process::spawn(
+        "agent-sim",
+        &[
+            "--nats-url",
+            urls,
+            "--rate",
+            "20000",
+            "--duration",
+            "6s",
+            "--packet-size",
+            "1..100",
+            "--verify",
+            "--quiet-period",
+            quiet,
+            "--max-loss",
+            "0",
+            "--max-deviation",
+            "0.5",
+            "--json",
+        ],
+        &[],
+    )
+}
+
+/// Waits for agent-sim and returns its JSON report (exit status and report).
+pub async fn report(sim: &mut Process) -> (std::process::ExitStatus, serde_json::Value) {
+    let status = sim.wait(Duration::from_secs(120)).await;
+    let report: serde_json::Value = serde_json::from_str(&sim.stdout()).unwrap_or_else(|e| {
+        panic!(
+            "agent-sim JSON report ({e}); stdout:\n{}\nstderr:\n{}",
+            sim.stdout(),
+            sim.stderr()
+        )
+    });
+    (status, report)
+}
+
+pub async fn jetstream(url: &str) -> jetstream::Context {
+    let client = async_nats::connect(url).await.expect("connect");
+    jetstream::new(client)
+}
+
+/// Waits until `n` analyzers are in the membership bucket (a distributor mirrored them).
+pub async fn wait_members(js: &jetstream::Context, n: usize) {
+    wait_until(&format!("{n} analyzers in KV analyzers"), WAIT, || {
+        let js = js.clone();
+        async move {
+            let Ok(kv) = js.get_key_value("analyzers").await else {
+                return false;
+            };
+            let Ok(keys) = kv.keys().await else {
+                return false;
+            };
+            keys.try_collect::<Vec<String>>()
+                .await
+                .is_ok_and(|k| k.len() == n)
+        }
+    })
+    .await;
+}
+
+pub async fn stats_bucket(js: &jetstream::Context) -> kv::Store {
+    js.get_key_value("logdist_stats")
+        .await
+        .expect("stats bucket")
+}
+
+pub async fn distributor_stats(stats: &kv::Store, replica: &str) -> Option<DistributorStats> {
+    let value = stats
+        .get(logdist::stats::distributor_key(replica))
+        .await
+        .ok()??;
+    serde_json::from_slice(&value).ok()
+}
+
+pub async fn analyzer_stats(stats: &kv::Store, id: &str) -> Option<AnalyzerStats> {
+    let value = stats
+        .get(logdist::stats::analyzer_key(id, &format!("i{id}")))
+        .await
+        .ok()??;
+    serde_json::from_slice(&value).ok()
+}
+
+/// Waits until analyzer `id` has counted (and checkpointed) at least `messages` messages.
+pub async fn wait_analyzed(stats: &kv::Store, id: &str, messages: u64) {
+    wait_until(
+        &format!("analyzer {id} to count {messages} messages"),
+        WAIT,
+        || async move {
+            analyzer_stats(stats, id)
+                .await
+                .is_some_and(|s| s.messages >= messages)
+        },
+    )
+    .await;
+}
+
+/// Waits until the consumer has nothing pending and nothing un-acked: every packet the stream
+/// captured was acknowledged by an analyzer (or dead-lettered). Returns (stream messages
+/// captured so far = last sequence, delivered consumer sequence).
+pub async fn wait_consumer_drained(js: &jetstream::Context) -> (u64, u64) {
+    let last = std::cell::Cell::new((0, 0));
+    let last_ref = &last;
+    wait_until("the consumer to have every packet acked", WAIT, || async {
+        let Ok(mut stream) = js.get_stream("LOGS").await else {
+            return false;
+        };
+        let Ok(info) = stream.info().await.cloned() else {
+            return false;
+        };
+        let Ok(mut consumer) = stream
+            .get_consumer::<jetstream::consumer::pull::Config>("distributors")
+            .await
+        else {
+            return false;
+        };
+        let Ok(c) = consumer.info().await else {
+            return false;
+        };
+        last_ref.set((info.state.last_sequence, c.delivered.stream_sequence));
+        c.num_pending == 0 && c.num_ack_pending == 0 && info.state.messages == 0
+    })
+    .await;
+    last.get()
+}
+
+/// Prints the verification part of a report (visible with `--nocapture`) and returns it.
+pub fn verification<'a>(name: &str, report: &'a serde_json::Value) -> &'a serde_json::Value {
+    let v = &report["verification"];
+    eprintln!(
+        "{name}: sent {} received {} lost {} extra {} deadlettered {} max deviation {:.3} pp",
+        v["sent"],
+        v["received"],
+        v["lost"],
+        v["extra"],
+        v["deadlettered"],
+        v["max_abs_deviation_pp"]
+    );
+    v
+}
+
+/// Asserts that, in `replica`'s stats, every analyzer online has an epoch share (of what
+/// analyzers acknowledged since the last membership change) within `pp` points of its target.
+pub fn assert_epoch_shares(stats: &DistributorStats, pp: f64) {
+    let online: Vec<_> = stats.analyzers.iter().filter(|(_, r)| r.online).collect();
+    assert!(!online.is_empty(), "{stats:#?}");
+    for (id, r) in online {
+        let deviation = 100.0 * (r.epoch_share - r.target_share);
+        eprintln!(
+            "  analyzer {id}: target {:.2}% epoch share {:.3}% ({} messages) dev {deviation:+.3} pp",
+            100.0 * r.target_share,
+            100.0 * r.epoch_share,
+            r.epoch_messages
+        );
+        assert!(
+            deviation.abs() <= pp,
+            "analyzer {id}: epoch share {:.3}% vs target {:.3}%",
+            100.0 * r.epoch_share,
+            100.0 * r.target_share
+        );
+    }
+}
