@@ -78,7 +78,7 @@ pub enum ConnectError {
     },
     #[error("NATS refused the connection to {url}: {detail} (check --user/--password or --creds)")]
     Auth { url: String, detail: String },
-    #[error("cannot connect to NATS at {url}: {detail} (check --nats-url and the --tls-* flags)")]
+    #[error("cannot connect to NATS at {url}: {detail} (check --nats-url / NATS_URL and the --tls-* flags)")]
     Config { url: String, detail: String },
     #[error("gave up connecting to NATS at {url}: shutdown requested")]
     Cancelled { url: String },
@@ -147,10 +147,11 @@ pub async fn connect(
     shutdown: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
     let events = Arc::new(ConnectionEvents::default());
+    let servers = server_addrs(&args.nats_url)?;
     let mut attempt: u32 = 0;
     loop {
         let options = options(args, name, events.clone()).await?;
-        match options.connect(args.nats_url.as_str()).await {
+        match options.connect(servers.as_slice()).await {
             Ok(client) => {
                 return Ok(Connection { client, events });
             }
@@ -190,6 +191,30 @@ pub async fn connect(
     }
 }
 
+/// Parses `--nats-url`: one URL or several, comma-separated (the nodes of a cluster).
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
+    let addrs: Result<Vec<_>, _> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| ConnectError::Config {
+                    url: u.to_string(),
+                    detail: e.to_string(),
+                })
+        })
+        .collect();
+    let addrs = addrs?;
+    if addrs.is_empty() {
+        return Err(ConnectError::Config {
+            url: urls.to_string(),
+            detail: "no server URL given".into(),
+        });
+    }
+    Ok(addrs)
+}
+
 async fn options(
     args: &NatsArgs,
     name: &str,
@@ -225,4 +250,20 @@ async fn options(
             let events = events.clone();
             async move { events.record(&event) }
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_or_several_urls() {
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let many = server_addrs("nats://a:4222, nats://b:4223,nats://c:4224").unwrap();
+        assert_eq!(many.len(), 3);
+        assert_eq!(many[1].port(), 4223);
+        assert!(server_addrs("").is_err());
+        let err = server_addrs("nats://a:4222,nats://b:notaport").unwrap_err();
+        assert!(err.to_string().contains("nats://b:notaport"), "{err}");
+    }
 }

@@ -483,7 +483,9 @@ impl Process {
 
     /// The exit status if the process has exited, without waiting.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM, then wait for a clean exit (bounded).
