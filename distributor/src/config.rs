@@ -103,6 +103,19 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub at_least_once: AtLeastOnceArgs,
+
+    /// Also serve the HTTP ingest gateway on this address (e.g. `127.0.0.1:3000`): the old
+    /// service's `POST /message/send`, `POST /messages` (JSON array or NDJSON, optionally gzip),
+    /// `GET /analyzer/stats` and `GET /healthz`. Off by default. See docs/http.md.
+    #[arg(long, env = "DISTRIBUTOR_HTTP", value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+
+    /// Largest HTTP request body, in bytes, also after gzip decompression (413 above). The
+    /// default is 8 MiB.
+    #[arg(long, env = "DISTRIBUTOR_HTTP_MAX_BODY_BYTES", value_name = "BYTES",
+          default_value_t = logdist_http::DEFAULT_MAX_BODY_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    pub http_max_body_bytes: usize,
 }
 
 /// The delivery guarantee of `distributor run`.

@@ -56,6 +56,8 @@ pub enum RunError {
     Bucket(#[from] BucketError),
     #[error("cannot subscribe to {subject}: {detail}")]
     Subscribe { subject: String, detail: String },
+    #[error(transparent)]
+    Http(#[from] logdist_http::StartError),
 }
 
 /// Runs the distributor until `shutdown` is cancelled, then shuts down cleanly.
@@ -108,6 +110,25 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
             "cannot read the membership bucket; waiting for heartbeats"),
     }
 
+    // The HTTP gateway publishes to the ingest subject like any agent, so its packets take the
+    // same path; it stops taking requests at shutdown, before the ingest side drains.
+    let http = match args.http {
+        Some(listen) => Some(
+            logdist_http::start(
+                logdist_http::GatewayConfig {
+                    listen,
+                    names: names.clone(),
+                    max_body_bytes: args.http_max_body_bytes,
+                    acknowledged: args.delivery == Delivery::AtLeastOnce,
+                },
+                client.clone(),
+                shutdown.child_token(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
     let publisher = StatsPublisher::spawn(stats_kv, distributor_key(&replica));
     // Seeded analyzers are already in the bucket: mirror only what changes from now on.
     distributor.mirror = Some(MembershipMirror::spawn(members_kv));
@@ -133,6 +154,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
                 &shutdown,
             )
             .await;
+        }
+    }
+    if let Some(http) = http {
+        // Requests in progress finish (graceful shutdown) before the final flush.
+        if tokio::time::timeout(FINAL_WRITE_TIMEOUT, http.task).await.is_err() {
+            tracing::warn!("HTTP gateway did not finish its requests in time");
         }
     }
     if tokio::time::timeout(FINAL_WRITE_TIMEOUT, client.flush())

@@ -1,0 +1,216 @@
+//! HTTP ingest through a real distributor process (`--http`) to real analyzers: the same shares
+//! as NATS ingest, and in at-least-once mode a 200 that survives the distributor's death.
+
+use std::time::Duration;
+
+use logdist::snapshot::StatsSnapshot;
+use logdist::testing::{free_port, wait_until, NatsServer, Process};
+
+fn packet(messages: usize, n: usize) -> String {
+    let records: Vec<String> = (0..messages)
+        .map(|i| {
+            format!(
+                r#"{{"timestamp":{n},"severity":"INFO","source":"http-test","message":"packet {n} message {i}"}}"#
+            )
+        })
+        .collect();
+    format!("[{}]", records.join(","))
+}
+
+fn analyzer(url: &str, id: &str, weight: &str) -> Process {
+    Process::spawn(
+        "analyzer",
+        &[
+            "--nats-url",
+            url,
+            "--id",
+            id,
+            "--weight",
+            weight,
+            "--instance",
+            &format!("h{id}"),
+            "--heartbeat-interval",
+            "100ms",
+            "--report-interval",
+            "200ms",
+        ],
+        &[],
+    )
+}
+
+/// Waits until the analyzers' own counters add up to `expected` messages; returns them by id.
+async fn analyzed(server: &NatsServer, expected: u64) -> Vec<(String, u64)> {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut last = Vec::new();
+    let mut total = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while total < expected && std::time::Instant::now() < deadline {
+        if let Ok(kv) = js.get_key_value("logdist_stats").await {
+            if let Ok(snapshot) = StatsSnapshot::read(&kv).await {
+                last = snapshot
+                    .analyzers
+                    .iter()
+                    .map(|a| (a.id.clone(), a.messages))
+                    .collect();
+                last.sort();
+                total = last.iter().map(|(_, m)| m).sum();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(total, expected, "analyzers counted {last:?}");
+    last
+}
+
+async fn healthy(base: &str) {
+    let http = reqwest::Client::new();
+    wait_until("gateway healthy", Duration::from_secs(30), || {
+        let request = http.get(format!("{base}/healthz")).send();
+        async move { request.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http_packets_reach_analyzers_with_the_same_share_accuracy() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let port = free_port();
+    let _distributor = Process::spawn(
+        "distributor",
+        &[
+            "run",
+            "--nats-url",
+            &url,
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--stats-interval",
+            "200ms",
+        ],
+        &[],
+    );
+    let _analyzers = [
+        analyzer(&url, "1", "0.5"),
+        analyzer(&url, "2", "0.3"),
+        analyzer(&url, "3", "0.2"),
+    ];
+    let base = format!("http://127.0.0.1:{port}");
+    healthy(&base).await;
+    // Wait until the distributor knows all three analyzers.
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    wait_until("three analyzers online", Duration::from_secs(30), || {
+        let js = js.clone();
+        async move {
+            use futures::TryStreamExt;
+            let Ok(kv) = js.get_key_value("analyzers").await else {
+                return false;
+            };
+            let Ok(keys) = kv.keys().await else {
+                return false;
+            };
+            keys.try_collect::<Vec<String>>()
+                .await
+                .is_ok_and(|k| k.len() == 3)
+        }
+    })
+    .await;
+
+    // 1,500 packets of 1..=40 messages from 6 concurrent HTTP clients.
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..6usize {
+        let base = base.clone();
+        tasks.spawn(async move {
+            let http = reqwest::Client::new();
+            let mut sent = 0u64;
+            for n in 0..250usize {
+                let size = 1 + (n * 7 + worker * 13) % 40;
+                let r = http
+                    .post(format!("{base}/messages"))
+                    .header("Content-Type", "application/json")
+                    .body(packet(size, n))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                sent += size as u64;
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(r) = tasks.join_next().await {
+        sent += r.unwrap();
+    }
+    let counts = analyzed(&server, sent).await;
+    let total: u64 = counts.iter().map(|(_, m)| m).sum();
+    for ((id, messages), target) in counts.iter().zip([50.0, 30.0, 20.0]) {
+        let share = 100.0 * *messages as f64 / total as f64;
+        // The routing bound: under (k-1) x 40 messages of error out of ~31,000.
+        assert!(
+            (share - target).abs() < 0.3,
+            "analyzer {id}: {share:.3}% vs {target}%"
+        );
+    }
+}
+
+#[tokio::test]
+async fn at_least_once_200_survives_a_distributor_kill() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let port = free_port();
+    let mut first = Process::spawn(
+        "distributor",
+        &[
+            "run",
+            "--nats-url",
+            &url,
+            "--delivery",
+            "at-least-once",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+        ],
+        &[],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    healthy(&base).await;
+    // No analyzer yet: every 200 is a promise held only by the stream.
+    let http = reqwest::Client::new();
+    let mut accepted = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while accepted < 300 {
+        let r = http
+            .post(format!("{base}/message/send"))
+            .body(format!(
+                r#"{{"timestamp":{accepted},"severity":"ERROR","source":"http","message":"m{accepted}"}}"#
+            ))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => {
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(body["stored"], true);
+                accepted += 1;
+            }
+            // The stream may not exist yet in the first moments: 503, never a false 200.
+            503 => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway kept refusing"
+        );
+    }
+    first.kill().await;
+
+    let _second = Process::spawn(
+        "distributor",
+        &["run", "--nats-url", &url, "--delivery", "at-least-once"],
+        &[],
+    );
+    let _analyzer = analyzer(&url, "1", "1");
+    let counts = analyzed(&server, accepted).await;
+    assert_eq!(counts, vec![("1".to_string(), accepted)]);
+}
