@@ -25,14 +25,18 @@ pub enum Scenario {
     LogdistAtMostOnce,
     /// agent-sim → JetStream stream → distributor (at-least-once) → three analyzers.
     LogdistAtLeastOnce,
+    /// HTTP clients in the bench → the distributor's HTTP gateway → distributor (at-most-once)
+    /// → three analyzers; the old service's way in.
+    LogdistHttp,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::RawNats,
         Scenario::WeightedMapping,
         Scenario::LogdistAtMostOnce,
         Scenario::LogdistAtLeastOnce,
+        Scenario::LogdistHttp,
     ];
 
     pub fn label(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Scenario {
             Scenario::WeightedMapping => "nats-server weighted mapping",
             Scenario::LogdistAtMostOnce => "logdist at-most-once",
             Scenario::LogdistAtLeastOnce => "logdist at-least-once",
+            Scenario::LogdistHttp => "logdist via HTTP gateway",
         }
     }
 
@@ -50,6 +55,7 @@ impl Scenario {
             Scenario::WeightedMapping => "mapping",
             Scenario::LogdistAtMostOnce => "logdist-amo",
             Scenario::LogdistAtLeastOnce => "logdist-alo",
+            Scenario::LogdistHttp => "logdist-http",
         }
     }
 
@@ -63,7 +69,7 @@ impl Scenario {
     fn has_distributor(self) -> bool {
         matches!(
             self,
-            Scenario::LogdistAtMostOnce | Scenario::LogdistAtLeastOnce
+            Scenario::LogdistAtMostOnce | Scenario::LogdistAtLeastOnce | Scenario::LogdistHttp
         )
     }
 
@@ -220,22 +226,27 @@ pub async fn run(
             &[("RUST_LOG", "warn")],
         ));
     }
+    let http_addr = format!("127.0.0.1:{}", logdist::testing::free_port());
     let distributor = if scenario.has_distributor() {
         let delivery = match scenario {
             Scenario::LogdistAtLeastOnce => "at-least-once",
             _ => "at-most-once",
         };
+        let mut args = vec![
+            "run",
+            "--nats-url",
+            &url,
+            "--replica-id",
+            "bench",
+            "--delivery",
+            delivery,
+        ];
+        if scenario == Scenario::LogdistHttp {
+            args.extend(["--http", &http_addr]);
+        }
         Some(Process::spawn_at(
             &bins.path("distributor"),
-            &[
-                "run",
-                "--nats-url",
-                &url,
-                "--replica-id",
-                "bench",
-                "--delivery",
-                delivery,
-            ],
+            &args,
             &[("RUST_LOG", "warn")],
         ))
     } else {
@@ -327,8 +338,22 @@ pub async fn run(
     }
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let start = Instant::now();
-    let mut sim = Process::spawn_at(&bins.path("agent-sim"), &arg_refs, &[("RUST_LOG", "warn")]);
-
+    let mut load = if scenario == Scenario::LogdistHttp {
+        Load::Http(tokio::spawn(http_load(
+            format!("http://{http_addr}"),
+            shape,
+            rate,
+            Duration::from_secs(seconds),
+        )))
+    } else {
+        Load::AgentSim(Box::new(Process::spawn_at(
+            &bins.path("agent-sim"),
+            &arg_refs,
+            &[("RUST_LOG", "warn")],
+        )))
+    };
+    let mut http_sent: Option<(u64, u64)> = None;
+    let mut quiet_since: Option<Instant> = None;
     // Sample the analyzers' counters while the run goes on, until agent-sim exits.
     let mut series = Vec::new();
     let mut first_active: Option<f64> = None;
@@ -361,21 +386,45 @@ pub async fn run(
         } else {
             series.push((t, per_id));
         }
-        if let Some(status) = sim.try_wait() {
-            break status;
+        match &mut load {
+            Load::AgentSim(sim) => {
+                if let Some(status) = sim.try_wait() {
+                    break status;
+                }
+            }
+            Load::Http(task) => {
+                if http_sent.is_none() && task.is_finished() {
+                    http_sent = Some(task.await??);
+                }
+                // Quiet: all counted, or nothing moved for 2 s after the load ended.
+                if let Some((sent, _)) = http_sent {
+                    let moved = last_change > t - 2.0;
+                    if total >= sent || (!moved && quiet_since.is_some()) {
+                        break std::process::ExitStatus::default();
+                    }
+                    quiet_since.get_or_insert_with(Instant::now);
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         if start.elapsed() > Duration::from_secs(seconds + 120) {
-            bail!("agent-sim did not finish: {}", sim.stderr());
+            bail!("the load did not finish in time");
         }
     };
-    if !status.success() {
-        bail!("agent-sim failed: {}\n{}", sim.stdout(), sim.stderr());
-    }
     let cpu_after = pid.map(cpu_seconds).transpose()?;
     let peak_rss = pid.map(peak_rss_mib).transpose()?;
-    let report: serde_json::Value =
-        serde_json::from_str(&sim.stdout()).context("agent-sim's JSON report")?;
+    let report = match &load {
+        Load::AgentSim(sim) => {
+            if !status.success() {
+                bail!("agent-sim failed: {}\n{}", sim.stdout(), sim.stderr());
+            }
+            serde_json::from_str(&sim.stdout()).context("agent-sim's JSON report")?
+        }
+        Load::Http(_) => {
+            let (sent, bytes) = http_sent.unwrap_or_default();
+            http_report(&StatsSnapshot::read(&stats).await?, scenario, sent, bytes)
+        }
+    };
     let v = &report["verification"];
     let rows = v["analyzers"].as_array().cloned().unwrap_or_default();
     let max_of = |key: &str| rows.iter().filter_map(|r| r[key].as_u64()).max();
@@ -405,6 +454,119 @@ pub async fn run(
     drop(processes);
     drop(server);
     Ok(result)
+}
+
+/// What drives a run: agent-sim over NATS, or HTTP clients inside the bench.
+enum Load {
+    AgentSim(Box<Process>),
+    Http(tokio::task::JoinHandle<anyhow::Result<(u64, u64)>>),
+}
+
+/// Posts the shape's body from 8 concurrent clients for `duration` at `rate` messages/s in all
+/// (0 = as fast as they can). Returns (messages, bytes) answered 200.
+async fn http_load(
+    base: String,
+    shape: Shape,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<(u64, u64)> {
+    const CLIENTS: u64 = 8;
+    let per_request = shape.messages_per_packet();
+    let record = |i: u64| {
+        format!(
+            r#"{{"timestamp":{i},"severity":"INFO","source":"bench","message":"GET /api/v1/orders 200 17 ms from client {i} with a typical length"}}"#
+        )
+    };
+    let (path, body) = match shape {
+        Shape::Single => ("/message/send", record(0)),
+        Shape::Packet100 => (
+            "/messages",
+            format!("[{}]", (0..100).map(record).collect::<Vec<_>>().join(",")),
+        ),
+    };
+    let body = bytes::Bytes::from(body);
+    let interval = (rate > 0)
+        .then(|| Duration::from_secs_f64(CLIENTS as f64 * per_request as f64 / rate as f64));
+    let deadline = Instant::now() + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let url = format!("{base}{path}");
+        let body = body.clone();
+        tasks.spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut messages, mut bytes) = (0u64, 0u64);
+            let mut next = Instant::now();
+            while Instant::now() < deadline {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += interval;
+                }
+                let response = http
+                    .post(&url)
+                    .header("Content-Type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                if response.status() != 200 {
+                    bail!("gateway answered {}", response.status());
+                }
+                messages += per_request;
+                bytes += body.len() as u64;
+            }
+            Ok((messages, bytes))
+        });
+    }
+    let (mut messages, mut bytes) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        let (m, b) = result??;
+        messages += m;
+        bytes += b;
+    }
+    Ok((messages, bytes))
+}
+
+/// The fields of agent-sim's JSON report that a run reads, computed from the analyzers' counters
+/// for an HTTP run (fresh analyzers: their counts are the run's).
+fn http_report(
+    snapshot: &StatsSnapshot,
+    scenario: Scenario,
+    sent: u64,
+    bytes: u64,
+) -> serde_json::Value {
+    let weights: Vec<(String, f64)> = scenario
+        .analyzers()
+        .iter()
+        .map(|(id, w)| (id.to_string(), w.parse().unwrap_or(0.0)))
+        .collect();
+    let weight_sum: f64 = weights.iter().map(|(_, w)| w).sum();
+    let received: u64 = snapshot.analyzers.iter().map(|a| a.messages).sum();
+    let mut max_dev: f64 = 0.0;
+    let mut rows = Vec::new();
+    for (id, weight) in &weights {
+        let records = snapshot.analyzers.iter().filter(|a| &a.id == id);
+        let messages: u64 = records.clone().map(|a| a.messages).sum();
+        let share = 100.0 * messages as f64 / received.max(1) as f64;
+        max_dev = max_dev.max((share - 100.0 * weight / weight_sum).abs());
+        let p50 = records
+            .clone()
+            .filter_map(|a| a.latency.as_ref().map(|l| l.p50_us))
+            .max();
+        let p99 = records
+            .filter_map(|a| a.latency.as_ref().map(|l| l.p99_us))
+            .max();
+        rows.push(serde_json::json!({"id": id, "p50_us": p50, "p99_us": p99}));
+    }
+    let lost = sent.saturating_sub(received);
+    serde_json::json!({
+        "sent": {"bytes": bytes},
+        "verification": {
+            "sent": sent,
+            "received": received,
+            "loss_pct": 100.0 * lost as f64 / sent.max(1) as f64,
+            "max_abs_deviation_pp": max_dev,
+            "analyzers": rows,
+        }
+    })
 }
 
 /// User + system CPU seconds of a process so far, from `/proc/<pid>/stat`.
