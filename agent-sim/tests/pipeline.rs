@@ -91,11 +91,11 @@ async fn verify_reports_no_loss_and_shares_within_a_tenth_of_a_point() {
             "--agents",
             "8",
             "--packet-size",
-            "1..200",
+            "1..100",
             "--rate",
             "100000",
             "--count",
-            "500000",
+            "300000",
             "--invalid-ratio",
             "0.01",
             "--verify",
@@ -127,7 +127,7 @@ async fn verify_reports_no_loss_and_shares_within_a_tenth_of_a_point() {
         );
         assert!(row["deviation_pp"].as_f64().unwrap().abs() <= 0.1, "{row}");
     }
-    // The text report carries the same table.
+    // The text report carries the same table (10 packets cannot match the shares: loss only).
     let mut text = Process::spawn(
         "agent-sim",
         &[
@@ -138,6 +138,8 @@ async fn verify_reports_no_loss_and_shares_within_a_tenth_of_a_point() {
             "--verify",
             "--quiet-period",
             "2s",
+            "--max-deviation",
+            "100",
         ],
         &[],
     );
