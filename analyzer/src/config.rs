@@ -120,6 +120,20 @@ pub struct AnalyzerConfig {
     )]
     pub drain_timeout: Duration,
 
+    /// On shutdown, after the withdrawal is sent: keep analyzing until no packet has arrived for
+    /// this long, then unsubscribe. Packets that distributors routed here before they processed
+    /// the withdrawal are still on their way; unsubscribing at once would lose them (at-most-once
+    /// mode). Bounded by --drain-timeout. 0s unsubscribes at once.
+    #[arg(
+        long,
+        env = "ANALYZER_WITHDRAW_GRACE",
+        value_name = "DURATION",
+        allow_negative_numbers = true,
+        default_value = "250ms",
+        value_parser = parse_duration
+    )]
+    pub withdraw_grace: Duration,
+
     #[command(flatten)]
     pub nats: NatsArgs,
 
@@ -212,6 +226,7 @@ mod tests {
         assert_eq!(config.work_per_message, Duration::ZERO);
         assert_eq!(config.dedup_window, DEFAULT_DEDUP_WINDOW);
         assert_eq!(config.checkpoint_interval, Duration::from_millis(200));
+        assert_eq!(config.withdraw_grace, Duration::from_millis(250));
         assert!(!config.print);
         assert_eq!(config.instance, None);
         assert_eq!(config.names, Names::default());
@@ -265,6 +280,10 @@ mod tests {
             (
                 &["--id", "1", "--weight", "1", "--checkpoint-interval", "1m"],
                 "--checkpoint-interval",
+            ),
+            (
+                &["--id", "1", "--weight", "1", "--withdraw-grace", "soon"],
+                "--withdraw-grace",
             ),
         ] {
             let err = parse(args).unwrap_err();

@@ -21,11 +21,13 @@
 //! knows the subscription), and only then announce, so no packet is routed here before we listen.
 //!
 //! Shutdown (SIGINT/SIGTERM): stop heartbeating, send the withdrawal and flush it, so distributors
-//! stop routing here first; then drain the subscription (unsubscribe, and analyze everything
-//! already delivered), print the final summary, write the final stats with state `down`.
+//! stop routing here first; keep analyzing until no packet has arrived for `--withdraw-grace`
+//! (packets routed before a distributor processed the withdrawal are still in flight); then drain
+//! the subscription (unsubscribe, and analyze everything already delivered), print the final
+//! summary, write the final stats with state `down`.
 
 use std::io::{self, Stdout, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderName, Message, Subject};
 use futures::StreamExt;
@@ -193,8 +195,44 @@ pub async fn run(
             .to_string(),
         ),
     }
-    // The withdrawal's flush also proved that every packet the server sent before it has been
-    // read into the subscription's queue; the drain below hands those over, then ends the stream.
+    // Distributors stop routing here only once they have processed the withdrawal; packets they
+    // sent before that are still on their way. Keep analyzing (and checkpointing) until the
+    // subscription has been quiet for `--withdraw-grace`, at most `--drain-timeout`.
+    if !subscription_closed {
+        let grace = config.withdraw_grace.min(limit);
+        let hard_deadline = tokio::time::Instant::now() + limit;
+        let quiet = tokio::time::sleep(grace);
+        tokio::pin!(quiet);
+        let mut late = 0u64;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut quiet => break,
+                _ = checkpoint_ticks.tick(), if !pending.is_empty() => {
+                    let stats = reporter.checkpoint(&handler.analysis, STATE_UP);
+                    send_checkpoint(&stats_tx, stats, &mut pending).await;
+                }
+                message = subscriber.next() => match message {
+                    Some(message) => {
+                        late += 1;
+                        pending.extend(handler.handle(message).await);
+                        let until = (tokio::time::Instant::now() + grace).min(hard_deadline);
+                        quiet.as_mut().reset(until);
+                    }
+                    None => {
+                        subscription_closed = true;
+                        break;
+                    }
+                },
+            }
+        }
+        tracing::info!(
+            packets = late,
+            ?grace,
+            "packets that arrived after the withdrawal were analyzed"
+        );
+    }
+    // The drain hands over what is already in the subscription's queue, then ends the stream.
     if !subscription_closed {
         if let Err(e) = subscriber.drain().await {
             problems.push(format!("cannot drain {subject:?}: {e}"));
@@ -220,8 +258,7 @@ pub async fn run(
     send_checkpoint(&stats_tx, final_stats.clone(), &mut pending).await;
     drop(stats_tx);
     match tokio::time::timeout(limit, stats_publisher).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => problems.push(e),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => problems.push(format!("stats publisher failed: {e}")),
         Err(_) => problems.push(format!(
             "final stats not written within {limit:?} (stats bucket {:?})",
@@ -378,40 +415,63 @@ async fn send_checkpoint(
 
 /// Writes each checkpoint's stats to `key`, in order, and after a successful write sends the
 /// replies that waited for it. Queued checkpoints are merged (newest stats, every reply). When a
-/// write fails, its replies wait for the next successful one. Runs until the sender is dropped;
-/// returns the last write's error, if any.
+/// write fails it is retried soon (with the newest stats queued by then) until it succeeds; its
+/// replies wait for that. Runs until the sender is dropped and the last write succeeded; the
+/// caller bounds the wait for it at shutdown.
 async fn write_checkpoints(
     bucket: async_nats::jetstream::kv::Store,
     key: String,
     client: Client,
     mut checkpoints: mpsc::Receiver<Checkpoint>,
-) -> Result<(), String> {
-    let mut result = Ok(());
+) {
     let mut unacknowledged: Vec<Subject> = Vec::new();
     while let Some(Checkpoint { mut stats, replies }) = checkpoints.recv().await {
         unacknowledged.extend(replies);
-        while let Ok(newer) = checkpoints.try_recv() {
-            stats = newer.stats;
-            unacknowledged.extend(newer.replies);
-        }
-        let value = serde_json::to_vec(&stats).expect("stats always serialize");
-        result = match bucket.put(&key, value.into()).await {
-            Ok(_) => {
-                for reply in unacknowledged.drain(..) {
-                    if let Err(e) = client.publish(reply, bytes::Bytes::new()).await {
-                        tracing::warn!(error = %e, "cannot acknowledge packet");
+        let mut retry_in = WRITE_RETRY_MIN;
+        let mut failures = 0u32;
+        loop {
+            while let Ok(newer) = checkpoints.try_recv() {
+                stats = newer.stats;
+                unacknowledged.extend(newer.replies);
+            }
+            let value = serde_json::to_vec(&stats).expect("stats always serialize");
+            let error = match tokio::time::timeout(WRITE_TIMEOUT, bucket.put(&key, value.into()))
+                .await
+            {
+                Ok(Ok(_)) => {
+                    if failures > 0 {
+                        tracing::info!(key = %key, failures, "stats written again; sending the acknowledgements that waited");
                     }
+                    for reply in unacknowledged.drain(..) {
+                        if let Err(e) = client.publish(reply, bytes::Bytes::new()).await {
+                            tracing::warn!(error = %e, "cannot acknowledge packet");
+                        }
+                    }
+                    break;
                 }
-                Ok(())
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {WRITE_TIMEOUT:?}"),
+            };
+            if failures == 0 {
+                tracing::warn!(key = %key, error = %error, pending_acks = unacknowledged.len(), "cannot write stats; retrying, acknowledgements wait for a successful write");
             }
-            Err(e) => {
-                tracing::warn!(key = %key, error = %e, pending_acks = unacknowledged.len(), "cannot write stats; acknowledgements wait for the next write");
-                Err(format!("cannot write stats key {key:?}: {e}"))
-            }
-        };
+            failures += 1;
+            // JetStream is electing a leader or the client is reconnecting: retry soon (with
+            // newer counts, if any), so the replies are not held past the distributors'
+            // --request-timeout for longer than the outage itself. The caller bounds the wait at
+            // shutdown.
+            tokio::time::sleep(retry_in).await;
+            retry_in = (retry_in * 2).min(WRITE_RETRY_MAX);
+        }
     }
-    result
 }
+
+/// Longest wait for one stats write: a write during a JetStream leader election can otherwise
+/// hang for the client's whole request time-out (5 s) before it is retried.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Back-off between retries of a failed stats write: 50 ms, doubling, at most 500 ms.
+const WRITE_RETRY_MIN: Duration = Duration::from_millis(50);
+const WRITE_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// Prints a report's summary line on stdout (what the user runs the analyzer to see).
 fn print_summary(stats: &AnalyzerStats) {
