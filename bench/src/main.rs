@@ -110,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         "make bench   (= cargo build --release --bins && target/release/logdist-bench --seconds {} --repetitions {})",
         args.seconds, args.repetitions
     );
+    let validator = validator_cost();
     let table = render_table(&rows);
     println!("{table}");
 
@@ -143,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = writeln!(md, "```sh\n{command}\n```\n");
     let _ = writeln!(md, "Each scenario runs on a fresh nats-server (free loopback ports) with the same load (agent-sim, 4 agents over 2 connections, as fast as it can for {} s) and the same counting receivers (analyzer processes, which parse and analyze every message). *msg/s* is log messages counted by the analyzers per second of delivery; *vs mapping* is the ratio to nats-server's weighted mapping in the same run; CPU and RSS are the distributor's; latency (agent send → analyzer) and the share deviation come from a second run at half of the measured rate. Median of {} runs (all runs listed in msg/s).\n", args.seconds, args.repetitions);
     md.push_str(&table);
+    let _ = writeln!(md, "\nValidation alone (in-process, one core, the same `PacketValidator` the distributor and the analyzers run on every message): {validator}.");
     let _ = writeln!(md, "\n![cumulative share over time](docs/shares.png)\n");
     let _ = writeln!(md, "*logdist via HTTP gateway* posts from 8 concurrent HTTP/1.1 clients inside the bench (`POST /message/send` for single messages, `POST /messages` for packets) to `distributor --http`. For comparison, the old HTTP + Redis service was measured at ~400 delivered messages/s (600–750 accepted requests/s) on this 2-core machine; it is not part of this repository, so that figure is quoted, not re-run.\n");
     let _ = writeln!(md, "The plot (`{}`) shows each analyzer's cumulative share of messages during the half-rate run with 100-message packets: the mapping picks a destination at random per packet, so its error shrinks like 1/√N; logdist balances message counts deterministically, so its error is bounded by a few packets at any time.", args.plot);
@@ -152,6 +154,29 @@ async fn main() -> anyhow::Result<()> {
         root.join(&args.output).display()
     );
     Ok(())
+}
+
+/// Nanoseconds per message of `PacketValidator::parse` alone, for 100-message packets and for
+/// single-object payloads: the floor of the per-message cost in the distributor and analyzers.
+fn validator_cost() -> String {
+    let record = r#"{"timestamp":1764064800000,"severity":"INFO","source":"api-gateway","message":"GET /api/v1/orders 200 17 ms","host":"node-3"}"#;
+    let packet = format!("[{}]", vec![record; 100].join(","));
+    let validator = logdist::PacketValidator::default();
+    let time_per_message = |payload: &[u8], messages: usize, rounds: usize| {
+        let start = std::time::Instant::now();
+        let mut seen = 0;
+        for _ in 0..rounds {
+            seen += validator.parse(payload).map_or(0, |p| p.records.len());
+        }
+        assert_eq!(seen, messages * rounds);
+        start.elapsed().as_nanos() as f64 / seen as f64
+    };
+    let packet_ns = time_per_message(packet.as_bytes(), 100, 20_000);
+    let single_ns = time_per_message(record.as_bytes(), 1, 1_000_000);
+    format!(
+        "{packet_ns:.0} ns per message in 100-message packets ({:.1} M messages/s), {single_ns:.0} ns per single-message payload",
+        1e3 / packet_ns
+    )
 }
 
 fn render_table(rows: &[Row]) -> String {

@@ -105,8 +105,6 @@ pub struct LogRecord<'a> {
     pub severity: Severity,
     pub source: Cow<'a, str>,
     pub message: Cow<'a, str>,
-    /// The record's exact JSON text in the payload, extra fields included.
-    pub raw: &'a str,
 }
 
 /// Why a whole payload is not a packet. Nothing in such a payload is routed: it is dead-lettered
@@ -204,6 +202,11 @@ pub struct Packet<'a> {
     pub form: PacketForm,
     pub records: Vec<LogRecord<'a>>,
     pub invalid: Vec<InvalidRecord<'a>>,
+    /// The exact JSON text of each valid record, extra fields included; kept only for a packet
+    /// with invalid elements (a fully valid one is forwarded as it came).
+    valid_raw: Vec<&'a str>,
+    /// The whole payload's text.
+    text: &'a str,
 }
 
 impl<'a> Packet<'a> {
@@ -222,16 +225,20 @@ impl<'a> Packet<'a> {
         self.invalid.is_empty()
     }
 
-    /// The valid records as a JSON array, for forwarding the valid part of a mixed packet.
+    /// The valid records as a JSON array of their original text, for forwarding the valid part
+    /// of a mixed packet. For a fully valid packet this is the payload itself.
     pub fn valid_json_array(&self) -> String {
-        let len = self.records.iter().map(|r| r.raw.len() + 1).sum::<usize>() + 2;
+        if self.is_fully_valid() {
+            return self.text.trim().to_string();
+        }
+        let len = self.valid_raw.iter().map(|r| r.len() + 1).sum::<usize>() + 2;
         let mut out = String::with_capacity(len);
         out.push('[');
-        for (i, record) in self.records.iter().enumerate() {
+        for (i, raw) in self.valid_raw.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(record.raw);
+            out.push_str(raw);
         }
         out.push(']');
         out
@@ -279,34 +286,76 @@ impl PacketValidator {
             })?;
         match first {
             b'{' => {
+                // One pass for the common valid case; the exact reason comes from the careful
+                // path below, which tells a syntax error from a bad record.
+                if let Ok(fields) = serde_json::from_str::<RecordFields<'_>>(text) {
+                    if let Ok(record) = validate_fields(fields) {
+                        return Ok(Packet {
+                            form: PacketForm::Object,
+                            records: vec![record],
+                            invalid: Vec::new(),
+                            valid_raw: Vec::new(),
+                            text,
+                        });
+                    }
+                }
                 let raw: &RawValue = serde_json::from_str(text).map_err(not_json)?;
                 match parse_record(raw.get()) {
                     Ok(record) => Ok(Packet {
                         form: PacketForm::Object,
                         records: vec![record],
                         invalid: Vec::new(),
+                        valid_raw: Vec::new(),
+                        text,
                     }),
                     Err(error) => Err(PacketError::Record(error)),
                 }
             }
             b'[' => {
+                // Fast path, one pass: every element straight into its fields. Any problem (a
+                // syntax error, a non-object element, an invalid record) falls back to the
+                // element-by-element path, which finds each reason and each element's text.
+                if let Ok(all) = serde_json::from_str::<Vec<RecordFields<'_>>>(text) {
+                    if !all.is_empty() {
+                        let records: Result<Vec<_>, _> =
+                            all.into_iter().map(validate_fields).collect();
+                        if let Ok(records) = records {
+                            return Ok(Packet {
+                                form: PacketForm::Array,
+                                records,
+                                invalid: Vec::new(),
+                                valid_raw: Vec::new(),
+                                text,
+                            });
+                        }
+                    }
+                }
                 let elements: Vec<&RawValue> = serde_json::from_str(text).map_err(not_json)?;
                 if elements.is_empty() {
                     return Err(PacketError::Empty);
                 }
                 let mut records = Vec::with_capacity(elements.len());
+                let mut valid_raw = Vec::with_capacity(elements.len());
                 let mut invalid = Vec::new();
                 for (index, element) in elements.iter().enumerate() {
                     let raw = element.get();
                     match parse_record(raw) {
-                        Ok(record) => records.push(record),
+                        Ok(record) => {
+                            records.push(record);
+                            valid_raw.push(raw);
+                        }
                         Err(error) => invalid.push(InvalidRecord { index, raw, error }),
                     }
+                }
+                if invalid.is_empty() {
+                    valid_raw.clear();
                 }
                 Ok(Packet {
                     form: PacketForm::Array,
                     records,
                     invalid,
+                    valid_raw,
+                    text,
                 })
             }
             _ => {
@@ -354,6 +403,11 @@ fn parse_record(raw: &str) -> Result<LogRecord<'_>, RecordError> {
         serde_json::from_str(raw).map_err(|e| RecordError::Malformed {
             detail: e.to_string(),
         })?;
+    validate_fields(fields)
+}
+
+/// Applies the contract's rules to the four fields of one log object.
+fn validate_fields(fields: RecordFields<'_>) -> Result<LogRecord<'_>, RecordError> {
     let timestamp = match fields.timestamp {
         Scalar::Absent => return Err(RecordError::MissingField { field: "timestamp" }),
         Scalar::Int(n) => Timestamp::Epoch(n),
@@ -396,7 +450,6 @@ fn parse_record(raw: &str) -> Result<LogRecord<'_>, RecordError> {
         severity,
         source,
         message,
-        raw,
     })
 }
 
@@ -413,16 +466,93 @@ fn expect_string<'a>(field: &'static str, value: Scalar<'a>) -> Result<Cow<'a, s
 }
 
 /// The four contract fields of a log object; other fields are skipped without being built.
-#[derive(Deserialize)]
+/// Only a JSON object decodes into it (serde's derive would also take an array, by position).
+#[derive(Default)]
 struct RecordFields<'a> {
-    #[serde(borrow, default)]
     timestamp: Scalar<'a>,
-    #[serde(borrow, default)]
     severity: Scalar<'a>,
-    #[serde(borrow, default)]
     source: Scalar<'a>,
-    #[serde(borrow, default)]
     message: Scalar<'a>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RecordFields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = RecordFields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a log object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = RecordFields::default();
+                while let Some(key) = map.next_key::<FieldName>()? {
+                    let slot = match key {
+                        FieldName::Timestamp => &mut fields.timestamp,
+                        FieldName::Severity => &mut fields.severity,
+                        FieldName::Source => &mut fields.source,
+                        FieldName::Message => &mut fields.message,
+                        FieldName::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if !matches!(slot, Scalar::Absent) {
+                        return Err(de::Error::custom(format_args!(
+                            "duplicate field `{}`",
+                            key.name()
+                        )));
+                    }
+                    *slot = map.next_value()?;
+                }
+                Ok(fields)
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// A key of a log object, as far as validation cares.
+#[derive(Clone, Copy)]
+enum FieldName {
+    Timestamp,
+    Severity,
+    Source,
+    Message,
+    Other,
+}
+
+impl FieldName {
+    fn name(self) -> &'static str {
+        match self {
+            FieldName::Timestamp => "timestamp",
+            FieldName::Severity => "severity",
+            FieldName::Source => "source",
+            FieldName::Message => "message",
+            FieldName::Other => "",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl Visitor<'_> for NameVisitor {
+            type Value = FieldName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldName, E> {
+                Ok(match v {
+                    "timestamp" => FieldName::Timestamp,
+                    "severity" => FieldName::Severity,
+                    "source" => FieldName::Source,
+                    "message" => FieldName::Message,
+                    _ => FieldName::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(NameVisitor)
+    }
 }
 
 /// Any JSON value, reduced to what validation needs: integers and strings kept, the rest only
@@ -523,7 +653,7 @@ mod tests {
         assert_eq!(r.severity, Severity::Warn);
         assert_eq!(r.source, "app");
         assert_eq!(r.message, "hello world!");
-        assert_eq!(r.raw, HELLO);
+        assert_eq!(packet.valid_json_array(), HELLO);
     }
 
     #[test]
@@ -533,7 +663,13 @@ mod tests {
         assert_eq!(packet.form, PacketForm::Array);
         assert_eq!(packet.records.len(), 2);
         assert!(packet.is_fully_valid());
-        assert_eq!(packet.valid_json_array(), format!("[{HELLO},{HELLO}]"));
+        // A fully valid packet is its payload, byte for byte.
+        assert_eq!(packet.valid_json_array(), payload);
+        let mixed = format!("[{HELLO}, 1, {HELLO} ]");
+        assert_eq!(
+            parse(&mixed).unwrap().valid_json_array(),
+            format!("[{HELLO},{HELLO}]")
+        );
     }
 
     #[test]
@@ -546,8 +682,11 @@ mod tests {
     fn extra_fields_are_kept_in_raw() {
         let payload = r#"{"timestamp":1,"severity":"info","source":"a","message":"m","host":"h1","tags":{"k":[1,2]}}"#;
         let packet = parse(payload).unwrap();
-        assert_eq!(packet.records[0].raw, payload);
         assert_eq!(packet.records[0].severity, Severity::Info);
+        // Kept byte for byte when the valid part of a mixed packet is forwarded.
+        let mixed = format!("[{payload}, 7]");
+        let packet = parse(&mixed).unwrap();
+        assert_eq!(packet.valid_json_array(), format!("[{payload}]"));
     }
 
     #[test]
@@ -773,5 +912,51 @@ mod tests {
         ];
         let unique: std::collections::HashSet<_> = codes.iter().collect();
         assert_eq!(unique.len(), codes.len());
+    }
+
+    #[test]
+    fn an_array_element_is_never_read_as_a_record_by_position() {
+        let payload = format!(r#"[[1,"INFO","s","m"],{HELLO}]"#);
+        let packet = parse(&payload).unwrap();
+        assert_eq!(packet.records.len(), 1);
+        assert_eq!(
+            packet.invalid[0].error,
+            RecordError::NotAnObject { found: "an array" }
+        );
+        assert_eq!(
+            parse(r#"[[1,"INFO","s","m"]]"#).unwrap().invalid.len(),
+            1,
+            "not valid on the one-pass path either"
+        );
+    }
+
+    #[test]
+    fn duplicate_fields_are_malformed() {
+        let err = record_error(
+            r#"{"timestamp":1,"severity":"INFO","source":"a","source":"b","message":"m"}"#,
+        );
+        assert_eq!(err.code(), "malformed");
+        assert!(
+            err.to_string().contains("duplicate field `source`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn one_pass_and_element_paths_agree() {
+        // The same records, once all valid (one pass) and once beside an invalid element.
+        let records = [
+            HELLO,
+            r#"{"message":"m","source":"db\u00e9","extra":[1,{"a":null}],"severity":"error","timestamp":"2026-01-01T00:00:00Z"}"#,
+            r#"{"timestamp":-5,"severity":"Trace","source":"x","message":""}"#,
+        ];
+        let valid_text = format!("[{}]", records.join(","));
+        let valid = parse(&valid_text).unwrap();
+        let mixed_text = format!("[{},null]", records.join(","));
+        let mixed = parse(&mixed_text).unwrap();
+        assert_eq!(valid.records, mixed.records);
+        assert_eq!(mixed.invalid.len(), 1);
+        assert_eq!(mixed.valid_json_array(), format!("[{}]", records.join(",")));
+        assert_eq!(valid.records[1].source, "db\u{e9}");
     }
 }
