@@ -13,15 +13,23 @@
 //!    flight: then the packet waits (and fetching pauses) until one completes, so a slow
 //!    analyzer slows the pipeline instead of losing its share;
 //! 3. send it as a request with `Logdist-Packet-Id: <stream>:<stream sequence>`;
-//! 4. on the reply: count it as routed and ack it in the stream. On a time-out, no responders or
-//!    any other error: take the reservation back, and send it to another analyzer (excluding
-//!    those that failed it) after telling JetStream the packet is still being worked on; after
-//!    `--max-attempts` failures dead-letter it (`undeliverable`) and ack it.
+//! 4. on the reply: count it as routed and ack it in the stream. On a failure, take the
+//!    reservation back and tell the two kinds apart ([`Pipeline::infrastructure_failure`]):
+//!    - the *infrastructure* failed (not connected to NATS, the consumer unavailable while the
+//!      request was out, or no analyzer answered anything since it was sent, e.g. while a
+//!      JetStream leader election holds every analyzer's checkpoint): nak the packet with a
+//!      growing delay, so it stays in the stream; it costs no attempt and is never dead-lettered
+//!      for that;
+//!    - *this analyzer* failed (no responders, or a time-out while others answer): send it to
+//!      another analyzer (excluding those that failed it) after telling JetStream the packet is
+//!      still being worked on; after `--max-attempts` such failures dead-letter it
+//!      (`undeliverable`) and ack it.
 //!
 //! With no analyzer online, packets in hand are nak'ed with a growing delay and fetching pauses:
 //! they stay in the stream. Errors of the consumer (a server restart, a cluster node lost) drop
-//! the message stream; the consumer is looked up again after a back-off, without restarting.
-//! Requests in flight are unaffected: the client reconnects by itself.
+//! the message stream; the consumer is looked up again after a short back-off (250 ms doubling
+//! to 2 s), without restarting. Requests in flight are unaffected: the client reconnects (to any
+//! node given in `--nats-url`) by itself.
 //!
 //! Shutdown: stop fetching, nak what was not sent, wait (at most `--shutdown-timeout`) for the
 //! requests in flight and ack those acknowledged; the rest JetStream redelivers after
@@ -33,10 +41,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::connection::State;
 use async_nats::header::{HeaderName, HeaderValue};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream, AckKind};
-use async_nats::{Message, Request, RequestError, Subscriber};
+use async_nats::{Message, Request, RequestError, RequestErrorKind, Subscriber};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use logdist::Names;
@@ -59,9 +68,13 @@ const PACKET_ID: HeaderName = HeaderName::from_static(logdist::headers::PACKET_I
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Expiry of one pull request; the client renews them.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
-/// Back-off between attempts to get the consumer again after an error.
+/// Back-off between attempts to get the consumer again after an error: short, because a cluster
+/// elects a new leader within seconds and the pipeline is stalled until the consumer is back.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest wait for getting the consumer and opening its message stream; a JetStream API call
+/// to a cluster without a leader would otherwise wait for the client's full request time-out.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long JetStream should wait before redelivering a packet nak'ed because no analyzer is
 /// online, by how often it was delivered already: 250 ms, doubling, at most 5 s.
@@ -78,6 +91,8 @@ struct Packet {
     attempts: u32,
     /// Analyzers that failed it (skipped while others are online).
     failed: Vec<Arc<str>>,
+    /// When the current request was sent.
+    sent: Instant,
 }
 
 type Delivery = Pin<
@@ -140,15 +155,20 @@ fn open(
     args: AtLeastOnceArgs,
 ) -> JoinHandle<Result<pull::Stream, String>> {
     tokio::spawn(async move {
-        let consumer = open_consumer(&js, &names, &args).await?;
-        consumer
-            .stream()
-            .max_messages_per_batch(args.fetch_batch)
-            .heartbeat(PULL_HEARTBEAT)
-            .expires(PULL_EXPIRES)
-            .messages()
+        let opening = async {
+            let consumer = open_consumer(&js, &names, &args).await?;
+            consumer
+                .stream()
+                .max_messages_per_batch(args.fetch_batch)
+                .heartbeat(PULL_HEARTBEAT)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+                .map_err(|e| format!("cannot pull from consumer {:?}: {e}", args.consumer))
+        };
+        tokio::time::timeout(OPEN_TIMEOUT, opening)
             .await
-            .map_err(|e| format!("cannot pull from consumer {:?}: {e}", args.consumer))
+            .unwrap_or_else(|_| Err(format!("JetStream did not answer within {OPEN_TIMEOUT:?}")))
     })
 }
 
@@ -187,6 +207,14 @@ struct Pipeline<'a> {
     ready: VecDeque<Packet>,
     /// Whether "no analyzer online" was logged since the last packet went out.
     idle_logged: bool,
+    /// When an analyzer last acknowledged a packet.
+    last_reply: Instant,
+    /// Since when the consumer is unavailable (`None` while its message stream is open).
+    consumer_down_since: Option<Instant>,
+    /// When the consumer last became available again.
+    consumer_up_at: Instant,
+    /// Whether an infrastructure failure was logged since the last acknowledgement.
+    outage_logged: bool,
 }
 
 /// Runs the at-least-once pipeline until `shutdown`, then finishes what is in flight.
@@ -210,6 +238,10 @@ pub(crate) async fn run(
         per_analyzer: HashMap::new(),
         ready: VecDeque::new(),
         idle_logged: false,
+        last_reply: Instant::now(),
+        consumer_down_since: Some(Instant::now()),
+        consumer_up_at: Instant::now(),
+        outage_logged: false,
     };
     let reopen = || open(js.clone(), args.names.clone(), alo.clone());
     let mut opening = Some(reopen());
@@ -250,6 +282,8 @@ pub(crate) async fn run(
                         tracing::info!(stream = %alo.stream, consumer = %alo.consumer, "consuming from JetStream");
                         messages = Some(stream);
                         backoff = MIN_BACKOFF;
+                        p.consumer_down_since = None;
+                        p.consumer_up_at = Instant::now();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "JetStream consumer not available");
@@ -271,6 +305,7 @@ pub(crate) async fn run(
                         _ => tracing::warn!(retry_in = ?backoff, "JetStream message stream ended; getting the consumer again"),
                     }
                     messages = None;
+                    p.consumer_down_since.get_or_insert_with(Instant::now);
                     retry.as_mut().reset(tokio::time::Instant::now() + backoff);
                     retry_armed = true;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -315,6 +350,7 @@ impl Pipeline<'_> {
                     out,
                     attempts: 0,
                     failed: Vec::new(),
+                    sent: Instant::now(),
                 });
             }
             // Everything was dead-lettered (published before this ack, on the same connection).
@@ -345,7 +381,8 @@ impl Pipeline<'_> {
         }
     }
 
-    fn send(&mut self, packet: Packet, reservation: Reservation) {
+    fn send(&mut self, mut packet: Packet, reservation: Reservation) {
+        packet.sent = Instant::now();
         let request = Request::new()
             .headers(packet.out.headers.clone())
             .payload(packet.out.payload.clone())
@@ -370,6 +407,8 @@ impl Pipeline<'_> {
         }
         let error = match result {
             Ok(_) => {
+                self.last_reply = Instant::now();
+                self.outage_logged = false;
                 self.d
                     .router
                     .confirm(&reservation, packet.out.payload.len());
@@ -380,6 +419,16 @@ impl Pipeline<'_> {
             Err(e) => e,
         };
         self.d.router.cancel(&reservation);
+        if let Some(cause) = self.infrastructure_failure(&error, packet.sent) {
+            if !self.outage_logged {
+                tracing::warn!(analyzer_id = %reservation.id, error = %error, cause, "delivery failed for a reason outside the analyzer; packets go back to the stream (no attempt counted)");
+                self.outage_logged = true;
+            }
+            self.d.counters.redelivered += 1;
+            let delivered = packet.message.info().map_or(1, |i| i.delivered);
+            ack(&packet.message, AckKind::Nak(Some(nak_delay(delivered)))).await;
+            return;
+        }
         packet.attempts += 1;
         if !packet.failed.contains(&reservation.id) {
             packet.failed.push(reservation.id.clone());
@@ -408,6 +457,16 @@ impl Pipeline<'_> {
         // Restart JetStream's ack-wait clock: this replica is still working on the packet.
         ack(&packet.message, AckKind::Progress).await;
         self.ready.push_front(packet);
+    }
+
+    /// Why a failed request is not the analyzer's fault, if it is not (see [`outage_cause`]).
+    fn infrastructure_failure(&self, error: &RequestError, sent: Instant) -> Option<&'static str> {
+        outage_cause(&RequestHealth {
+            connected: self.d.client.connection_state() == State::Connected,
+            kind: error.kind(),
+            consumer_unavailable: self.consumer_down_since.is_some() || self.consumer_up_at > sent,
+            replies_since_sent: self.last_reply >= sent,
+        })
     }
 
     /// No analyzer online: the packet goes back to the stream, to be redelivered later.
@@ -454,6 +513,41 @@ impl Pipeline<'_> {
     }
 }
 
+/// What is known about the pipeline when a request failed.
+struct RequestHealth {
+    /// The client is connected to NATS now.
+    connected: bool,
+    kind: RequestErrorKind,
+    /// The consumer was unavailable at some time while the request was out.
+    consumer_unavailable: bool,
+    /// Some analyzer acknowledged a packet after this request was sent.
+    replies_since_sent: bool,
+}
+
+/// Why a failed request is not the analyzer's fault, if it is not: then it must not count as an
+/// attempt nor lead to a dead letter (a cluster fail-over would otherwise dead-letter healthy
+/// packets); the packet goes back to the stream instead.
+fn outage_cause(h: &RequestHealth) -> Option<&'static str> {
+    if !h.connected {
+        return Some("not connected to NATS");
+    }
+    match h.kind {
+        // The server says nobody listens on the analyzer's subject: that analyzer is gone.
+        RequestErrorKind::NoResponders => None,
+        RequestErrorKind::TimedOut if h.consumer_unavailable => {
+            Some("the JetStream consumer was unavailable meanwhile")
+        }
+        // Every analyzer is stuck at once: their checkpoints (KV writes) cannot complete, e.g.
+        // during a JetStream leader election.
+        RequestErrorKind::TimedOut if !h.replies_since_sent => {
+            Some("no analyzer acknowledged anything since the request was sent")
+        }
+        RequestErrorKind::TimedOut => None,
+        // The request could not be sent (e.g. the connection dropped meanwhile).
+        _ => Some("the request could not be sent"),
+    }
+}
+
 /// Acks (or naks, …) a stream message; a failure only delays it (JetStream redelivers).
 async fn ack(message: &jetstream::Message, kind: AckKind) {
     if let Err(e) = message.ack_with(kind).await {
@@ -464,6 +558,47 @@ async fn ack(message: &jetstream::Message, kind: AckKind) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn health(kind: RequestErrorKind) -> RequestHealth {
+        RequestHealth {
+            connected: true,
+            kind,
+            consumer_unavailable: false,
+            replies_since_sent: true,
+        }
+    }
+
+    #[test]
+    fn only_analyzer_specific_failures_count_as_attempts() {
+        // Others answer while this analyzer times out, or nobody listens on its subject.
+        assert_eq!(outage_cause(&health(RequestErrorKind::TimedOut)), None);
+        assert_eq!(outage_cause(&health(RequestErrorKind::NoResponders)), None);
+        // Every analyzer silent since the request went out.
+        let all_silent = RequestHealth {
+            replies_since_sent: false,
+            ..health(RequestErrorKind::TimedOut)
+        };
+        assert!(outage_cause(&all_silent).is_some());
+        // The consumer was lost meanwhile.
+        let consumer_lost = RequestHealth {
+            consumer_unavailable: true,
+            ..health(RequestErrorKind::TimedOut)
+        };
+        assert!(outage_cause(&consumer_lost).is_some());
+        // Disconnected: whatever the error.
+        for kind in [
+            RequestErrorKind::TimedOut,
+            RequestErrorKind::NoResponders,
+            RequestErrorKind::Other,
+        ] {
+            let h = RequestHealth {
+                connected: false,
+                ..health(kind)
+            };
+            assert_eq!(outage_cause(&h), Some("not connected to NATS"));
+        }
+        assert!(outage_cause(&health(RequestErrorKind::Other)).is_some());
+    }
 
     #[test]
     fn nak_delay_grows_and_is_capped() {

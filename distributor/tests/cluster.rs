@@ -1,28 +1,42 @@
 //! `--delivery at-least-once` on a 3-node NATS cluster (stream replicas 3): two distributors and
-//! three analyzers connected to different nodes, under steady load from agent-sim. Killing the
-//! node that leads the stream mid-run loses no log message.
-//!
-//! Each process gets one node URL: `logdist::connect` does not accept a comma-separated list
-//! yet (reported), so the processes use nodes 0 and 1, and node 2 is made the stream leader
-//! (leader step-downs) and then killed.
+//! three analyzers, each connected to all three nodes (`--nats-url` with every node, in different
+//! orders, so clients fail over). Node 2 is made the leader of the stream `LOGS` and of its
+//! consumer (and, in the ignored test, of the stats bucket), then killed mid-run: nothing is lost
+//! and nothing is dead-lettered.
 
 mod pipeline;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use logdist::testing::{wait_until, NatsCluster};
+use logdist::testing::{wait_until, NatsCluster, Process};
 use pipeline::*;
 
-#[tokio::test]
-#[ignore = "fails today: after the stream leader node is killed the pipeline loses messages and \
-            dead-letters some as undeliverable (analyzers' KV checkpoints fail during fail-over); \
-            see docs/delivery.md, open work"]
-async fn killing_the_stream_leader_node_loses_nothing() {
-    let mut cluster = NatsCluster::start(3);
-    cluster.wait_jetstream_ready(0).await;
-    let (n0, n1) = (cluster.url(0), cluster.url(1));
+/// The node made leader of everything, then killed.
+const DOOMED: usize = 2;
 
+/// The running pipeline of one test.
+struct Cluster {
+    cluster: NatsCluster,
+    js: jetstream::Context,
+    stats: kv::Store,
+    distributors: Vec<Process>,
+    analyzers: Vec<Process>,
+}
+
+/// Starts the cluster, the buckets with 3 replicas, two distributors and three analyzers (with
+/// `analyzer_flags`), and moves the leaders of the stream and the consumer to node [`DOOMED`];
+/// the stats bucket's leader too if `stats_leader_dies`, else away from it.
+async fn start(analyzer_flags: &[&str], stats_leader_dies: bool) -> Cluster {
+    let cluster = NatsCluster::start(3);
+    cluster.wait_jetstream_ready(0).await;
+    // Every node, starting at node `first`.
+    let all_from = |first: usize| {
+        (0..3)
+            .map(|i| cluster.url((first + i) % 3))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     // The buckets are created with 1 replica by whichever process comes first; here they are
     // made with 3 first, so losing a node cannot take the stats (the test's measure) with it.
     let js = jetstream(&cluster.url(0)).await;
@@ -39,9 +53,15 @@ async fn killing_the_stream_leader_node_loses_nothing() {
     }
 
     let replicas = ["--stream-replicas", "3"];
-    let mut d1 = distributor(&n0, "d1", "at-least-once", &replicas);
-    let _d2 = distributor(&n1, "d2", "at-least-once", &replicas);
-    let _analyzers = three_analyzers(&[&n1, &n0]);
+    let distributors = vec![
+        distributor(&all_from(0), "d1", "at-least-once", &replicas),
+        distributor(&all_from(1), "d2", "at-least-once", &replicas),
+    ];
+    let analyzers = [("1", "0.5"), ("2", "0.3"), ("3", "0.2")]
+        .iter()
+        .enumerate()
+        .map(|(i, (id, weight))| analyzer_with(&all_from(i + 1), id, weight, analyzer_flags))
+        .collect();
     wait_members(&js, 3).await;
     let js_ref = &js;
     wait_until("stream LOGS with 3 replicas", WAIT, || async move {
@@ -53,43 +73,204 @@ async fn killing_the_stream_leader_node_loses_nothing() {
         }
     })
     .await;
-    // Move the stream's leadership to node 2, the one no process is connected to.
-    let client = async_nats::connect(&n0).await.unwrap();
-    wait_until("node 2 to lead stream LOGS", WAIT, || {
-        let (js, client) = (js.clone(), client.clone());
-        async move {
-            let leader = match js.get_stream("LOGS").await {
-                Ok(mut s) => s.info().await.ok().and_then(|i| i.cluster.clone()?.leader),
-                Err(_) => None,
-            };
-            if leader.as_deref() == Some("n2") {
-                return true;
+    // The stream and its consumer lose their leader when the node dies; the stats bucket (where
+    // the analyzers' checkpoints go, and what agent-sim reads to verify) only if asked.
+    let doomed = format!("n{DOOMED}");
+    let client = async_nats::connect(cluster.url(0)).await.unwrap();
+    for (what, stepdown, dies) in [
+        ("stream LOGS", "$JS.API.STREAM.LEADER.STEPDOWN.LOGS", true),
+        (
+            "consumer distributors",
+            "$JS.API.CONSUMER.LEADER.STEPDOWN.LOGS.distributors",
+            true,
+        ),
+        (
+            "stream KV_logdist_stats",
+            "$JS.API.STREAM.LEADER.STEPDOWN.KV_logdist_stats",
+            stats_leader_dies,
+        ),
+    ] {
+        let goal = if dies { "to lead" } else { "not to lead" };
+        wait_until(&format!("{doomed} {goal} {what}"), WAIT, || {
+            let (js, client, doomed) = (js.clone(), client.clone(), doomed.clone());
+            async move {
+                let current = leader(&js, what).await;
+                if current.is_some() && (current.as_deref() == Some(doomed.as_str())) == dies {
+                    return true;
+                }
+                let _ = client.request(stepdown, "".into()).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                false
             }
-            let _ = client
-                .request("$JS.API.STREAM.LEADER.STEPDOWN.LOGS", "".into())
-                .await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            false
+        })
+        .await;
+    }
+    let stats = stats_bucket(&js).await;
+    Cluster {
+        cluster,
+        js,
+        stats,
+        distributors,
+        analyzers,
+    }
+}
+
+/// The leader of "stream X" or "consumer distributors" (of stream LOGS).
+async fn leader(js: &jetstream::Context, what: &str) -> Option<String> {
+    let (kind, name) = what.split_once(' ')?;
+    let stream_name = if kind == "stream" { name } else { "LOGS" };
+    let mut stream = js.get_stream(stream_name).await.ok()?;
+    if kind == "stream" {
+        return stream.info().await.ok()?.cluster.clone()?.leader;
+    }
+    let mut consumer = stream
+        .get_consumer::<jetstream::consumer::pull::Config>(name)
+        .await
+        .ok()?;
+    consumer.info().await.ok()?.cluster.clone()?.leader
+}
+
+impl Cluster {
+    /// Checks the agent-sim report: nothing lost, nothing dead-lettered; prints the processes'
+    /// logs first when that fails.
+    async fn assert_nothing_lost(&mut self, name: &str, sim: &mut Process) {
+        let (_, report) = report(sim).await;
+        let v = verification(name, &report);
+        if v["lost"] != 0 || v["deadlettered"] != 0 {
+            for p in self.distributors.iter().chain(&self.analyzers) {
+                let log = p.stderr();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!("--- last lines, newest first:\n{}", tail.join("\n"));
+            }
+        }
+        assert_eq!(v["lost"], 0, "{v:#}");
+        assert!(v["sent"].as_u64().unwrap() > 50_000, "{v:#}");
+        assert_eq!(v["deadlettered"], 0, "{v:#}");
+
+        let js = jetstream(&self.cluster.url(0)).await;
+        let (captured, _) = wait_consumer_drained(&js).await;
+        eprintln!("  stream captured {captured} packets, all acked");
+        for d in &mut self.distributors {
+            assert!(d.terminate(Duration::from_secs(20)).await.success());
+        }
+    }
+}
+
+/// The leader dies while the distributors and analyzers work through a backlog that the stream
+/// stored: while JetStream elects new leaders (about 10 s here) the analyzers' checkpoints fail,
+/// requests time out, acks and naks are lost, the consumer misses heartbeats and clients on node
+/// 2 fail over. None of it may cost a packet an attempt, nor lose it.
+///
+/// The packets are published with JetStream acknowledgements (so each is stored before the kill)
+/// and counted from the analyzers' stats with retries: agent-sim cannot do either yet (see the
+/// ignored test below).
+#[tokio::test]
+async fn killing_the_leader_node_mid_delivery_loses_nothing() {
+    // 300 µs per message: analyzer 1 (half of 60,000) needs about 9 s, so the node dies while
+    // packets are in flight and most of the backlog is still in the stream.
+    let mut c = start(&["--work-per-message", "300us"], true).await;
+    let _load = LOAD.lock().await;
+    const PACKETS: u64 = 600;
+    const PER_PACKET: u64 = 100;
+    let element =
+        r#"{"timestamp":1764064800,"severity":"INFO","source":"cluster-test","message":"m"}"#;
+    let payload = bytes::Bytes::from(format!(
+        "[{}]",
+        vec![element; PER_PACKET as usize].join(",")
+    ));
+    for i in 0..PACKETS {
+        c.js.publish(format!("logs.ingest.t{}", i % 10), payload.clone())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored in the stream");
+    }
+    let sent = PACKETS * PER_PACKET;
+    wait_analyzed(&c.stats, "1", 3_000).await;
+    let backlog =
+        c.js.get_stream("LOGS")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+    assert!(
+        backlog > 100,
+        "only {backlog} packets left: the node would die after the work"
+    );
+    eprintln!(
+        "killing node {DOOMED}, the leader, with {backlog} of {PACKETS} packets in the stream"
+    );
+    c.cluster.kill(DOOMED);
+
+    let js = jetstream(&c.cluster.url(0)).await;
+    let stats = &c.stats;
+    let counted = std::cell::Cell::new(0);
+    let counted_ref = &counted;
+    let outcome = tokio::time::timeout(Duration::from_secs(45), async {
+        loop {
+            let mut total = 0;
+            for id in ["1", "2", "3"] {
+                total += analyzer_stats(stats, id).await.map_or(0, |s| s.messages);
+            }
+            counted_ref.set(total);
+            if total >= sent {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
     .await;
-    let stats = stats_bucket(&js).await;
-
-    let _load = LOAD.lock().await;
-    // A new stream leader is elected within seconds; the verification waits past that.
-    let mut sim = agent_sim_quiet(&n0, "12s");
-    wait_analyzed(&stats, "1", 10_000).await;
-    let node = 2;
-    eprintln!("killing node {node}, the stream leader");
-    cluster.kill(node);
-    let (_, report) = report(&mut sim).await;
-    let v = verification("cluster node killed", &report);
-    assert_eq!(v["lost"], 0, "{v:#}");
-    assert!(v["sent"].as_u64().unwrap() > 50_000, "{v:#}");
-    assert_eq!(v["deadlettered"], 0, "{v:#}");
-
-    let js = jetstream(&n0).await;
+    if outcome.is_err() {
+        for p in c.distributors.iter().chain(&c.analyzers) {
+            let log = p.stderr();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- last lines, newest first:\n{}", tail.join("\n"));
+        }
+    }
+    eprintln!("  analyzers counted {} of {sent} messages", counted.get());
+    assert!(
+        counted.get() >= sent,
+        "lost {} of {sent} messages",
+        sent - counted.get()
+    );
     let (captured, _) = wait_consumer_drained(&js).await;
-    eprintln!("  stream captured {captured} packets, all acked");
-    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+    assert_eq!(captured, PACKETS);
+    let mut deadlettered = 0;
+    let mut redelivered = 0;
+    for replica in ["d1", "d2"] {
+        let d = distributor_stats(stats, replica)
+            .await
+            .expect("distributor stats");
+        deadlettered += d.deadletter_packets;
+        redelivered += d.redelivered;
+    }
+    eprintln!("  {captured} packets captured, all acked; {redelivered} redelivered");
+    assert_eq!(deadlettered, 0, "dead-lettered packets");
+    for d in &mut c.distributors {
+        assert!(d.terminate(Duration::from_secs(20)).await.success());
+    }
+}
+
+/// Like the test above, with agents still publishing while the node dies, and the stats bucket's
+/// leader dying too (the analyzers' checkpoints fail during the election).
+#[tokio::test]
+#[ignore = "fails outside the distributor and analyzer: (1) agent-sim publishes with core NATS; \
+            while stream LOGS has no leader (about 10 s after its leader node is SIGKILLed; \
+            nats-server's election timeout is 4-9 s) the server has no stream to store what agents \
+            send, so it is lost before JetStream sees it (about 98,000 of 120,000 messages); needs \
+            agents that publish with JetStream acks and retry. (2) agent-sim --verify exits on the \
+            first failed read of the stats bucket (`cannot read the stats bucket: timed out`) \
+            while that bucket elects a leader; needs retries there. See docs/delivery.md"]
+async fn killing_the_leader_node_while_agents_publish_loses_nothing() {
+    let mut c = start(&[], true).await;
+    let _load = LOAD.lock().await;
+    let mut sim = agent_sim_quiet(&c.cluster.url(0), "12s");
+    wait_analyzed(&c.stats, "1", 10_000).await;
+    eprintln!("killing node {DOOMED}, the leader");
+    c.cluster.kill(DOOMED);
+    c.assert_nothing_lost("leader node killed under load", &mut sim)
+        .await;
 }

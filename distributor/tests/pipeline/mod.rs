@@ -44,24 +44,28 @@ pub fn distributor(urls: &str, replica: &str, delivery: &str, extra: &[&str]) ->
 
 /// A real analyzer with fast heartbeats and reports.
 pub fn analyzer(urls: &str, id: &str, weight: &str) -> Process {
-    Process::spawn(
-        "analyzer",
-        &[
-            "--nats-url",
-            urls,
-            "--id",
-            id,
-            "--weight",
-            weight,
-            "--instance",
-            &format!("i{id}"),
-            "--heartbeat-interval",
-            "100ms",
-            "--report-interval",
-            "200ms",
-        ],
-        &[],
-    )
+    analyzer_with(urls, id, weight, &[])
+}
+
+/// [`analyzer`] with extra flags.
+pub fn analyzer_with(urls: &str, id: &str, weight: &str, extra: &[&str]) -> Process {
+    let instance = format!("i{id}");
+    let mut args = vec![
+        "--nats-url",
+        urls,
+        "--id",
+        id,
+        "--weight",
+        weight,
+        "--instance",
+        &instance,
+        "--heartbeat-interval",
+        "100ms",
+        "--report-interval",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    Process::spawn("analyzer", &args, &[])
 }
 
 /// Analyzers 1, 2, 3 with weights 0.5, 0.3, 0.2.
@@ -81,6 +85,11 @@ pub fn agent_sim(urls: &str) -> Process {
 /// [`agent_sim`] that waits for counters to stay still `quiet` before verifying (a cluster
 /// fail-over pauses the pipeline for several seconds).
 pub fn agent_sim_quiet(urls: &str, quiet: &str) -> Process {
+    agent_sim_for(urls, "6s", quiet)
+}
+
+/// [`agent_sim_quiet`] sending for `duration` (at 20,000 messages/s).
+pub fn agent_sim_for(urls: &str, duration: &str, quiet: &str) -> Process {
     Process::spawn(
         "agent-sim",
         &[
@@ -89,7 +98,7 @@ pub fn agent_sim_quiet(urls: &str, quiet: &str) -> Process {
             "--rate",
             "20000",
             "--duration",
-            "6s",
+            duration,
             "--packet-size",
             "1..100",
             "--verify",
