@@ -176,13 +176,16 @@ pub struct AtLeastOnceArgs {
     pub max_ack_pending: i64,
 
     /// How long to wait for an analyzer's acknowledgement before sending the packet to another
-    /// one. Must comfortably exceed the analyzers' --checkpoint-interval.
+    /// one. Must comfortably exceed the analyzers' --checkpoint-interval; the default also
+    /// covers a short JetStream leader election (a time-out while no analyzer answers at all
+    /// sends the packet back to the stream without counting an attempt).
     #[arg(long, env = "DISTRIBUTOR_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "5s",
           value_parser = parse_request_timeout)]
     pub request_timeout: Duration,
 
-    /// Delivery attempts per packet (timeouts, no responders) before it is dead-lettered
-    /// (`undeliverable`) and acked.
+    /// Failed deliveries per packet that were the analyzers' fault (no responders, or a time-out
+    /// while other analyzers answer) before it is dead-lettered (`undeliverable`) and acked.
+    /// Failures of NATS or JetStream do not count: the packet goes back to the stream.
     #[arg(long, env = "DISTRIBUTOR_MAX_ATTEMPTS", value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
