@@ -126,6 +126,8 @@ impl ConnectionEvents {
                     "slow consumer: NATS dropped messages for this client"
                 );
             }
+            // Closed is the normal end of a client that is shutting down.
+            Event::Closed => tracing::debug!("NATS connection closed"),
             other => tracing::info!(event = %other, "NATS connection event"),
         }
     }
