@@ -20,7 +20,8 @@
 //!      JetStream leader election holds every analyzer's checkpoint): nak the packet with a
 //!      growing delay, so it stays in the stream; it costs no attempt and is never dead-lettered
 //!      for that;
-//!    - *this analyzer* failed (no responders, or a time-out while others answer): send it to
+//!    - *this analyzer* failed (no responders, a time-out while others answer, or a time-out
+//!      of an analyzer that never answered anything): send it to
 //!      another analyzer (excluding those that failed it) after telling JetStream the packet is
 //!      still being worked on; after `--max-attempts` such failures dead-letter it
 //!      (`undeliverable`) and ack it.
@@ -209,6 +210,9 @@ struct Pipeline<'a> {
     idle_logged: bool,
     /// When an analyzer last acknowledged a packet.
     last_reply: Instant,
+    /// Analyzers that acknowledged at least one packet: one that never did is broken, not
+    /// stalled by an outage.
+    answered: std::collections::HashSet<Arc<str>>,
     /// Since when the consumer is unavailable (`None` while its message stream is open).
     consumer_down_since: Option<Instant>,
     /// When the consumer last became available again.
@@ -239,6 +243,7 @@ pub(crate) async fn run(
         ready: VecDeque::new(),
         idle_logged: false,
         last_reply: Instant::now(),
+        answered: Default::default(),
         consumer_down_since: Some(Instant::now()),
         consumer_up_at: Instant::now(),
         outage_logged: false,
@@ -409,6 +414,9 @@ impl Pipeline<'_> {
             Ok(_) => {
                 self.last_reply = Instant::now();
                 self.outage_logged = false;
+                if !self.answered.contains(&reservation.id) {
+                    self.answered.insert(reservation.id.clone());
+                }
                 self.d
                     .router
                     .confirm(&reservation, packet.out.payload.len());
@@ -419,7 +427,7 @@ impl Pipeline<'_> {
             Err(e) => e,
         };
         self.d.router.cancel(&reservation);
-        if let Some(cause) = self.infrastructure_failure(&error, packet.sent) {
+        if let Some(cause) = self.infrastructure_failure(&error, &reservation.id, packet.sent) {
             if !self.outage_logged {
                 tracing::warn!(analyzer_id = %reservation.id, error = %error, cause, "delivery failed for a reason outside the analyzer; packets go back to the stream (no attempt counted)");
                 self.outage_logged = true;
@@ -460,12 +468,18 @@ impl Pipeline<'_> {
     }
 
     /// Why a failed request is not the analyzer's fault, if it is not (see [`outage_cause`]).
-    fn infrastructure_failure(&self, error: &RequestError, sent: Instant) -> Option<&'static str> {
+    fn infrastructure_failure(
+        &self,
+        error: &RequestError,
+        analyzer: &Arc<str>,
+        sent: Instant,
+    ) -> Option<&'static str> {
         outage_cause(&RequestHealth {
             connected: self.d.client.connection_state() == State::Connected,
             kind: error.kind(),
             consumer_unavailable: self.consumer_down_since.is_some() || self.consumer_up_at > sent,
             replies_since_sent: self.last_reply >= sent,
+            answered_before: self.answered.contains(analyzer),
         })
     }
 
@@ -522,6 +536,9 @@ struct RequestHealth {
     consumer_unavailable: bool,
     /// Some analyzer acknowledged a packet after this request was sent.
     replies_since_sent: bool,
+    /// This analyzer acknowledged packets before (it worked, so a general stall is not its
+    /// fault; one that never answered is broken).
+    answered_before: bool,
 }
 
 /// Why a failed request is not the analyzer's fault, if it is not: then it must not count as an
@@ -537,9 +554,9 @@ fn outage_cause(h: &RequestHealth) -> Option<&'static str> {
         RequestErrorKind::TimedOut if h.consumer_unavailable => {
             Some("the JetStream consumer was unavailable meanwhile")
         }
-        // Every analyzer is stuck at once: their checkpoints (KV writes) cannot complete, e.g.
-        // during a JetStream leader election.
-        RequestErrorKind::TimedOut if !h.replies_since_sent => {
+        // Every analyzer is stuck at once, this one included although it worked before: their
+        // checkpoints (KV writes) cannot complete, e.g. during a JetStream leader election.
+        RequestErrorKind::TimedOut if !h.replies_since_sent && h.answered_before => {
             Some("no analyzer acknowledged anything since the request was sent")
         }
         RequestErrorKind::TimedOut => None,
@@ -565,6 +582,7 @@ mod tests {
             kind,
             consumer_unavailable: false,
             replies_since_sent: true,
+            answered_before: true,
         }
     }
 
@@ -579,6 +597,12 @@ mod tests {
             ..health(RequestErrorKind::TimedOut)
         };
         assert!(outage_cause(&all_silent).is_some());
+        // ... unless this analyzer never answered at all: it is broken, not stalled.
+        let never_answered = RequestHealth {
+            answered_before: false,
+            ..all_silent
+        };
+        assert_eq!(outage_cause(&never_answered), None);
         // The consumer was lost meanwhile.
         let consumer_lost = RequestHealth {
             consumer_unavailable: true,
