@@ -158,7 +158,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     }
     if let Some(http) = http {
         // Requests in progress finish (graceful shutdown) before the final flush.
-        if tokio::time::timeout(FINAL_WRITE_TIMEOUT, http.task).await.is_err() {
+        if tokio::time::timeout(FINAL_WRITE_TIMEOUT, http.task)
+            .await
+            .is_err()
+        {
             tracing::warn!("HTTP gateway did not finish its requests in time");
         }
     }
