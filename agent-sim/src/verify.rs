@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
-use futures::TryStreamExt;
 use logdist::snapshot::StatsSnapshot;
 use serde::Serialize;
 
@@ -209,7 +208,7 @@ pub async fn read_counts(stats: &kv::Store) -> anyhow::Result<Counts> {
 
 /// Analyzer ids in the membership bucket now.
 pub async fn read_online(membership: &kv::Store) -> anyhow::Result<BTreeSet<String>> {
-    Ok(membership.keys().await?.try_collect().await?)
+    Ok(logdist::snapshot::member_ids(membership).await?)
 }
 
 /// Waits until every valid message sent and every malformed packet is accounted for, or until no

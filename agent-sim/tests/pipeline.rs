@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use logdist::testing::{wait_until, NatsServer, Process};
+use logdist::testing::{wait_for_members, NatsServer, Process};
 
 struct Pipeline {
     server: NatsServer,
@@ -52,27 +51,7 @@ async fn start_pipeline() -> Pipeline {
         })
         .collect();
     // Ready when the distributor has mirrored all three analyzers into the membership bucket.
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    wait_until(
-        "three analyzers in KV analyzers",
-        Duration::from_secs(30),
-        || {
-            let js = js.clone();
-            async move {
-                let Ok(kv) = js.get_key_value("analyzers").await else {
-                    return false;
-                };
-                let Ok(keys) = kv.keys().await else {
-                    return false;
-                };
-                keys.try_collect::<Vec<String>>()
-                    .await
-                    .is_ok_and(|k| k.len() == 3)
-            }
-        },
-    )
-    .await;
+    wait_for_members(&url, 3, Duration::from_secs(30)).await;
     Pipeline {
         server,
         _distributor: distributor,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use logdist::snapshot::StatsSnapshot;
 use logdist::testing::{NatsServer, Process};
 
@@ -264,7 +264,7 @@ pub async fn run(
                 .get_key_value(logdist::names::DEFAULT_MEMBERSHIP_BUCKET)
                 .await
             {
-                Ok(kv) => kv.keys().await?.try_collect::<Vec<String>>().await?.len(),
+                Ok(kv) => logdist::snapshot::member_ids(&kv).await?.len(),
                 Err(_) => 0,
             };
             ready &= members >= wanted;

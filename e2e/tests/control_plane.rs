@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{kv_keys, Role, SecureServer};
-use logdist::testing::{wait_until, Process};
+use common::{Role, SecureServer};
+use logdist::testing::{kv_keys, wait_until, Process};
 
 async fn bad_heartbeats(js: &jetstream::Context) -> Option<u64> {
     let stats = js.get_key_value("logdist_stats").await.ok()?;

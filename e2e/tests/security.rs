@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
-use common::{check_config, kv_keys, password_env, repo_file, Role, SecureServer};
+use common::{check_config, password_env, repo_file, Role, SecureServer};
 use futures::StreamExt;
-use logdist::testing::{wait_until, Process};
+use logdist::testing::{kv_keys, wait_until, Process};
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -102,17 +102,19 @@ async fn an_agent_publishes_log_packets_and_nothing_else() {
         .queue_subscribe("analyzer.real", "analyzer.real".into())
         .await
         .unwrap();
-    analyzer
-        .publish("logdist.control", heartbeat("real"))
-        .await
-        .unwrap();
-    analyzer.flush().await.unwrap();
+    // Heartbeat until the distributor has it, as a real analyzer does: a single heartbeat sent
+    // before the distributor subscribed to the control subject would be missed.
     wait_until(
         "the analyzer's heartbeat in KV analyzers",
         Duration::from_secs(30),
         || {
             let js = viewer_js.clone();
+            let analyzer = analyzer.clone();
             async move {
+                analyzer
+                    .publish("logdist.control", heartbeat("real"))
+                    .await
+                    .unwrap();
                 kv_keys(&js, "analyzers")
                     .await
                     .contains(&"real".to_string())

@@ -497,20 +497,14 @@ async fn analyzer_stats(State(gw): State<Arc<Gateway>>) -> Response {
         let snapshot = StatsSnapshot::read(&stats)
             .await
             .map_err(|e| e.to_string())?;
-        let online: std::collections::HashSet<String> = match gw
+        let membership = gw
             .jetstream
             .get_key_value(&gw.names.membership_bucket)
             .await
-        {
-            Ok(kv) => {
-                use futures::TryStreamExt as _;
-                match kv.keys().await {
-                    Ok(keys) => keys.try_collect().await.unwrap_or_default(),
-                    Err(_) => Default::default(),
-                }
-            }
-            Err(_) => Default::default(),
-        };
+            .map_err(|e| e.to_string())?;
+        let online = logdist::snapshot::member_ids(&membership)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut by_id: std::collections::BTreeMap<String, AnalyzerView> = Default::default();
         for a in snapshot.analyzers {
             let view = by_id.entry(a.id.clone()).or_insert_with(|| AnalyzerView {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use logdist::snapshot::StatsSnapshot;
-use logdist::testing::{free_port, wait_until, NatsServer, Process};
+use logdist::testing::{free_port, wait_for_members, wait_until, NatsServer, Process};
 
 fn packet(messages: usize, n: usize) -> String {
     let records: Vec<String> = (0..messages)
@@ -98,24 +98,7 @@ async fn http_packets_reach_analyzers_with_the_same_share_accuracy() {
     let base = format!("http://127.0.0.1:{port}");
     healthy(&base).await;
     // Wait until the distributor knows all three analyzers.
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    wait_until("three analyzers online", Duration::from_secs(30), || {
-        let js = js.clone();
-        async move {
-            use futures::TryStreamExt;
-            let Ok(kv) = js.get_key_value("analyzers").await else {
-                return false;
-            };
-            let Ok(keys) = kv.keys().await else {
-                return false;
-            };
-            keys.try_collect::<Vec<String>>()
-                .await
-                .is_ok_and(|k| k.len() == 3)
-        }
-    })
-    .await;
+    wait_for_members(&url, 3, Duration::from_secs(30)).await;
 
     // 1,500 packets of 1..=40 messages from 6 concurrent HTTP clients.
     let mut tasks = tokio::task::JoinSet::new();

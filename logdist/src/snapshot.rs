@@ -58,3 +58,16 @@ impl StatsSnapshot {
         Ok(snapshot)
     }
 }
+
+/// Analyzer ids in the membership bucket (`analyzers`) now: the analyzers online.
+pub async fn member_ids(
+    membership: &kv::Store,
+) -> Result<std::collections::BTreeSet<String>, SnapshotError> {
+    let keys = membership
+        .keys()
+        .await
+        .map_err(|e| SnapshotError(e.to_string()))?;
+    keys.try_collect()
+        .await
+        .map_err(|e| SnapshotError(e.to_string()))
+}

@@ -495,6 +495,35 @@ impl Process {
     }
 }
 
+/// Keys of KV `bucket` now; empty when the bucket cannot be read (not created yet, server down).
+pub async fn kv_keys(js: &async_nats::jetstream::Context, bucket: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let Ok(kv) = js.get_key_value(bucket).await else {
+        return Vec::new();
+    };
+    let Ok(keys) = kv.keys().await else {
+        return Vec::new();
+    };
+    keys.try_collect().await.unwrap_or_default()
+}
+
+/// Waits (at most `timeout`) until exactly `n` analyzers are in the default membership bucket,
+/// i.e. a distributor has heard them and mirrored them: the pipeline is ready to route to them.
+pub async fn wait_for_members(url: &str, n: usize, timeout: Duration) {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    wait_until(&format!("{n} analyzers in KV analyzers"), timeout, || {
+        let js = js.clone();
+        async move {
+            kv_keys(&js, crate::names::DEFAULT_MEMBERSHIP_BUCKET)
+                .await
+                .len()
+                == n
+        }
+    })
+    .await;
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; for states that publish no
 /// event (a KV value, a counter in another process). Panics with `what` on time-out.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)

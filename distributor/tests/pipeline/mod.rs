@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use futures::TryStreamExt;
 use logdist::stats::{AnalyzerStats, DistributorStats};
-use logdist::testing::{wait_until, Process};
+use logdist::testing::{kv_keys, wait_until, Process};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -136,17 +135,7 @@ pub async fn jetstream(url: &str) -> jetstream::Context {
 pub async fn wait_members(js: &jetstream::Context, n: usize) {
     wait_until(&format!("{n} analyzers in KV analyzers"), WAIT, || {
         let js = js.clone();
-        async move {
-            let Ok(kv) = js.get_key_value("analyzers").await else {
-                return false;
-            };
-            let Ok(keys) = kv.keys().await else {
-                return false;
-            };
-            keys.try_collect::<Vec<String>>()
-                .await
-                .is_ok_and(|k| k.len() == n)
-        }
+        async move { kv_keys(&js, "analyzers").await.len() == n }
     })
     .await;
 }

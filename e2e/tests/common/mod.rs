@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, ConnectOptions, Event, ServerError};
-use futures::TryStreamExt;
 use logdist::testing::{workspace_root, NatsServer};
 
 /// The roles of `nats-secure.conf`: user name and the env variable its password comes from.
@@ -226,17 +225,6 @@ impl ServerErrors {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// Keys of a KV bucket now (empty when the bucket cannot be read).
-pub async fn kv_keys(js: &async_nats::jetstream::Context, bucket: &str) -> Vec<String> {
-    let Ok(kv) = js.get_key_value(bucket).await else {
-        return Vec::new();
-    };
-    let Ok(keys) = kv.keys().await else {
-        return Vec::new();
-    };
-    keys.try_collect().await.unwrap_or_default()
 }
 
 /// Runs `nats-server -c <config> -t` with exactly `env` as the password variables.
