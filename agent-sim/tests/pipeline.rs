@@ -41,8 +41,10 @@ async fn start_pipeline() -> Pipeline {
                     weight,
                     "--instance",
                     &format!("i{id}"),
+                    // 500 ms (timeout 1.5 s): a debug build on 2 cores can stall a 100 ms heartbeat
+                    // past its 300 ms timeout, which drops the analyzer mid-run and skews the shares.
                     "--heartbeat-interval",
-                    "100ms",
+                    "500ms",
                     "--report-interval",
                     "200ms",
                 ],

@@ -29,8 +29,10 @@ fn analyzer(url: &str, id: &str, weight: &str) -> Process {
             weight,
             "--instance",
             &format!("h{id}"),
+            // 500 ms (timeout 1.5 s): a debug build on 2 cores can stall a 100 ms heartbeat
+            // past its 300 ms timeout, which drops the analyzer mid-run and skews the shares.
             "--heartbeat-interval",
-            "100ms",
+            "500ms",
             "--report-interval",
             "200ms",
         ],
