@@ -57,6 +57,31 @@ pub struct Config {
     #[arg(long, env = "SIM_SUBJECT", value_name = "SUBJECT")]
     pub subject: Option<String>,
 
+    /// How packets are published. `core`: a fire-and-forget core-NATS publish, as most agents do;
+    /// what is in flight when a server dies, or sent while the stream has no leader (a cluster
+    /// fail-over), is lost. `jetstream`: publish through JetStream and wait for the stream's
+    /// acknowledgement, retrying (with a `Nats-Msg-Id` so the stream drops a re-publish of a
+    /// stored packet) until the packet is stored or --retry-timeout passes; then it is counted as
+    /// failed and the run exits 1. Needs a stream that captures the subjects: `distributor run
+    /// --delivery at-least-once` creates LOGS.
+    #[arg(long, env = "SIM_PUBLISH", value_enum, default_value_t = PublishMode::Core)]
+    pub publish: PublishMode,
+
+    /// With --publish jetstream: packets per agent published and awaiting their acknowledgement
+    /// at once; an agent whose window is full waits.
+    #[arg(long, env = "SIM_ACK_WINDOW", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ack_window: u32,
+
+    /// With --publish jetstream: wait this long for one acknowledgement before publishing the
+    /// packet again.
+    #[arg(long, env = "SIM_ACK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ack_timeout: Duration,
+
+    /// With --publish jetstream: retry a packet (short back-off, 100 ms doubling to 2 s) for at
+    /// most this long; then it counts as failed.
+    #[arg(long, env = "SIM_RETRY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub retry_timeout: Duration,
+
     /// Prefix of agent ids: agents are `<prefix>-0`, `<prefix>-1`, …
     #[arg(long, env = "SIM_AGENT_PREFIX", default_value = "sim")]
     pub agent_prefix: String,
@@ -101,6 +126,12 @@ impl Config {
         if self.count == Some(0) {
             return Err("--count must be at least 1".into());
         }
+        if self.ack_timeout.is_zero() {
+            return Err("--ack-timeout must be longer than 0".into());
+        }
+        if self.retry_timeout.is_zero() {
+            return Err("--retry-timeout must be longer than 0".into());
+        }
         if !(self.max_loss.is_finite() && self.max_loss >= 0.0) {
             return Err(format!(
                 "--max-loss must be a percentage >= 0, got {}",
@@ -115,6 +146,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// How agents publish (`--publish`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// Core-NATS publish, fire and forget.
+    #[default]
+    Core,
+    /// JetStream publish, acknowledged by the stream, retried until stored.
+    Jetstream,
 }
 
 fn parse_ratio(text: &str) -> Result<f64, String> {
@@ -208,6 +250,10 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.agents, 10);
         assert_eq!(config.nats.nats_url, logdist::connect::DEFAULT_NATS_URL);
+        assert_eq!(config.publish, PublishMode::Core);
+        let js = Config::try_parse_from(["agent-sim", "--publish", "jetstream"]).unwrap();
+        assert_eq!(js.publish, PublishMode::Jetstream);
+        assert_eq!(js.ack_window, 256);
     }
 
     #[test]
@@ -217,11 +263,15 @@ mod tests {
             vec!["agent-sim", "--agents", "0"],
             vec!["agent-sim", "--packet-size", "0"],
             vec!["agent-sim", "--duration", "soon"],
+            vec!["agent-sim", "--publish", "acked"],
+            vec!["agent-sim", "--ack-window", "0"],
         ] {
             let err = Config::try_parse_from(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
         let config = Config::try_parse_from(["agent-sim", "--agent-prefix", "a.b"]).unwrap();
         assert!(config.validate().unwrap_err().contains("--agent-prefix"));
+        let config = Config::try_parse_from(["agent-sim", "--ack-timeout", "0s"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--ack-timeout"));
     }
 }

@@ -74,12 +74,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 progress::thousands(sent.messages),
                 humantime::format_duration(config.verify_timeout)
             );
-            let last = verify::wait_quiet(
+            // With --publish jetstream, the stream that stored the packets is a second witness.
+            let witness = match (config.publish, &sent.stream) {
+                (config::PublishMode::Jetstream, Some(stream)) => Some(verify::StreamWitness::new(
+                    clients[0].clone(),
+                    stream.clone(),
+                    config.subject.as_deref(),
+                    &config.names.ingest_subject,
+                    &config.agent_prefix,
+                )),
+                _ => None,
+            };
+            let (last, stream) = verify::wait_quiet(
                 &stats,
                 &baseline,
                 &sent,
                 config.quiet_period,
                 config.verify_timeout,
+                witness.as_ref(),
             )
             .await?;
             let online = verify::read_online(&membership).await?;
@@ -90,6 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 &sent,
                 config.max_loss,
                 config.max_deviation,
+                stream.as_ref(),
             ))
         }
         None => None,

@@ -42,9 +42,10 @@ pub async fn show(counters: Arc<SendCounters>, plan: Plan) {
                 Plan::Messages(_) => bar.set_position(sent),
             }
             bar.set_message(format!(
-                "{} messages sent, {} msg/s",
+                "{} messages sent, {} msg/s{}",
                 thousands(sent),
-                thousands(rate as u64)
+                thousands(rate as u64),
+                retries(&counters)
             ));
         }
         bar.finish_and_clear();
@@ -60,12 +61,21 @@ pub async fn show(counters: Arc<SendCounters>, plan: Plan) {
             let sent = counters.messages();
             let rate = rate_since(&mut last, sent);
             eprintln!(
-                "agent-sim: {:>6.1}s  {} messages sent  {} msg/s",
+                "agent-sim: {:>6.1}s  {} messages sent  {} msg/s{}",
                 start.elapsed().as_secs_f64(),
                 thousands(sent),
-                thousands(rate as u64)
+                thousands(rate as u64),
+                retries(&counters)
             );
         }
+    }
+}
+
+/// "  N retries" once --publish jetstream had to retry (messages count once stored).
+fn retries(counters: &SendCounters) -> String {
+    match counters.retries() {
+        0 => String::new(),
+        n => format!("  {} retries", thousands(n)),
     }
 }
 

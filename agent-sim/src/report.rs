@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::config::PublishMode;
 use crate::progress::thousands;
 use crate::sender::SendTotals;
 use crate::verify::Verification;
@@ -17,9 +18,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// True unless a verification ran and failed.
+    /// True unless a verification ran and failed, or (--publish jetstream) a packet could not be
+    /// stored.
     pub fn passed(&self) -> bool {
-        self.verification.as_ref().is_none_or(|v| v.passed)
+        self.sent.failed_packets == 0 && self.verification.as_ref().is_none_or(|v| v.passed)
     }
 
     pub fn to_json(&self) -> String {
@@ -39,6 +41,28 @@ impl Report {
             thousands(s.messages_per_sec as u64),
             s.megabytes_per_sec
         );
+        if s.publish == PublishMode::Jetstream {
+            let _ = writeln!(
+                out,
+                "stored by JetStream{}: {} retries, {} re-publishes the stream already had",
+                s.stream
+                    .as_deref()
+                    .map(|name| format!(" (stream {name})"))
+                    .unwrap_or_default(),
+                thousands(s.retries),
+                thousands(s.duplicate_acks),
+            );
+            if s.failed_packets > 0 {
+                let _ = writeln!(
+                    out,
+                    "publish: FAILED: {} packets ({} messages) were never stored (retried for \
+                     --retry-timeout, or interrupted); last error: {}",
+                    thousands(s.failed_packets),
+                    thousands(s.failed_messages),
+                    s.last_publish_error.as_deref().unwrap_or("-"),
+                );
+            }
+        }
         let Some(v) = &self.verification else {
             return out;
         };
@@ -70,12 +94,35 @@ impl Report {
             v.loss_pct,
             thousands(v.deadlettered),
             thousands(v.invalid_sent),
-            if v.extra > 0 {
+            if v.extra_are_duplicates {
+                format!("  extra {} (duplicates)", thousands(v.extra))
+            } else if v.extra > 0 {
                 format!("  extra {}", thousands(v.extra))
             } else {
                 String::new()
             },
         );
+        if let Some(c) = &v.stream {
+            let _ = match (c.packets_left, &c.error) {
+                (Some(0), _) => writeln!(
+                    out,
+                    "stream {}: every packet of this run was acknowledged by an analyzer",
+                    c.stream
+                ),
+                (Some(left), _) => writeln!(
+                    out,
+                    "stream {}: {} packets of this run still stored",
+                    c.stream,
+                    thousands(left)
+                ),
+                (None, error) => writeln!(
+                    out,
+                    "stream {}: not checked ({})",
+                    c.stream,
+                    error.as_deref().unwrap_or("no answer")
+                ),
+            };
+        }
         if v.passed {
             let _ = writeln!(
                 out,
@@ -96,5 +143,41 @@ fn micros(value: Option<u64>) -> String {
         None => "-".into(),
         Some(us) if us >= 10_000 => format!("{:.1}ms", us as f64 / 1000.0),
         Some(us) => format!("{us}µs"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PublishMode;
+
+    #[test]
+    fn packets_never_stored_fail_the_run_and_are_reported() {
+        let mut report = Report {
+            sent: SendTotals {
+                messages: 900,
+                packets: 9,
+                publish: PublishMode::Jetstream,
+                retries: 40,
+                stream: Some("LOGS".into()),
+                ..Default::default()
+            },
+            verification: None,
+        };
+        assert!(report.passed());
+        assert!(report
+            .to_text()
+            .contains("stored by JetStream (stream LOGS): 40 retries"));
+        report.sent.failed_packets = 2;
+        report.sent.failed_messages = 150;
+        report.sent.last_publish_error = Some("timed out".into());
+        assert!(!report.passed());
+        let text = report.to_text();
+        assert!(
+            text.contains("publish: FAILED: 2 packets (150 messages) were never stored")
+                && text.contains("last error: timed out"),
+            "{text}"
+        );
+        assert!(report.to_json().contains("\"failed_packets\": 2"));
     }
 }

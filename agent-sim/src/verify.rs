@@ -5,15 +5,39 @@
 //! for `--quiet-period`), takes a final snapshot, and compares the differences: per analyzer the
 //! share received against the target share (its weight over the weights of the analyzers online),
 //! the loss (valid sent − received) and the dead letters.
+//!
+//! Reads of the buckets are retried for [`READ_RETRY_FOR`]: while a bucket's stream elects a
+//! leader (a cluster node died) they fail for several seconds.
+//!
+//! With `--publish jetstream` the counters are not the only witness: agent-sim also reads the
+//! stream that stored its packets ([`StreamWitness`]). A packet leaves that work-queue stream only
+//! when a distributor acks it, which it does after an analyzer counted it durably (or after
+//! dead-lettering it). So once none of this run's packets is left, every stored packet was
+//! counted at least once, and messages received beyond those sent are duplicates of redelivered
+//! packets rather than something that could hide a loss.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv};
+use futures::TryStreamExt;
 use logdist::snapshot::StatsSnapshot;
 use serde::Serialize;
 
+use crate::config::PublishMode;
 use crate::sender::SendTotals;
+
+/// How long a failed read of the stats or membership bucket is retried. A JetStream leader
+/// election after a cluster node died takes about 10 s.
+pub const READ_RETRY_FOR: Duration = Duration::from_secs(30);
+/// One read attempt of a bucket.
+const READ_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One read of the stream's per-subject counts.
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stream that could never be read (e.g. the user may not read it) stops holding up the
+/// verification after this long; the report says it was not checked.
+const STREAM_GRACE: Duration = Duration::from_secs(10);
 
 /// The baseline or final state of the counters that verification compares.
 #[derive(Debug, Clone, Default)]
@@ -98,6 +122,11 @@ pub struct Verification {
     pub loss_pct: f64,
     /// Received beyond what was sent (another sender, or duplicates).
     pub extra: u64,
+    /// --publish jetstream: `extra` is shown to be duplicates (this run's packets all left the
+    /// stream, nothing valid was dead-lettered), so it cannot hide a loss.
+    pub extra_are_duplicates: bool,
+    /// --publish jetstream: this run's packets left in the stream that stored them.
+    pub stream: Option<StreamCheck>,
     pub invalid_sent: u64,
     pub deadlettered: u64,
     pub max_abs_deviation_pp: f64,
@@ -105,8 +134,19 @@ pub struct Verification {
     pub failures: Vec<String>,
 }
 
+/// The last read of the stream that stored this run's packets (--publish jetstream).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamCheck {
+    pub stream: String,
+    /// Packets still stored on this run's subjects; `None` when the last read failed.
+    pub packets_left: Option<u64>,
+    /// Why the last read failed.
+    pub error: Option<String>,
+}
+
 /// Compares `baseline` and `last`. `online` are the analyzer ids in the membership bucket now:
 /// with those that received anything, they make the set the target shares are computed over.
+/// `stream` is the last [`StreamCheck`] (--publish jetstream only).
 pub fn compare(
     baseline: &Counts,
     last: &Counts,
@@ -114,6 +154,7 @@ pub fn compare(
     sent: &SendTotals,
     max_loss_pct: f64,
     max_deviation_pp: f64,
+    stream: Option<&StreamCheck>,
 ) -> Verification {
     let mut per_id: BTreeMap<String, AnalyzerRow> = BTreeMap::new();
     for ((id, _instance), counts) in &last.analyzers {
@@ -186,6 +227,56 @@ pub fn compare(
                 .into(),
         );
     }
+    let mut extra_are_duplicates = false;
+    if sent.publish == PublishMode::Jetstream {
+        if let Some(StreamCheck {
+            stream,
+            packets_left: Some(left),
+            ..
+        }) = stream
+        {
+            if *left > 0 {
+                failures.push(format!(
+                    "{left} packets stored in stream {stream} were still there at the end: not \
+                     delivered to an analyzer within --verify-timeout"
+                ));
+            }
+        }
+        // Extra messages are duplicates only if every stored packet was counted at least once:
+        // all left the stream (acked after an analyzer counted it) and none was dead-lettered
+        // instead. Otherwise duplicates could make up for lost messages in the totals.
+        if extra > 0 {
+            let doubt = match stream {
+                None => Some("no stream stored a packet".to_string()),
+                Some(c) => match (c.packets_left, &c.error) {
+                    (Some(0), _) => None,
+                    (Some(left), _) => {
+                        Some(format!("{left} packets are left in stream {}", c.stream))
+                    }
+                    (None, error) => Some(format!(
+                        "stream {} could not be read ({})",
+                        c.stream,
+                        error.as_deref().unwrap_or("no answer")
+                    )),
+                },
+            }
+            .or_else(|| {
+                (deadlettered > sent.invalid_packets).then(|| {
+                    format!(
+                        "{deadlettered} messages were dead-lettered for {} malformed packets sent",
+                        sent.invalid_packets
+                    )
+                })
+            });
+            match doubt {
+                None => extra_are_duplicates = true,
+                Some(doubt) => failures.push(format!(
+                    "received {extra} messages more than were stored, and {doubt}: duplicates \
+                     could hide a loss"
+                )),
+            }
+        }
+    }
     Verification {
         analyzers: per_id.into_values().collect(),
         sent: sent.messages,
@@ -193,6 +284,8 @@ pub fn compare(
         lost,
         loss_pct,
         extra,
+        extra_are_duplicates,
+        stream: stream.cloned(),
         invalid_sent: sent.invalid_packets,
         deadlettered,
         max_abs_deviation_pp,
@@ -201,48 +294,198 @@ pub fn compare(
     }
 }
 
-/// Reads the stats bucket as [`Counts`].
+/// Runs `read` until it succeeds, for at most [`READ_RETRY_FOR`] (each attempt bounded to
+/// [`READ_ATTEMPT_TIMEOUT`]), backing off 200 ms doubling to 2 s; then fails with the last error.
+/// Returns the value and whether any attempt failed. Once a bucket is open, a failed read is a
+/// leader election, a reconnect, or a server that is gone: only the last is worth failing for.
+pub async fn retrying<T, F, Fut>(what: &str, mut read: F) -> anyhow::Result<(T, bool)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let start = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let mut failed = false;
+    loop {
+        let error = match tokio::time::timeout(READ_ATTEMPT_TIMEOUT, read()).await {
+            Ok(Ok(value)) => {
+                if failed {
+                    tracing::info!(after = ?start.elapsed(), "read {what} again");
+                }
+                return Ok((value, failed));
+            }
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::anyhow!("no answer within {READ_ATTEMPT_TIMEOUT:?}"),
+        };
+        if start.elapsed() + backoff > READ_RETRY_FOR {
+            return Err(error.context(format!("reading {what} failed for {:.0?}", start.elapsed())));
+        }
+        if !failed {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot read {what}; retrying for up to {READ_RETRY_FOR:?}"
+            );
+        }
+        failed = true;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Reads the stats bucket as [`Counts`] (retried, see [`retrying`]).
 pub async fn read_counts(stats: &kv::Store) -> anyhow::Result<Counts> {
-    Ok(Counts::from_snapshot(&StatsSnapshot::read(stats).await?))
+    Ok(read_counts_noting_failures(stats).await?.0)
 }
 
-/// Analyzer ids in the membership bucket now.
+/// [`read_counts`], and whether some attempt failed.
+async fn read_counts_noting_failures(stats: &kv::Store) -> anyhow::Result<(Counts, bool)> {
+    retrying("the stats bucket", || async {
+        Ok(Counts::from_snapshot(&StatsSnapshot::read(stats).await?))
+    })
+    .await
+}
+
+/// Analyzer ids in the membership bucket now (retried, see [`retrying`]).
 pub async fn read_online(membership: &kv::Store) -> anyhow::Result<BTreeSet<String>> {
-    Ok(logdist::snapshot::member_ids(membership).await?)
+    let (online, _) = retrying("the membership bucket", || async {
+        Ok(logdist::snapshot::member_ids(membership).await?)
+    })
+    .await?;
+    Ok(online)
 }
 
-/// Waits until every valid message sent and every malformed packet is accounted for, or until no
-/// counter moved for `quiet`, at most `timeout`. Returns the last counts read.
+/// The packets of this run still stored in the stream that acknowledged them (--publish
+/// jetstream), by their subjects.
+pub struct StreamWitness {
+    js: jetstream::Context,
+    stream: String,
+    /// Subject filter of the read.
+    filter: String,
+    /// Keep subjects `<ingest>.<prefix>-<n>` only (None: every subject matching `filter`).
+    agent_prefix: Option<String>,
+}
+
+impl StreamWitness {
+    /// For packets sent to `subject` (--subject), or else to `<ingest>.<agent_prefix>-<n>`.
+    pub fn new(
+        client: async_nats::Client,
+        stream: String,
+        subject: Option<&str>,
+        ingest: &str,
+        agent_prefix: &str,
+    ) -> StreamWitness {
+        let (filter, agent_prefix) = match subject {
+            Some(subject) => (subject.to_string(), None),
+            None => (
+                format!("{ingest}.*"),
+                Some(format!("{ingest}.{agent_prefix}-")),
+            ),
+        };
+        StreamWitness {
+            js: jetstream::new(client),
+            stream,
+            filter,
+            agent_prefix,
+        }
+    }
+
+    fn is_ours(&self, subject: &str) -> bool {
+        match &self.agent_prefix {
+            None => true,
+            Some(prefix) => subject
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        }
+    }
+
+    /// This run's packets still in the stream, read once.
+    pub async fn packets_left(&self) -> anyhow::Result<u64> {
+        let read = async {
+            let stream = self.js.get_stream_no_info(&self.stream).await?;
+            let mut subjects = stream.info_with_subjects(&self.filter).await?;
+            let mut left = 0;
+            while let Some((subject, count)) = subjects.try_next().await? {
+                if self.is_ours(&subject) {
+                    left += count as u64;
+                }
+            }
+            anyhow::Ok(left)
+        };
+        tokio::time::timeout(STREAM_READ_TIMEOUT, read)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {STREAM_READ_TIMEOUT:?}"))?
+    }
+
+    fn check(&self, read: &anyhow::Result<u64>) -> StreamCheck {
+        StreamCheck {
+            stream: self.stream.clone(),
+            packets_left: read.as_ref().ok().copied(),
+            error: read.as_ref().err().map(|e| format!("{e:#}")),
+        }
+    }
+}
+
+/// Waits until every valid message sent and every malformed packet is accounted for (and, with a
+/// `witness`, none of this run's packets is left in the stream), or until nothing moved for
+/// `quiet`, at most `timeout`. Time the stats bucket (or a stream that was readable before)
+/// could not be read does not count as quiet. Returns the last counts and stream check.
 pub async fn wait_quiet(
     stats: &kv::Store,
     baseline: &Counts,
     sent: &SendTotals,
     quiet: Duration,
     timeout: Duration,
-) -> anyhow::Result<Counts> {
+    witness: Option<&StreamWitness>,
+) -> anyhow::Result<(Counts, Option<StreamCheck>)> {
     let start = Instant::now();
     let mut last_change = Instant::now();
-    let mut last_total = None;
+    let mut last_state = None;
+    let mut stream_read_once = false;
     loop {
-        let counts = read_counts(stats).await?;
+        let (counts, disrupted) = read_counts_noting_failures(stats).await?;
+        if disrupted {
+            last_change = Instant::now();
+        }
+        let check = match witness {
+            None => None,
+            Some(w) => {
+                let read = w.packets_left().await;
+                if read.is_ok() {
+                    stream_read_once = true;
+                } else if stream_read_once {
+                    last_change = Instant::now(); // readable before: a disruption
+                }
+                Some(w.check(&read))
+            }
+        };
         let received = counts.received_since(baseline);
         let deadlettered = counts.deadlettered_since(baseline);
-        if received >= sent.messages && deadlettered >= sent.invalid_packets {
-            return Ok(counts);
+        let stream_done = match &check {
+            None => true,
+            Some(c) => match c.packets_left {
+                Some(left) => left == 0,
+                None => !stream_read_once && start.elapsed() >= STREAM_GRACE,
+            },
+        };
+        if received >= sent.messages && deadlettered >= sent.invalid_packets && stream_done {
+            return Ok((counts, check));
         }
-        let total = received + deadlettered;
-        if last_total != Some(total) {
-            last_total = Some(total);
+        let state = (
+            received + deadlettered,
+            check.as_ref().and_then(|c| c.packets_left),
+        );
+        if last_state != Some(state) {
+            last_state = Some(state);
             last_change = Instant::now();
         } else if last_change.elapsed() >= quiet {
-            return Ok(counts);
+            return Ok((counts, check));
         }
         if start.elapsed() >= timeout {
             tracing::warn!(
                 ?timeout,
                 "counters still moving at --verify-timeout; reporting what is counted"
             );
-            return Ok(counts);
+            return Ok((counts, check));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -270,13 +513,26 @@ mod tests {
 
     fn sent(messages: u64, invalid: u64) -> SendTotals {
         SendTotals {
-            packets: 0,
             messages,
-            bytes: 0,
             invalid_packets: invalid,
             seconds: 1.0,
-            messages_per_sec: 0.0,
-            megabytes_per_sec: 0.0,
+            ..Default::default()
+        }
+    }
+
+    fn acked(messages: u64, invalid: u64) -> SendTotals {
+        SendTotals {
+            publish: PublishMode::Jetstream,
+            stream: Some("LOGS".into()),
+            ..sent(messages, invalid)
+        }
+    }
+
+    fn left(packets: Option<u64>) -> StreamCheck {
+        StreamCheck {
+            stream: "LOGS".into(),
+            packets_left: packets,
+            error: packets.is_none().then(|| "timed out".into()),
         }
     }
 
@@ -292,7 +548,7 @@ mod tests {
             5,
         );
         let online: BTreeSet<String> = ["1", "2", "3"].iter().map(|s| s.to_string()).collect();
-        let v = compare(&base, &last, &online, &sent(1000, 2), 0.0, 0.1);
+        let v = compare(&base, &last, &online, &sent(1000, 2), 0.0, 0.1, None);
         assert!(v.passed, "{:?}", v.failures);
         assert_eq!(v.received, 1000);
         assert_eq!(v.deadlettered, 2);
@@ -305,7 +561,7 @@ mod tests {
         let base = Counts::default();
         let last = counts(&[("1", "a", 0.5, 700), ("2", "b", 0.5, 200)], 0);
         let online: BTreeSet<String> = ["1", "2"].iter().map(|s| s.to_string()).collect();
-        let v = compare(&base, &last, &online, &sent(1000, 0), 0.0, 0.5);
+        let v = compare(&base, &last, &online, &sent(1000, 0), 0.0, 0.5, None);
         assert!(!v.passed);
         assert_eq!(v.lost, 100);
         assert_eq!(v.failures.len(), 2, "{:?}", v.failures);
@@ -316,7 +572,7 @@ mod tests {
         let base = counts(&[("9", "z", 5.0, 50)], 0);
         let last = counts(&[("9", "z", 5.0, 50), ("1", "a", 1.0, 10)], 0);
         let online: BTreeSet<String> = ["1"].iter().map(|s| s.to_string()).collect();
-        let v = compare(&base, &last, &online, &sent(10, 0), 0.0, 0.1);
+        let v = compare(&base, &last, &online, &sent(10, 0), 0.0, 0.1, None);
         assert!(v.passed, "{:?}", v.failures);
         assert_eq!(v.analyzers.len(), 1);
     }
@@ -325,8 +581,118 @@ mod tests {
     fn an_online_analyzer_that_got_nothing_is_a_deviation() {
         let last = counts(&[("1", "a", 1.0, 10), ("2", "b", 1.0, 0)], 0);
         let online: BTreeSet<String> = ["1", "2"].iter().map(|s| s.to_string()).collect();
-        let v = compare(&Counts::default(), &last, &online, &sent(10, 0), 0.0, 0.1);
+        let v = compare(
+            &Counts::default(),
+            &last,
+            &online,
+            &sent(10, 0),
+            0.0,
+            0.1,
+            None,
+        );
         assert!(!v.passed);
         assert!((v.max_abs_deviation_pp - 50.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn jetstream_duplicates_pass_only_when_the_stream_is_drained() {
+        let online: BTreeSet<String> = ["1", "2"].iter().map(|s| s.to_string()).collect();
+        // 1000 stored, 1100 counted: 100 duplicates of redelivered packets.
+        let last = counts(&[("1", "a", 1.0, 550), ("2", "b", 1.0, 550)], 0);
+        let v = compare(
+            &Counts::default(),
+            &last,
+            &online,
+            &acked(1000, 0),
+            0.0,
+            0.5,
+            Some(&left(Some(0))),
+        );
+        assert!(v.passed, "{:?}", v.failures);
+        assert!(v.extra_are_duplicates);
+        assert_eq!((v.lost, v.extra), (0, 100));
+
+        // The same totals with packets left in the stream, or a stream that could not be read:
+        // the duplicates could stand in for lost messages.
+        for check in [left(Some(3)), left(None)] {
+            let v = compare(
+                &Counts::default(),
+                &last,
+                &online,
+                &acked(1000, 0),
+                0.0,
+                0.5,
+                Some(&check),
+            );
+            assert!(!v.passed, "{check:?}");
+            assert!(!v.extra_are_duplicates);
+            assert!(
+                v.failures.iter().any(|f| f.contains("could hide a loss")),
+                "{:?}",
+                v.failures
+            );
+        }
+
+        // Valid messages dead-lettered (e.g. `undeliverable`) are not analyzed: no excuse either.
+        let dead = counts(&[("1", "a", 1.0, 550), ("2", "b", 1.0, 550)], 7);
+        let v = compare(
+            &Counts::default(),
+            &dead,
+            &online,
+            &acked(1000, 2),
+            0.0,
+            0.5,
+            Some(&left(Some(0))),
+        );
+        assert!(!v.passed);
+        assert!(v.failures[0].contains("dead-lettered"), "{:?}", v.failures);
+    }
+
+    #[test]
+    fn jetstream_packets_left_in_the_stream_fail_even_without_extra() {
+        let online: BTreeSet<String> = ["1"].iter().map(|s| s.to_string()).collect();
+        let last = counts(&[("1", "a", 1.0, 1000)], 0);
+        let v = compare(
+            &Counts::default(),
+            &last,
+            &online,
+            &acked(1000, 0),
+            0.0,
+            0.5,
+            Some(&left(Some(2))),
+        );
+        assert!(!v.passed);
+        assert!(v.failures[0].contains("still there"), "{:?}", v.failures);
+        // Core publishing keeps the old rule: extra is reported, not judged.
+        let more = counts(&[("1", "a", 1.0, 1100)], 0);
+        let v = compare(
+            &Counts::default(),
+            &more,
+            &online,
+            &sent(1000, 0),
+            0.0,
+            0.5,
+            None,
+        );
+        assert!(v.passed && !v.extra_are_duplicates && v.extra == 100);
+    }
+
+    #[tokio::test]
+    async fn retrying_returns_the_first_success_and_says_it_failed_before() {
+        let mut calls = 0;
+        let (value, failed) = retrying("test", || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    anyhow::bail!("timed out")
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((value, failed), (3, true));
     }
 }
