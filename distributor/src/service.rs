@@ -229,12 +229,27 @@ async fn run_at_most_once(
         )
         .await;
 
-    // Shutdown: take no new packets, route what is in hand.
+    // Shutdown: take no new packets, route what is in hand. Every step is bounded: with the
+    // server gone (a node going down with us) an unsubscribe or a publish can wait forever for
+    // room in the client's command queue.
     tracing::info!("draining the ingest subscriptions");
-    distributor
-        .drain(control, &mut ingest, &mut ingest_agents)
-        .await;
-    distributor.deadletter_held().await;
+    let drained = tokio::time::timeout(
+        DRAIN_TIMEOUT,
+        distributor.drain(control, &mut ingest, &mut ingest_agents),
+    )
+    .await;
+    if drained.is_err() {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "ingest subscriptions did not drain in time");
+    }
+    if tokio::time::timeout(FINAL_WRITE_TIMEOUT, distributor.deadletter_held())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            packets = distributor.hold.len(),
+            "could not dead-letter the held packets in time (is NATS reachable?)"
+        );
+    }
     Ok(())
 }
 
@@ -331,7 +346,7 @@ impl Distributor {
     }
 
     /// Unsubscribes the ingest subscriptions and routes what the client already received for
-    /// them, until both streams end (bounded by [`DRAIN_TIMEOUT`]).
+    /// them, until both streams end (the caller bounds it by [`DRAIN_TIMEOUT`]).
     async fn drain(
         &mut self,
         control: &mut Subscriber,
@@ -343,8 +358,6 @@ impl Distributor {
                 tracing::warn!(error = %e, "cannot drain an ingest subscription");
             }
         }
-        let deadline = tokio::time::sleep(DRAIN_TIMEOUT);
-        tokio::pin!(deadline);
         let (mut open, mut agents_open) = (true, true);
         while open || agents_open {
             tokio::select! {
@@ -358,10 +371,6 @@ impl Distributor {
                     Some(message) => self.on_ingest(message).await,
                     None => agents_open = false,
                 },
-                () = &mut deadline => {
-                    tracing::warn!(timeout = ?DRAIN_TIMEOUT, "ingest subscriptions did not drain in time");
-                    return;
-                }
             }
         }
     }

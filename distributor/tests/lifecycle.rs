@@ -1,5 +1,6 @@
 //! Process lifecycle: SIGTERM drains and exits 0 with final stats, bad usage exits 2, a missing
-//! NATS server is retried with a clear message.
+//! NATS server is retried with a clear message, and a SIGTERM after the server died is obeyed in
+//! bounded time.
 
 mod common;
 
@@ -77,4 +78,45 @@ async fn missing_nats_is_retried_with_a_clear_message() {
     .await;
     let status = p.terminate(WAIT).await;
     assert!(status.success(), "{}", p.stderr());
+}
+
+/// A distributor told to stop after its NATS server died (a node going down with it) exits in
+/// bounded time instead of waiting forever for a drain, a publish or a flush that cannot happen.
+#[tokio::test]
+async fn sigterm_after_the_server_died_exits_in_bounded_time() {
+    sigterm_after_the_server_died(&[]).await;
+}
+
+#[tokio::test]
+async fn sigterm_after_the_server_died_exits_in_bounded_time_at_least_once() {
+    sigterm_after_the_server_died(&["--delivery", "at-least-once"]).await;
+}
+
+async fn sigterm_after_the_server_died(args: &[&str]) {
+    let mut server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut distributor = start_distributor(&server, "r1", args).await;
+    let (members, _stats) = buckets(&client).await;
+    let _a = SimAnalyzer::start(&client, "a", "i", 1.0).await;
+    wait_member(&members, "a", true).await;
+
+    // Enough traffic that the distributor has packets in hand and publishes queued when the
+    // server goes.
+    let payload = Bytes::from(packet(100));
+    for _ in 0..5000 {
+        client.publish(INGEST, payload.clone()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    server.kill();
+    let started = std::time::Instant::now();
+    // Drain (10 s) and the final writes (5 s each) are bounded; 40 s covers them all.
+    let status = distributor
+        .terminate(std::time::Duration::from_secs(40))
+        .await;
+    eprintln!("exited after {:?} with {status:?}", started.elapsed());
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        distributor.stderr()
+    );
 }
