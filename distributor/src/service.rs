@@ -408,6 +408,19 @@ impl Distributor {
         self.counters.received_packets += 1;
         self.counters.received_bytes += payload.len() as u64;
         let validator = self.validator;
+        // The common case in one pass that builds nothing; anything else takes the careful path,
+        // which finds each invalid element and its reason.
+        if let Some(messages) = validator.count_if_valid(&payload) {
+            let messages = messages as u64;
+            self.counters.received_messages += messages;
+            let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
+            return Some(Outgoing {
+                subject,
+                headers,
+                payload,
+                messages,
+            });
+        }
         match validator.parse(&payload) {
             Ok(packet) if packet.is_fully_valid() => {
                 let messages = packet.len() as u64;

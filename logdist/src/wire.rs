@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -267,6 +267,20 @@ impl PacketValidator {
         self.max_bytes
     }
 
+    /// The number of log messages in `payload` when it is a packet whose every element is
+    /// valid, or `None` (then [`parse`](Self::parse) tells what is wrong). One pass that builds
+    /// nothing: what a router needs, about a third cheaper than `parse` (BENCHMARKS.md).
+    pub fn count_if_valid(&self, payload: &[u8]) -> Option<usize> {
+        if payload.len() > self.max_bytes {
+            return None;
+        }
+        let text = std::str::from_utf8(payload).ok()?;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let count = ValidCount.deserialize(&mut deserializer).ok()?;
+        deserializer.end().ok()?;
+        (count > 0).then_some(count)
+    }
+
     /// Parses and validates one payload. See the module docs for the rules.
     pub fn parse<'a>(&self, payload: &'a [u8]) -> Result<Packet<'a>, PacketError> {
         if payload.len() > self.max_bytes {
@@ -477,37 +491,71 @@ struct RecordFields<'a> {
 
 impl<'de: 'a, 'a> Deserialize<'de> for RecordFields<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = RecordFields<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a log object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = RecordFields::default();
-                while let Some(key) = map.next_key::<FieldName>()? {
-                    let slot = match key {
-                        FieldName::Timestamp => &mut fields.timestamp,
-                        FieldName::Severity => &mut fields.severity,
-                        FieldName::Source => &mut fields.source,
-                        FieldName::Message => &mut fields.message,
-                        FieldName::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    if !matches!(slot, Scalar::Absent) {
-                        return Err(de::Error::custom(format_args!(
-                            "duplicate field `{}`",
-                            key.name()
-                        )));
-                    }
-                    *slot = map.next_value()?;
-                }
-                Ok(fields)
-            }
-        }
         deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// Reads the four contract fields of one JSON object, skipping the others.
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = RecordFields<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a log object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = RecordFields::default();
+        while let Some(key) = map.next_key::<FieldName>()? {
+            let slot = match key {
+                FieldName::Timestamp => &mut fields.timestamp,
+                FieldName::Severity => &mut fields.severity,
+                FieldName::Source => &mut fields.source,
+                FieldName::Message => &mut fields.message,
+                FieldName::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if !matches!(slot, Scalar::Absent) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate field `{}`",
+                    key.name()
+                )));
+            }
+            *slot = map.next_value()?;
+        }
+        Ok(fields)
+    }
+}
+
+/// Counts the log messages of a payload whose every element is valid, building nothing; any
+/// problem is an error without detail (the careful path finds the reason).
+struct ValidCount;
+
+impl<'de> DeserializeSeed<'de> for ValidCount {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValidCount {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a log object or an array of log objects")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<usize, A::Error> {
+        let fields = FieldsVisitor.visit_map(map)?;
+        validate_fields(fields).map_err(|_| de::Error::custom("invalid log object"))?;
+        Ok(1)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut count = 0;
+        while let Some(fields) = seq.next_element::<RecordFields<'de>>()? {
+            validate_fields(fields).map_err(|_| de::Error::custom("invalid log object"))?;
+            count += 1;
+        }
+        Ok(count)
     }
 }
 
@@ -634,6 +682,62 @@ mod tests {
 
     fn parse(payload: &str) -> Result<Packet<'_>, PacketError> {
         PacketValidator::default().parse(payload.as_bytes())
+    }
+
+    /// `count_if_valid` says "valid, n messages" exactly when `parse` finds a packet of n
+    /// elements with none invalid, for every shape of payload, good and bad.
+    #[test]
+    fn count_if_valid_agrees_with_parse() {
+        let v = PacketValidator::new(4096);
+        let big = format!("[{}]", vec![HELLO; 60].join(","));
+        let cases: Vec<String> = vec![
+            HELLO.into(),
+            format!(" [{HELLO}, {HELLO}] "),
+            format!("[{HELLO}]"),
+            big,
+            "[]".into(),
+            "".into(),
+            "   ".into(),
+            "null".into(),
+            "17".into(),
+            r#""text""#.into(),
+            "[1,2]".into(),
+            format!("[{HELLO},1]"),
+            format!("[{HELLO},{{}}]"),
+            format!("[{HELLO}"),
+            format!("{HELLO} x"),
+            format!("{HELLO}{HELLO}"),
+            r#"{"timestamp":"2026-11-25T10:00:00Z","severity":"info","source":"web","message":"GET /","extra":[1,{"a":null}]}"#.into(),
+            r#"{"timestamp":"yesterday","severity":"info","source":"web","message":""}"#.into(),
+            r#"{"timestamp":1.5,"severity":"info","source":"web","message":""}"#.into(),
+            r#"{"timestamp":1,"severity":"LOUD","source":"web","message":""}"#.into(),
+            r#"{"timestamp":1,"severity":"info","source":"","message":""}"#.into(),
+            r#"{"timestamp":1,"severity":"info","source":"web"}"#.into(),
+            r#"{"timestamp":1,"severity":"info","source":"web","message":3}"#.into(),
+            r#"{"timestamp":1,"timestamp":2,"severity":"info","source":"web","message":""}"#.into(),
+            r#"{"timestamp":1,"severity":"info","source":"w\u00e9b\n","message":"\"q\""}"#.into(),
+            r#"{"timestamp":1,"severity":"info","source":"web","message":"\ud800"}"#.into(),
+            "[[1]]".into(),
+            format!("[{HELLO},[{HELLO}]]"),
+        ];
+        for case in &cases {
+            let expected = match v.parse(case.as_bytes()) {
+                Ok(p) if p.is_fully_valid() => Some(p.len()),
+                _ => None,
+            };
+            assert_eq!(
+                v.count_if_valid(case.as_bytes()),
+                expected,
+                "payload {case:?}"
+            );
+        }
+        let mut not_utf8 = HELLO.as_bytes().to_vec();
+        not_utf8[40] = 0xff;
+        assert_eq!(v.count_if_valid(&not_utf8), None);
+        assert_eq!(
+            PacketValidator::new(10).count_if_valid(HELLO.as_bytes()),
+            None
+        );
     }
 
     fn record_error(payload: &str) -> RecordError {
