@@ -12,7 +12,20 @@ fn main() -> ExitCode {
     // clap prints the usage error naming the flag and exits with code 2.
     let config = AnalyzerConfig::parse();
     logdist::logging::init();
-    let runtime = match tokio::runtime::Runtime::new().context("cannot start the async runtime") {
+    let mut builder = match config.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let built = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime");
+    let runtime = match built {
         Ok(runtime) => runtime,
         Err(e) => return fail(e),
     };
