@@ -223,14 +223,15 @@ impl Cluster {
 /// 2 fail over. None of it may cost a packet an attempt, nor lose it.
 ///
 /// The packets are published with JetStream acknowledgements (so each is stored before the kill)
-/// and counted from the analyzers' stats with retries: agent-sim cannot do either yet (see the
-/// ignored test below).
+/// and counted from the analyzers' stats with retries.
 #[tokio::test]
 async fn killing_the_leader_node_mid_delivery_loses_nothing() {
     // 300 µs per message: analyzer 1 (half of 60,000) needs about 9 s, so the node dies while
     // packets are in flight and most of the backlog is still in the stream.
-    let mut c = start(&["--work-per-message", "300us"], true).await;
+    // The lock first: two 3-node clusters electing leaders at once on 2 cores can take longer
+    // than the harness waits for JetStream.
     let _load = LOAD.lock().await;
+    let mut c = start(&["--work-per-message", "300us"], true).await;
     const PACKETS: u64 = 600;
     const PER_PACKET: u64 = 100;
     let element =
@@ -323,8 +324,10 @@ async fn killing_the_leader_node_mid_delivery_loses_nothing() {
 /// as `extra`), as long as every packet of the run left the stream acked.
 #[tokio::test]
 async fn killing_the_leader_node_while_agents_publish_loses_nothing() {
-    let mut c = start(&[], true).await;
+    // The lock first: two 3-node clusters electing leaders at once on 2 cores can take longer
+    // than the harness waits for JetStream.
     let _load = LOAD.lock().await;
+    let mut c = start(&[], true).await;
     let mut sim = agent_sim_acked(&c.cluster.urls(), "12s");
     wait_analyzed(&c.stats, "1", 10_000).await;
     eprintln!("killing node {DOOMED}, the leader");

@@ -323,14 +323,14 @@ impl NatsCluster {
             .await
             .expect("connect to node");
         let js = async_nats::jetstream::new(client);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if js.query_account().await.is_ok() {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "JetStream cluster not ready within 30 s"
+                "JetStream cluster not ready within 60 s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
