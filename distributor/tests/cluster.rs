@@ -214,7 +214,47 @@ impl Cluster {
         for d in &mut self.distributors {
             assert!(d.terminate(Duration::from_secs(20)).await.success());
         }
+        let shares = acknowledged_shares(&self.stats).await;
+        for (id, target) in [("1", 50.0), ("2", 30.0), ("3", 20.0)] {
+            let share = shares[id];
+            assert!(
+                (share - target).abs() <= 0.5,
+                "analyzer {id}: {share:.3} % acknowledged vs {target} % ({shares:?})"
+            );
+        }
     }
+}
+
+/// Each analyzer's share (in %) of the messages the distributors counted as acknowledged,
+/// summed over both replicas' final stats: the shares issue #6 measures. (The analyzers' own
+/// counts after a fail-over include duplicates their de-dup window did not see.)
+async fn acknowledged_shares(stats: &kv::Store) -> std::collections::BTreeMap<String, f64> {
+    let mut acked = std::collections::BTreeMap::<String, u64>::new();
+    for replica in ["d1", "d2"] {
+        let mut last = None;
+        for _ in 0..50 {
+            last = distributor_stats(stats, replica).await;
+            if last.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let d = last.unwrap_or_else(|| panic!("final stats of {replica}"));
+        for (id, route) in d.analyzers {
+            *acked.entry(id).or_default() += route.messages;
+        }
+    }
+    let total: u64 = acked.values().sum();
+    assert!(total > 0, "nothing acknowledged: {acked:?}");
+    let shares: std::collections::BTreeMap<String, f64> = ["1", "2", "3"]
+        .iter()
+        .map(|id| {
+            let n = acked.get(*id).copied().unwrap_or(0);
+            (id.to_string(), n as f64 * 100.0 / total as f64)
+        })
+        .collect();
+    eprintln!("  acknowledged messages {acked:?}, shares {shares:?}");
+    shares
 }
 
 /// The leader dies while the distributors and analyzers work through a backlog that the stream
@@ -314,6 +354,11 @@ async fn killing_the_leader_node_mid_delivery_loses_nothing() {
     for d in &mut c.distributors {
         assert!(d.terminate(Duration::from_secs(20)).await.success());
     }
+    // Shares are printed, not checked, here: in this backlog run the analyzers are throttled
+    // (300 µs/message) and the fail-over reroutes thousands of timed-out requests away from the
+    // analyzer that failed them; one run measured 42.0 / 21.8 / 36.2 % acknowledged for targets
+    // 50 / 30 / 20 (docs/delivery.md). The steady-load fail-over test below checks them.
+    acknowledged_shares(&c.stats).await;
 }
 
 /// Like the test above, with agents still publishing while the node dies, and the stats bucket's
