@@ -12,19 +12,8 @@ fn main() -> ExitCode {
     // clap prints the usage error naming the flag and exits with code 2.
     let config = AnalyzerConfig::parse();
     logdist::logging::init();
-    let mut builder = match config.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(n);
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let built = builder
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime");
+    let built =
+        logdist::runtime::build(config.worker_threads).context("cannot start the async runtime");
     let runtime = match built {
         Ok(runtime) => runtime,
         Err(e) => return fail(e),

@@ -25,19 +25,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Run(args) => args.worker_threads,
         Command::Stats(_) => Some(1),
     };
-    let mut builder = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(n);
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = builder
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = logdist::runtime::build(threads).context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = logdist::shutdown::on_signal();
         match command {

@@ -12,6 +12,7 @@ pub mod control;
 pub mod headers;
 pub mod logging;
 pub mod names;
+pub mod runtime;
 pub mod shutdown;
 pub mod snapshot;
 pub mod stats;
