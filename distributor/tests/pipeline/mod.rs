@@ -89,11 +89,24 @@ pub fn agent_sim_quiet(urls: &str, quiet: &str) -> Process {
 
 /// [`agent_sim_quiet`] sending for `duration` (at 20,000 messages/s).
 pub fn agent_sim_for(urls: &str, duration: &str, quiet: &str) -> Process {
+    agent_sim_with(urls, duration, quiet, "core")
+}
+
+/// [`agent_sim`] publishing through JetStream with acknowledgements and retries
+/// (`--publish jetstream`): what agents must do so that nothing they send while the server is
+/// down is lost before the stream stores it.
+pub fn agent_sim_acked(urls: &str) -> Process {
+    agent_sim_with(urls, "6s", "3s", "jetstream")
+}
+
+fn agent_sim_with(urls: &str, duration: &str, quiet: &str, publish: &str) -> Process {
     Process::spawn(
         "agent-sim",
         &[
             "--nats-url",
             urls,
+            "--publish",
+            publish,
             "--rate",
             "20000",
             "--duration",
