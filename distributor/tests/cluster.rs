@@ -214,13 +214,17 @@ impl Cluster {
         for d in &mut self.distributors {
             assert!(d.terminate(Duration::from_secs(20)).await.success());
         }
-        let shares = acknowledged_shares(&self.stats).await;
-        for (id, target) in [("1", 50.0), ("2", 30.0), ("3", 20.0)] {
-            let share = shares[id];
-            assert!(
-                (share - target).abs() <= 0.5,
-                "analyzer {id}: {share:.3} % acknowledged vs {target} % ({shares:?})"
-            );
+        // Over the whole run the cumulative shares need not match the weights: an analyzer
+        // whose client was on the killed node may miss heartbeats and be dropped until it is
+        // back (its target is 0 meanwhile). What each replica acknowledged since the last
+        // membership change must match the weights online now.
+        acknowledged_shares(&self.stats).await;
+        for replica in ["d1", "d2"] {
+            let d = distributor_stats(&self.stats, replica)
+                .await
+                .expect("final stats");
+            eprintln!("  replica {replica}, membership epoch {}:", d.epoch);
+            assert_epoch_shares(&d, 0.5);
         }
     }
 }
