@@ -374,8 +374,10 @@ async fn the_distributor_role_covers_the_at_least_once_stream_and_no_more() {
             .unwrap();
     }
     agent.flush().await.unwrap();
+    // `batch` waits (up to `expires`) for all three: the stream stores the core publishes
+    // asynchronously, and `fetch` would return only what is stored already.
     let mut batch = consumer
-        .fetch()
+        .batch()
         .max_messages(3)
         .expires(Duration::from_secs(3))
         .messages()
