@@ -54,6 +54,7 @@ pub struct Totals {
     pub deadletter_messages: u64,
     pub held_packets: u64,
     pub held_overflow: u64,
+    pub ingest_dropped_packets: u64,
     pub slow_consumer_events: u64,
     pub bad_heartbeats: u64,
     pub messages_per_sec: f64,
@@ -138,6 +139,7 @@ impl Report {
             totals.deadletter_messages += d.deadletter_messages;
             totals.held_packets += d.held_packets;
             totals.held_overflow += d.held_overflow;
+            totals.ingest_dropped_packets += d.ingest_dropped_packets;
             totals.slow_consumer_events += d.slow_consumer_events;
             totals.bad_heartbeats += d.bad_heartbeats;
             if live(d) {

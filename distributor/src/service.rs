@@ -197,7 +197,26 @@ async fn run_at_most_once(
     shutdown: &CancellationToken,
 ) -> Result<(), RunError> {
     let names = &args.names;
-    let client = distributor.client.clone();
+    // The ingest subscriptions get a connection of their own, with a bounded buffer: under a
+    // flood its client task reads and drops what the router cannot take, while the main
+    // connection's task keeps sending the routed packets (on one connection the incoming flood
+    // starves the outgoing publishes), and the two connections' work runs on two threads.
+    let name = format!("distributor {} ingest", distributor.replica);
+    let connection = match logdist::connect::connect_with_capacity(
+        &args.nats,
+        &name,
+        args.ingest_buffer,
+        shutdown,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(ConnectError::Cancelled { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    distributor.ingest_events = Some(connection.events);
+    distributor.ingest_client = Some((connection.client.clone(), args.ingest_buffer));
+    let client = connection.client;
     let subscribe_err = |subject: &str, e: async_nats::SubscribeError| RunError::Subscribe {
         subject: subject.to_string(),
         detail: e.to_string(),
@@ -238,8 +257,19 @@ async fn run_at_most_once(
         distributor.drain(control, &mut ingest, &mut ingest_agents),
     )
     .await;
-    if drained.is_err() {
-        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "ingest subscriptions did not drain in time");
+    match drained {
+        Ok(()) => distributor.ingest_drained = true,
+        Err(_) => {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "ingest subscriptions did not drain in time")
+        }
+    }
+    let dropped = distributor.ingest_dropped();
+    if dropped > 0 {
+        tracing::warn!(
+            packets = dropped,
+            ingest_buffer = args.ingest_buffer,
+            "the ingest connection dropped packets while the router was behind (add replicas or raise --ingest-buffer for bursts)"
+        );
     }
     if tokio::time::timeout(FINAL_WRITE_TIMEOUT, distributor.deadletter_held())
         .await
@@ -266,6 +296,10 @@ pub(crate) struct Counters {
     held_total: u64,
     held_overflow: u64,
     pub(crate) redelivered: u64,
+    /// Packets taken from the at-most-once ingest subscriptions.
+    ingest_taken: u64,
+    /// Packets the ingest connection dropped, as last reported (never decreases).
+    ingest_dropped: u64,
 }
 
 /// All routing state of one replica, owned by the event loop.
@@ -281,6 +315,12 @@ pub(crate) struct Distributor {
     hold: HoldQueue<Outgoing>,
     pub(crate) counters: Counters,
     events: Arc<ConnectionEvents>,
+    /// Events of the at-most-once ingest connection (its drops count as slow consumers).
+    ingest_events: Option<Arc<ConnectionEvents>>,
+    /// The at-most-once ingest connection and its buffer size, to count what it dropped.
+    ingest_client: Option<(Client, usize)>,
+    /// Both ingest subscriptions ended: nothing waits in their buffers any more.
+    ingest_drained: bool,
     mirror: Option<MembershipMirror>,
     started_at_ms: u64,
     rate_mark: (Instant, u64),
@@ -301,6 +341,9 @@ impl Distributor {
             hold: HoldQueue::new(args.hold_max_packets, args.hold_max_bytes),
             counters: Counters::default(),
             events,
+            ingest_events: None,
+            ingest_client: None,
+            ingest_drained: false,
             mirror: None,
             started_at_ms: unix_millis_now(),
             rate_mark: (Instant::now(), 0),
@@ -391,6 +434,7 @@ impl Distributor {
             headers,
             ..
         } = message;
+        self.counters.ingest_taken += 1;
         if let Some(out) = self.validate(subject, headers, payload).await {
             self.forward(out).await;
         }
@@ -664,6 +708,28 @@ impl Distributor {
     }
 
     /// The replica's stats now.
+    /// Packets the ingest connection dropped so far. The client counts every message it reads;
+    /// what the router did not take was dropped or still waits in one of the two subscription
+    /// buffers, so the count is a lower bound until the subscriptions are drained (then exact),
+    /// and never decreases.
+    fn ingest_dropped(&mut self) -> u64 {
+        if let Some((client, buffer)) = &self.ingest_client {
+            let read = client
+                .statistics()
+                .in_messages
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let unaccounted = read.saturating_sub(self.counters.ingest_taken);
+            let waiting = if self.ingest_drained {
+                0
+            } else {
+                2 * *buffer as u64
+            };
+            let dropped = unaccounted.saturating_sub(waiting);
+            self.counters.ingest_dropped = self.counters.ingest_dropped.max(dropped);
+        }
+        self.counters.ingest_dropped
+    }
+
     pub(crate) fn snapshot(&mut self) -> DistributorStats {
         let now = Instant::now();
         let routed = self.router.routed_messages();
@@ -673,6 +739,7 @@ impl Distributor {
             self.messages_per_sec = (routed - mark_routed) as f64 / elapsed;
             self.rate_mark = (now, routed);
         }
+        let ingest_dropped = self.ingest_dropped();
         let c = &self.counters;
         DistributorStats {
             replica: self.replica.clone(),
@@ -697,9 +764,16 @@ impl Distributor {
             held_total: c.held_total,
             held_overflow: c.held_overflow,
             redelivered: c.redelivered,
-            slow_consumer_events: self.events.slow_consumer_events(),
-            disconnects: self.events.disconnects(),
-            reconnects: self.events.reconnects(),
+            ingest_dropped_packets: ingest_dropped,
+            slow_consumer_events: self.events.slow_consumer_events()
+                + self
+                    .ingest_events
+                    .as_ref()
+                    .map_or(0, |e| e.slow_consumer_events()),
+            disconnects: self.events.disconnects()
+                + self.ingest_events.as_ref().map_or(0, |e| e.disconnects()),
+            reconnects: self.events.reconnects()
+                + self.ingest_events.as_ref().map_or(0, |e| e.reconnects()),
             bad_heartbeats: self.membership.bad_heartbeats(),
             messages_per_sec: self.messages_per_sec,
             epoch: self.router.epoch(),

@@ -120,11 +120,16 @@ impl ConnectionEvents {
                 tracing::warn!("disconnected from NATS; reconnecting");
             }
             Event::SlowConsumer(sid) => {
-                self.slow_consumer_events.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    subscription = sid,
-                    "slow consumer: NATS dropped messages for this client"
-                );
+                // One event per dropped message: under overload that is thousands a second, so
+                // only the 1st, 2nd, 4th, 8th... are logged, each with the total so far.
+                let total = self.slow_consumer_events.fetch_add(1, Ordering::Relaxed) + 1;
+                if total.is_power_of_two() {
+                    tracing::warn!(
+                        subscription = sid,
+                        total,
+                        "slow consumer: messages dropped because this client fell behind"
+                    );
+                }
             }
             // Closed is the normal end of a client that is shutting down.
             Event::Closed => tracing::debug!("NATS connection closed"),
@@ -140,6 +145,10 @@ pub struct Connection {
     pub events: Arc<ConnectionEvents>,
 }
 
+/// Messages each subscription buffers in the client by default (the async-nats default): past
+/// it the client drops what arrives and reports a slow consumer.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 64 * 1024;
+
 /// Connects as `name`, retrying every second (with a warning naming the URL and the error) while
 /// the server cannot be reached, until `shutdown` is cancelled. Once connected, the client
 /// reconnects by itself forever. Authentication errors are final.
@@ -148,11 +157,25 @@ pub async fn connect(
     name: &str,
     shutdown: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
+    connect_with_capacity(args, name, DEFAULT_SUBSCRIPTION_CAPACITY, shutdown).await
+}
+
+/// [`connect`] with each subscription buffering at most `subscription_capacity` messages in the
+/// client: what bounds a process's memory when the server delivers faster than it handles.
+/// Messages arriving at a full buffer are dropped and counted as slow-consumer events.
+pub async fn connect_with_capacity(
+    args: &NatsArgs,
+    name: &str,
+    subscription_capacity: usize,
+    shutdown: &CancellationToken,
+) -> Result<Connection, ConnectError> {
     let events = Arc::new(ConnectionEvents::default());
     let servers = server_addrs(&args.nats_url)?;
     let mut attempt: u32 = 0;
     loop {
-        let options = options(args, name, events.clone()).await?;
+        let options = options(args, name, events.clone())
+            .await?
+            .subscription_capacity(subscription_capacity.max(1));
         match options.connect(servers.as_slice()).await {
             Ok(client) => {
                 return Ok(Connection { client, events });

@@ -96,6 +96,10 @@ pub struct DistributorStats {
     pub held_overflow: u64,
     /// Packets sent again to another analyzer after a failure (at-least-once mode).
     pub redelivered: u64,
+    /// At-most-once: packets the ingest connection dropped because the router fell behind
+    /// (its buffer, `--ingest-buffer`, was full). A lower bound while running (packets still
+    /// in the buffer are not counted as dropped until they could be), exact in the final stats.
+    pub ingest_dropped_packets: u64,
     pub slow_consumer_events: u64,
     pub disconnects: u64,
     pub reconnects: u64,

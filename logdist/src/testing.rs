@@ -388,6 +388,10 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// `--ingest-buffer` of the distributors that [`Process::spawn`] starts: the NATS client's own
+/// default, what every distributor buffered before the flag existed.
+pub const TEST_INGEST_BUFFER: usize = 65_536;
+
 /// A child process of one of the workspace's binaries; its stdout and stderr go to files, and it
 /// is killed on drop.
 pub struct Process {
@@ -399,8 +403,16 @@ pub struct Process {
 impl Process {
     /// Starts `binary(name)` with `args` and extra environment variables. `RUST_LOG` defaults to
     /// `info` so the logs tell what happened when a test fails.
+    ///
+    /// Tests run debug builds, several times slower than release: a burst that a release
+    /// distributor routes as it arrives piles up in a debug one. So distributors started here
+    /// buffer up to [`TEST_INGEST_BUFFER`] packets (`DISTRIBUTOR_INGEST_BUFFER`, which `envs` or
+    /// an `--ingest-buffer` flag override); `distributor/tests/overload.rs` tests the bound.
     pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
-        Process::spawn_at(&binary(name), args, envs)
+        let buffer = TEST_INGEST_BUFFER.to_string();
+        let mut all = vec![("DISTRIBUTOR_INGEST_BUFFER", buffer.as_str())];
+        all.extend_from_slice(envs);
+        Process::spawn_at(&binary(name), args, &all)
     }
 
     /// Like [`Process::spawn`], for a binary at `path` (e.g. a release build for benchmarks).
