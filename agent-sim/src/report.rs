@@ -102,6 +102,13 @@ impl Report {
                 String::new()
             },
         );
+        if v.distributor_dropped_packets > 0 {
+            let _ = writeln!(
+                out,
+                "the distributors dropped {} packets they could not keep up with (ingest_dropped_packets)",
+                thousands(v.distributor_dropped_packets)
+            );
+        }
         if let Some(c) = &v.stream {
             let _ = match (c.packets_left, &c.error) {
                 (Some(0), _) => writeln!(

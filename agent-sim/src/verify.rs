@@ -46,6 +46,8 @@ pub struct Counts {
     analyzers: HashMap<(String, String), InstanceCounts>,
     /// replica → dead-lettered messages.
     deadletters: HashMap<String, u64>,
+    /// replica → packets its ingest connection dropped (at-most-once overload).
+    ingest_dropped: HashMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -74,6 +76,9 @@ impl Counts {
             counts
                 .deadletters
                 .insert(d.replica.clone(), d.deadletter_messages);
+            counts
+                .ingest_dropped
+                .insert(d.replica.clone(), d.ingest_dropped_packets);
         }
         counts
     }
@@ -90,11 +95,19 @@ impl Counts {
     }
 
     fn deadlettered_since(&self, baseline: &Counts) -> u64 {
-        self.deadletters
-            .iter()
-            .map(|(k, v)| v.saturating_sub(baseline.deadletters.get(k).copied().unwrap_or(0)))
-            .sum()
+        sum_since(&self.deadletters, &baseline.deadletters)
     }
+
+    fn ingest_dropped_since(&self, baseline: &Counts) -> u64 {
+        sum_since(&self.ingest_dropped, &baseline.ingest_dropped)
+    }
+}
+
+/// The growth of per-replica counters since `baseline`, summed.
+fn sum_since(now: &HashMap<String, u64>, baseline: &HashMap<String, u64>) -> u64 {
+    now.iter()
+        .map(|(k, v)| v.saturating_sub(baseline.get(k).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// One analyzer id's line of the table.
@@ -129,6 +142,9 @@ pub struct Verification {
     pub stream: Option<StreamCheck>,
     pub invalid_sent: u64,
     pub deadlettered: u64,
+    /// Packets the distributors' ingest connections dropped during the run because they could
+    /// not keep up (at-most-once; `--ingest-buffer`): where an overload's loss went.
+    pub distributor_dropped_packets: u64,
     pub max_abs_deviation_pp: f64,
     pub passed: bool,
     pub failures: Vec<String>,
@@ -209,10 +225,20 @@ pub fn compare(
         0.0
     };
     let deadlettered = last.deadlettered_since(baseline);
+    let distributor_dropped_packets = last.ingest_dropped_since(baseline);
     let mut failures = Vec::new();
     if loss_pct > max_loss_pct {
+        let cause = if distributor_dropped_packets > 0 {
+            format!(
+                "; the distributors dropped {distributor_dropped_packets} packets they could not \
+                 keep up with (ingest_dropped_packets: add replicas, lower --rate, or raise \
+                 --ingest-buffer for bursts)"
+            )
+        } else {
+            String::new()
+        };
         failures.push(format!(
-            "loss {loss_pct:.3}% ({lost} of {} messages) is over --max-loss {max_loss_pct}%",
+            "loss {loss_pct:.3}% ({lost} of {} messages) is over --max-loss {max_loss_pct}%{cause}",
             sent.messages
         ));
     }
@@ -288,6 +314,7 @@ pub fn compare(
         stream: stream.cloned(),
         invalid_sent: sent.invalid_packets,
         deadlettered,
+        distributor_dropped_packets,
         max_abs_deviation_pp,
         passed: failures.is_empty(),
         failures,
@@ -565,6 +592,26 @@ mod tests {
         assert!(!v.passed);
         assert_eq!(v.lost, 100);
         assert_eq!(v.failures.len(), 2, "{:?}", v.failures);
+    }
+
+    #[test]
+    fn a_loss_names_the_packets_the_distributors_dropped() {
+        let mut base = Counts::default();
+        base.ingest_dropped.insert("r1".into(), 5);
+        let mut last = counts(&[("1", "a", 1.0, 700)], 0);
+        last.ingest_dropped.insert("r1".into(), 8);
+        last.ingest_dropped.insert("r2".into(), 1);
+        let online: BTreeSet<String> = ["1"].iter().map(|s| s.to_string()).collect();
+        let v = compare(&base, &last, &online, &sent(1000, 0), 0.0, 0.5, None);
+        assert_eq!((v.lost, v.distributor_dropped_packets), (300, 4));
+        assert!(
+            v.failures[0].contains("the distributors dropped 4 packets"),
+            "{:?}",
+            v.failures
+        );
+        // Without drops the loss has no such explanation.
+        let v = compare(&base, &base, &online, &sent(1000, 0), 0.0, 0.5, None);
+        assert!(!v.failures[0].contains("dropped"), "{:?}", v.failures);
     }
 
     #[test]
