@@ -28,6 +28,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use logdist::buckets::{self, BucketError};
 use logdist::connect::{ConnectError, ConnectionEvents};
+use logdist::control::{ControlMessage, Withdraw, WithdrawalConfirmed};
 use logdist::names::DISTRIBUTOR_QUEUE_GROUP;
 use logdist::stats::{distributor_key, unix_millis_now, DistributorStats};
 use logdist::PacketValidator;
@@ -308,6 +309,7 @@ pub(crate) struct Distributor {
     delivery: Delivery,
     validator: PacketValidator,
     deadletter_subject: Subject,
+    names: logdist::Names,
     replica: String,
     replica_header: HeaderValue,
     pub(crate) membership: Membership,
@@ -334,6 +336,7 @@ impl Distributor {
             delivery: args.delivery,
             validator: PacketValidator::new(args.max_packet_bytes),
             deadletter_subject: Subject::from(args.names.deadletter_subject.clone()),
+            names: args.names.clone(),
             replica: replica.to_string(),
             replica_header: HeaderValue::from(replica),
             membership: Membership::new(args.heartbeat_timeout_factor),
@@ -619,13 +622,36 @@ impl Distributor {
 
     pub(crate) async fn on_control(&mut self, payload: &[u8]) {
         match self.membership.apply_payload(payload, Instant::now()) {
-            Ok(events) => self.apply_events(events).await,
+            Ok(events) => {
+                self.apply_events(events).await;
+                if let Ok(ControlMessage::Down(withdraw)) = ControlMessage::parse(payload) {
+                    self.confirm_withdrawal(withdraw).await;
+                }
+            }
             Err(e) => tracing::warn!(
                 code = e.code(),
                 error = %e,
                 payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]),
                 "rejected control message"
             ),
+        }
+    }
+
+    /// Tells the withdrawing instance that this replica will route nothing more to it. Published
+    /// on the connection that routes packets, after every packet routed to it so far, so the
+    /// instance has them all once it has this (see `WithdrawalConfirmed`). Sent for every
+    /// withdrawal, known instance or not: the instance may have been dropped by a timeout first.
+    async fn confirm_withdrawal(&mut self, withdraw: Withdraw) {
+        let confirmation = WithdrawalConfirmed {
+            distributor: self.replica.clone(),
+            id: withdraw.id,
+            instance: withdraw.instance,
+        };
+        let subject = self.names.withdrawn_subject(&confirmation.id);
+        let payload = serde_json::to_vec(&confirmation).expect("plain strings serialize");
+        if let Err(e) = self.client.publish(subject, payload.into()).await {
+            tracing::warn!(analyzer_id = %confirmation.id, instance = %confirmation.instance,
+                error = %e, "cannot confirm the withdrawal; the instance waits for its timeout");
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
+use futures::{FutureExt, StreamExt};
 use logdist::stats::MemberRecord;
 use logdist::testing::NatsServer;
 
@@ -19,16 +20,105 @@ async fn send(client: &async_nats::Client, count: usize, size: usize) {
     client.flush().await.unwrap();
 }
 
-#[tokio::test]
-async fn withdraw_newcomer_and_silent_death_reshape_the_shares() {
-    let server = NatsServer::start();
+/// Replica `r1` routing to analyzers `a` and `b` (instance `i1`, weight 1 each), both online.
+struct AAndB {
+    client: async_nats::Client,
+    distributor: logdist::testing::Process,
+    members: async_nats::jetstream::kv::Store,
+    stats: async_nats::jetstream::kv::Store,
+    a: SimAnalyzer,
+    b: SimAnalyzer,
+}
+
+async fn replica_with_a_and_b(server: &NatsServer) -> AAndB {
     let client = async_nats::connect(server.url()).await.unwrap();
-    let mut distributor = start_distributor(&server, "r1", &[]).await;
+    let distributor = start_distributor(server, "r1", &[]).await;
     let (members, stats) = buckets(&client).await;
-    let mut a = SimAnalyzer::start(&client, "a", "i1", 1.0).await;
+    let a = SimAnalyzer::start(&client, "a", "i1", 1.0).await;
     let b = SimAnalyzer::start(&client, "b", "i1", 1.0).await;
     wait_member(&members, "a", true).await;
     wait_member(&members, "b", true).await;
+    AAndB {
+        client,
+        distributor,
+        members,
+        stats,
+        a,
+        b,
+    }
+}
+
+/// The confirmation of a withdrawal comes after every packet routed to the instance: once it is
+/// read, those packets are all in the instance's subscription, even while the replica is busy.
+#[tokio::test]
+async fn a_withdrawal_is_confirmed_after_every_packet_routed_before_it() {
+    let server = NatsServer::start();
+    let AAndB {
+        client,
+        mut distributor,
+        stats,
+        mut a,
+        b,
+        ..
+    } = replica_with_a_and_b(&server).await;
+    // What the withdrawing instance sees, on a connection of its own.
+    let watcher = async_nats::connect(server.url()).await.unwrap();
+    let mut to_a = watcher.subscribe("analyzer.a").await.unwrap();
+    let mut confirmations = watcher.subscribe("analyzer.a.withdrawn").await.unwrap();
+    watcher.flush().await.unwrap();
+
+    // The withdrawal goes out while thousands of packets are still queued for the replica.
+    let payload = Bytes::from(packet(5));
+    for _ in 0..4000 {
+        client.publish(INGEST, payload.clone()).await.unwrap();
+    }
+    a.withdraw().await;
+    let confirmation = tokio::time::timeout(WAIT, confirmations.next())
+        .await
+        .expect("a confirmation within the wait")
+        .expect("subscription open");
+    let confirmed: logdist::control::WithdrawalConfirmed =
+        serde_json::from_slice(&confirmation.payload).unwrap();
+    assert_eq!(
+        (
+            confirmed.id.as_str(),
+            confirmed.instance.as_str(),
+            confirmed.distributor.as_str()
+        ),
+        ("a", "i1", "r1")
+    );
+    // Everything routed to `a` is already delivered to this connection: take what is there
+    // without waiting (`unconstrained`: tokio's task budget would otherwise say "pending" after
+    // 128 messages).
+    let mut before = 0u64;
+    while let Some(Some(_)) = tokio::task::unconstrained(to_a.next()).now_or_never() {
+        before += 1;
+    }
+    let done = wait_stats(&stats, "r1", "all 4000 packets routed", |s| {
+        s.routed_packets == 4000
+    })
+    .await;
+    assert!(before > 0, "some packets went to `a` before it withdrew");
+    assert_eq!(
+        done.analyzers["a"].packets, before,
+        "every packet routed to `a` arrived before the confirmation"
+    );
+    b.wait_packets(4000 - before).await;
+    assert_eq!(b.packets(), 4000 - before);
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
+async fn withdraw_newcomer_and_silent_death_reshape_the_shares() {
+    let server = NatsServer::start();
+    let AAndB {
+        client,
+        mut distributor,
+        members,
+        stats,
+        mut a,
+        b,
+    } = replica_with_a_and_b(&server).await;
     let record = read_member(&members, "a").await.unwrap();
     assert_eq!(
         (record.weight, record.instances.clone()),

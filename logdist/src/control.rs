@@ -42,6 +42,22 @@ pub struct Withdraw {
     pub instance: String,
 }
 
+/// A distributor replica's confirmation of a withdrawal, published on
+/// [`Names::withdrawn_subject`](crate::Names::withdrawn_subject) right after the replica applied
+/// it: from then on it routes nothing to that instance, and everything it routed there before was
+/// published before this confirmation, on the same connection, so it arrives first.
+///
+/// ```json
+/// {"id":"1","instance":"a1b2","distributor":"dist-a"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawalConfirmed {
+    pub id: String,
+    pub instance: String,
+    /// Replica id of the confirming distributor (its `Logdist-Distributor` header value).
+    pub distributor: String,
+}
+
 /// Why a control message was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ControlError {

@@ -69,6 +69,12 @@ impl Names {
     pub fn analyzer_subject(&self, id: &str) -> String {
         format!("{}.{}", self.analyzer_prefix, id)
     }
+
+    /// Subject on which distributor replicas confirm the withdrawals of analyzer `id`'s
+    /// instances: `<prefix>.<id>.withdrawn` (ids have no dots, so it is no analyzer's subject).
+    pub fn withdrawn_subject(&self, id: &str) -> String {
+        format!("{}.{}.withdrawn", self.analyzer_prefix, id)
+    }
 }
 
 #[cfg(test)]
@@ -81,5 +87,6 @@ mod tests {
         assert_eq!(names.agent_ingest_subject("a7"), "logs.ingest.a7");
         assert_eq!(names.ingest_wildcard(), "logs.ingest.>");
         assert_eq!(names.analyzer_subject("3"), "analyzer.3");
+        assert_eq!(names.withdrawn_subject("3"), "analyzer.3.withdrawn");
     }
 }
