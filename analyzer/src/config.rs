@@ -109,8 +109,9 @@ pub struct AnalyzerConfig {
     )]
     pub checkpoint_interval: Duration,
 
-    /// On shutdown, how long to wait for packets already delivered to be handed over and
-    /// analyzed, and for the final stats to be written.
+    /// On shutdown, the limit of each step: the withdrawal, waiting for the distributors to
+    /// confirm it, handing over and analyzing the packets already delivered, the final stats
+    /// write.
     #[arg(
         long,
         env = "ANALYZER_DRAIN_TIMEOUT",
@@ -121,10 +122,10 @@ pub struct AnalyzerConfig {
     )]
     pub drain_timeout: Duration,
 
-    /// On shutdown, after the withdrawal is sent: keep analyzing until no packet has arrived for
-    /// this long, then unsubscribe. Packets that distributors routed here before they processed
-    /// the withdrawal are still on their way; unsubscribing at once would lose them (at-most-once
-    /// mode). Bounded by --drain-timeout. 0s unsubscribes at once.
+    /// On shutdown, after the withdrawal is sent, the analyzer waits for every distributor
+    /// replica that routed here in the last 30 s to confirm it (their packets have all arrived
+    /// then). When none did, it waits instead until no packet has arrived for this long, then
+    /// unsubscribes (at most --drain-timeout; 0s unsubscribes at once).
     #[arg(
         long,
         env = "ANALYZER_WITHDRAW_GRACE",

@@ -9,6 +9,7 @@
 //! - [`printer`]: `--print`, one line per log message;
 //! - [`work`]: `--work-per-message`, the simulated analysis cost for load tests;
 //! - [`heartbeat`]: announce, heartbeat and withdraw on the control subject;
+//! - [`withdrawal`]: the distributor replicas to hear from before a withdrawn instance stops;
 //! - [`service`]: the async shell that runs all of it and shuts down in protocol order.
 
 pub mod analysis;
@@ -19,6 +20,7 @@ pub mod latency;
 pub mod printer;
 pub mod report;
 pub mod service;
+pub mod withdrawal;
 pub mod work;
 
 pub use analysis::{Analysis, PacketMeta, PacketOutcome};

@@ -21,8 +21,9 @@
 //! knows the subscription), and only then announce, so no packet is routed here before we listen.
 //!
 //! Shutdown (SIGINT/SIGTERM): stop heartbeating, send the withdrawal and flush it, so distributors
-//! stop routing here first; keep analyzing until no packet has arrived for `--withdraw-grace`
-//! (packets routed before a distributor processed the withdrawal are still in flight); then drain
+//! stop routing here first; keep analyzing until every distributor replica that routed here
+//! recently has confirmed the withdrawal ([`crate::withdrawal`]; packets routed before a replica
+//! processed the withdrawal are still in flight until then); then drain
 //! the subscription (unsubscribe, and analyze everything already delivered), print the final
 //! summary, write the final stats with state `down`.
 
@@ -33,7 +34,7 @@ use async_nats::{Client, HeaderName, Message, Subject};
 use futures::StreamExt;
 use logdist::buckets::{self, BucketError};
 use logdist::connect::{self, ConnectError};
-use logdist::control::Heartbeat;
+use logdist::control::{Heartbeat, WithdrawalConfirmed};
 use logdist::headers;
 use logdist::stats::{analyzer_key, AnalyzerStats};
 use tokio::sync::mpsc;
@@ -46,6 +47,7 @@ use crate::heartbeat::{self, ControlPublishError};
 use crate::latency::parse_sent_at;
 use crate::printer::RecordPrinter;
 use crate::report::{summary_line, Reporter, STATE_DOWN, STATE_UP};
+use crate::withdrawal::RoutingReplicas;
 use crate::work::SimulatedWork;
 
 /// Description given to the stats bucket when the analyzer is the first to create it.
@@ -99,6 +101,15 @@ pub async fn run(
         .await
         .map_err(|e| ServiceError::Subscribe {
             subject: subject.clone(),
+            detail: e.to_string(),
+        })?;
+    // The distributors' confirmations of this instance's withdrawal (see `withdrawal`).
+    let withdrawn_subject = config.names.withdrawn_subject(id);
+    let mut confirmations = client
+        .subscribe(withdrawn_subject.clone())
+        .await
+        .map_err(|e| ServiceError::Subscribe {
+            subject: withdrawn_subject.clone(),
             detail: e.to_string(),
         })?;
     client
@@ -196,18 +207,46 @@ pub async fn run(
         ),
     }
     // Distributors stop routing here only once they have processed the withdrawal; packets they
-    // sent before that are still on their way. Keep analyzing (and checkpointing) until the
-    // subscription has been quiet for `--withdraw-grace`, at most `--drain-timeout`.
+    // sent before that are still on their way. Keep analyzing (and checkpointing) until every
+    // replica that routed here recently has confirmed the withdrawal (its packets are then all
+    // in the subscription, see `withdrawal`), at most `--drain-timeout`. When no replica routed
+    // here recently, until the subscription has been quiet for `--withdraw-grace`.
     if !subscription_closed {
         let grace = config.withdraw_grace.min(limit);
         let hard_deadline = tokio::time::Instant::now() + limit;
         let quiet = tokio::time::sleep(grace);
         tokio::pin!(quiet);
         let mut late = 0u64;
+        let mut confirmed_by = 0usize;
         loop {
+            let now = Instant::now();
+            let recent = handler.replicas.any_recent(now);
+            if recent && handler.replicas.awaiting(now).is_empty() {
+                break;
+            }
             tokio::select! {
                 biased;
-                () = &mut quiet => break,
+                () = tokio::time::sleep_until(hard_deadline) => {
+                    let awaiting = handler.replicas.awaiting(Instant::now()).join(", ");
+                    tracing::warn!(
+                        replicas = %awaiting,
+                        timeout = ?limit,
+                        "no withdrawal confirmation from these distributor replicas (gone, or an older version); packets they route here from now on are lost"
+                    );
+                    break;
+                }
+                () = &mut quiet, if !recent => break,
+                Some(message) = confirmations.next() => {
+                    match serde_json::from_slice::<WithdrawalConfirmed>(&message.payload) {
+                        Ok(c) if c.id == id && c.instance == instance => {
+                            confirmed_by += 1;
+                            handler.replicas.confirmed(&c.distributor);
+                        }
+                        Ok(_) => {} // another instance of this id withdrew
+                        Err(e) => tracing::warn!(subject = %message.subject, error = %e,
+                            "ignoring a malformed withdrawal confirmation"),
+                    }
+                }
                 _ = checkpoint_ticks.tick(), if !pending.is_empty() => {
                     let stats = reporter.checkpoint(&handler.analysis, STATE_UP);
                     send_checkpoint(&stats_tx, stats, &mut pending).await;
@@ -228,7 +267,7 @@ pub async fn run(
         }
         tracing::info!(
             packets = late,
-            ?grace,
+            confirmations = confirmed_by,
             "packets that arrived after the withdrawal were analyzed"
         );
     }
@@ -290,6 +329,9 @@ struct PacketHandler {
     // Header names built once: looking up by `&str` would allocate a name per packet.
     packet_id_header: HeaderName,
     sent_at_header: HeaderName,
+    distributor_header: HeaderName,
+    /// The replicas that route here, for the confirmed withdrawal.
+    replicas: RoutingReplicas,
     invalid_logged: bool,
 }
 
@@ -305,6 +347,10 @@ impl PacketHandler {
             sent_at_header: headers::SENT_AT
                 .parse()
                 .expect("the contract's header names are valid"),
+            distributor_header: headers::DISTRIBUTOR
+                .parse()
+                .expect("the contract's header names are valid"),
+            replicas: RoutingReplicas::default(),
             invalid_logged: false,
         }
     }
@@ -314,6 +360,10 @@ impl PacketHandler {
     /// since redelivering them cannot change the outcome).
     async fn handle(&mut self, message: Message) -> Option<Subject> {
         let message_headers = message.headers.as_ref();
+        if let Some(replica) = message_headers.and_then(|h| h.get(self.distributor_header.clone()))
+        {
+            self.replicas.saw(replica.as_str(), Instant::now());
+        }
         let meta = PacketMeta {
             packet_id: message_headers
                 .and_then(|h| h.get(self.packet_id_header.clone()))

@@ -190,10 +190,27 @@ async fn publish_packets(
     count: usize,
     size: usize,
 ) {
+    route_packets(client, subject, None, expected, count, size).await
+}
+
+/// Publishes `count` packets of `size` messages to `subject`, with the `Logdist-Distributor`
+/// header of replica `replica` when given (as a distributor routes them).
+async fn route_packets(
+    client: &Client,
+    subject: &str,
+    replica: Option<&str>,
+    expected: &mut Expected,
+    count: usize,
+    size: usize,
+) {
     for i in 0..count {
         let payload = expected.packet(i, size);
+        let mut routed = HeaderMap::new();
+        if let Some(replica) = replica {
+            routed.insert(headers::DISTRIBUTOR, replica);
+        }
         client
-            .publish(subject.to_string(), payload.into())
+            .publish_with_headers(subject.to_string(), routed, payload.into())
             .await
             .expect("publish packet");
     }
@@ -305,6 +322,74 @@ async fn sigterm_right_after_publishing_counts_every_delivered_message() {
             .starts_with("analyzer drain/d1 down: 30000 msgs 3000 pkts"),
         "{}",
         analyzer.stdout()
+    );
+}
+
+/// A withdrawing instance keeps its subscription until each distributor replica that routed to
+/// it has confirmed the withdrawal, however late: packets a busy replica routes between the
+/// withdrawal and its confirmation are analyzed. With `--withdraw-grace 0s` the quiet-period rule
+/// alone would unsubscribe at once and lose them. A replica that never confirms is named in a
+/// warning when `--drain-timeout` runs out.
+#[tokio::test]
+async fn a_withdrawal_waits_until_each_replica_that_routed_here_confirms() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    let mut analyzer = spawn_analyzer(
+        &server,
+        "wc",
+        "wc-1",
+        &["--withdraw-grace", "0s", "--drain-timeout", "3s"],
+    );
+    wait_online(&mut control, "wc-1", &analyzer).await;
+
+    // Two replicas route here; "silent" will never confirm.
+    let mut expected = Expected::new();
+    route_packets(&client, "analyzer.wc", Some("busy"), &mut expected, 10, 3).await;
+    route_packets(&client, "analyzer.wc", Some("silent"), &mut expected, 10, 3).await;
+    let bucket = stats_bucket(&client).await;
+    wait_until("20 packets analyzed", WAIT, || async {
+        read_stats(&bucket, "wc", "wc-1")
+            .await
+            .is_some_and(|s| s.packets == 20)
+    })
+    .await;
+
+    analyzer.signal("TERM");
+    while !matches!(
+        next_control(&mut control, "wc-1", &analyzer).await,
+        ControlMessage::Down(_)
+    ) {}
+    // "busy" takes half a second to get to the withdrawal, routing 50 more packets meanwhile,
+    // then confirms.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    route_packets(&client, "analyzer.wc", Some("busy"), &mut expected, 50, 3).await;
+    let confirmation = logdist::control::WithdrawalConfirmed {
+        id: "wc".into(),
+        instance: "wc-1".into(),
+        distributor: "busy".into(),
+    };
+    client
+        .publish(
+            "analyzer.wc.withdrawn",
+            serde_json::to_vec(&confirmation).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let status = analyzer.wait(WAIT).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", analyzer.stderr());
+    let stats = read_stats(&bucket, "wc", "wc-1")
+        .await
+        .expect("final stats");
+    assert_eq!(stats.state, "down");
+    expected.assert_matches(&stats);
+    let log = analyzer.stderr();
+    assert!(
+        log.contains("no withdrawal confirmation") && log.contains("silent"),
+        "{log}"
     );
 }
 
