@@ -201,7 +201,10 @@ struct Pipeline<'a> {
     max_attempts: u32,
     window: usize,
     max_in_flight: usize,
+    max_in_flight_bytes: usize,
     in_flight: FuturesUnordered<Delivery>,
+    /// Payload bytes of the requests in flight.
+    in_flight_bytes: usize,
     /// Requests in flight per analyzer id.
     per_analyzer: HashMap<Arc<str>, usize>,
     /// Packets to send (new, or to retry), oldest first.
@@ -238,7 +241,9 @@ pub(crate) async fn run(
         max_attempts: alo.max_attempts,
         window: alo.analyzer_window,
         max_in_flight: alo.max_in_flight,
+        max_in_flight_bytes: alo.max_in_flight_bytes,
         in_flight: FuturesUnordered::new(),
+        in_flight_bytes: 0,
         per_analyzer: HashMap::new(),
         ready: VecDeque::new(),
         idle_logged: false,
@@ -264,6 +269,7 @@ pub(crate) async fn run(
         p.dispatch_ready().await;
         let room = p.ready.is_empty()
             && p.in_flight.len() < p.max_in_flight
+            && p.in_flight_bytes < p.max_in_flight_bytes
             && !p.d.router.is_empty()
             && messages.is_some();
         tokio::select! {
@@ -388,6 +394,7 @@ impl Pipeline<'_> {
 
     fn send(&mut self, mut packet: Packet, reservation: Reservation) {
         packet.sent = Instant::now();
+        self.in_flight_bytes += packet.out.payload.len();
         let request = Request::new()
             .headers(packet.out.headers.clone())
             .payload(packet.out.payload.clone())
@@ -404,6 +411,7 @@ impl Pipeline<'_> {
     /// A request finished: ack on a reply, otherwise retry elsewhere or dead-letter.
     async fn on_done(&mut self, done: (Packet, Reservation, Result<Message, RequestError>)) {
         let (mut packet, reservation, result) = done;
+        self.in_flight_bytes -= packet.out.payload.len();
         if let Some(n) = self.per_analyzer.get_mut(&reservation.id) {
             *n -= 1;
             if *n == 0 {

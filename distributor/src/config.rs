@@ -223,6 +223,14 @@ pub struct AtLeastOnceArgs {
           value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     pub max_in_flight: usize,
 
+    /// Most payload bytes in flight on this replica altogether (default 32 MiB): what bounds
+    /// its memory with large packets, where --max-in-flight bounds it with small ones. A single
+    /// larger packet still goes out, alone.
+    #[arg(long, env = "DISTRIBUTOR_MAX_IN_FLIGHT_BYTES", value_name = "BYTES",
+          default_value_t = 32 << 20,
+          value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    pub max_in_flight_bytes: usize,
+
     /// Packets asked from JetStream per pull request.
     #[arg(long, env = "DISTRIBUTOR_FETCH_BATCH", value_name = "N", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(1..=10_000).map(|v| v as usize))]

@@ -289,3 +289,53 @@ async fn a_packet_no_analyzer_acknowledges_is_dead_lettered_after_max_attempts()
     }
     wait_consumer_drained(&js).await;
 }
+
+/// `--max-in-flight-bytes` below the size of one packet: packets go out one at a time, and every
+/// one of them is still delivered and acked (the bound never blocks the pipeline).
+#[tokio::test]
+async fn a_byte_bound_below_one_packet_still_delivers_every_packet() {
+    const PACKETS: u64 = 20;
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut d1 = distributor(&url, "d1", "at-least-once", &["--max-in-flight-bytes", "1"]);
+    let _analyzers = three_analyzers(&[&url]);
+    let js = jetstream(&url).await;
+    wait_members(&js, 3).await;
+    wait_until("the LOGS stream", WAIT, || async {
+        js.get_stream("LOGS").await.is_ok()
+    })
+    .await;
+
+    let packet = format!(
+        "[{}]",
+        (0..100)
+            .map(|i| format!(
+                r#"{{"timestamp":{i},"severity":"INFO","source":"s","message":"message {i}"}}"#
+            ))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for _ in 0..PACKETS {
+        js.publish("logs.ingest", packet.clone().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored in LOGS");
+    }
+    let (captured, _) = wait_consumer_drained(&js).await;
+    assert_eq!(captured, PACKETS);
+    let stats = stats_bucket(&js).await;
+    let stats = &stats;
+    wait_until("every message counted", WAIT, || async move {
+        let mut total = 0;
+        for id in ["1", "2", "3"] {
+            total += analyzer_stats(stats, id).await.map_or(0, |s| s.messages);
+        }
+        total == PACKETS * 100
+    })
+    .await;
+    let last = settled_stats(&js, "d1").await;
+    assert_eq!(last.routed_packets, PACKETS);
+    assert_eq!(last.deadletter_packets, 0);
+    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+}
