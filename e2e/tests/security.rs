@@ -340,6 +340,18 @@ async fn a_viewer_reads_the_buckets_and_cannot_change_anything() {
     assert!(distributor_errors.all().is_empty());
 }
 
+/// The LOGS stream as a distributor creates it: it captures the ingest subjects, so agents
+/// publish exactly as before.
+async fn create_logs(js: &jetstream::Context) -> stream::Stream {
+    js.get_or_create_stream(stream::Config {
+        name: "LOGS".into(),
+        subjects: vec!["logs.ingest".into(), "logs.ingest.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("the distributor creates LOGS")
+}
+
 #[tokio::test]
 async fn the_distributor_role_covers_the_at_least_once_stream_and_no_more() {
     let server = SecureServer::start();
@@ -347,15 +359,7 @@ async fn the_distributor_role_covers_the_at_least_once_stream_and_no_more() {
     let (agent, _) = server.connect(Role::Agent).await;
     let (viewer, viewer_errors) = server.connect(Role::Viewer).await;
     let js = jetstream::new(distributor.clone());
-    // The LOGS stream captures the ingest subjects: agents publish exactly as before.
-    let logs = js
-        .get_or_create_stream(stream::Config {
-            name: "LOGS".into(),
-            subjects: vec!["logs.ingest".into(), "logs.ingest.>".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("the distributor creates LOGS");
+    let logs = create_logs(&js).await;
     let consumer = logs
         .get_or_create_consumer(
             "distributors",
@@ -423,6 +427,70 @@ async fn the_distributor_role_covers_the_at_least_once_stream_and_no_more() {
     viewer_errors
         .expect_violation("publish", "$JS.API.STREAM.INFO.LOGS")
         .await;
+}
+
+/// `acked_agent`: agent-sim `--publish jetstream --inbox-prefix _INBOX_acked_agent` gets every
+/// packet stored in LOGS and acknowledged, reading the acks on a prefix of its own; the role can
+/// read no other inbox and cannot touch the stream.
+#[tokio::test]
+async fn an_acked_agent_publishes_through_jetstream_on_an_inbox_of_its_own() {
+    const PREFIX: &str = "_INBOX_acked_agent";
+    let server = SecureServer::start();
+    let url = server.url();
+    let (distributor, _) = server.connect(Role::Distributor).await;
+    let mut logs = create_logs(&jetstream::new(distributor)).await;
+
+    let env = server.env(Role::AckedAgent);
+    let mut sim = Process::spawn(
+        "agent-sim",
+        &[
+            "--nats-url",
+            &url,
+            "--publish",
+            "jetstream",
+            "--inbox-prefix",
+            PREFIX,
+            "--agents",
+            "2",
+            "--count",
+            "2000",
+            "--json",
+        ],
+        &[(env[0].0, &env[0].1), (env[1].0, &env[1].1)],
+    );
+    let status = sim.wait(Duration::from_secs(60)).await;
+    assert!(status.success(), "{}", sim.stderr());
+    let report: serde_json::Value = serde_json::from_str(&sim.stdout()).unwrap();
+    let sent = &report["sent"];
+    assert_eq!(sent["messages"], 2000, "{sent:#}");
+    assert_eq!(sent["failed_packets"], 0, "{sent:#}");
+    let stored = logs.info().await.unwrap().state.messages;
+    assert_eq!(Some(stored), sent["packets"].as_u64(), "{sent:#}");
+    assert!(
+        server.violations_in_log().is_empty(),
+        "{}",
+        server.server.log()
+    );
+
+    // The same user cannot read the shared inbox, nor delete the stream.
+    let errors = common::ServerErrors::default();
+    let agent = errors
+        .options()
+        .custom_inbox_prefix(PREFIX)
+        .user_and_password(
+            Role::AckedAgent.user().into(),
+            server.password(Role::AckedAgent).into(),
+        )
+        .connect(&url)
+        .await
+        .unwrap();
+    let _spy = agent.subscribe("_INBOX.>").await.unwrap();
+    errors.expect_violation("subscription", "_INBOX.>").await;
+    assert!(jetstream::new(agent).delete_stream("LOGS").await.is_err());
+    errors
+        .expect_violation("publish", "$JS.API.STREAM.DELETE.LOGS")
+        .await;
+    assert_eq!(logs.info().await.unwrap().state.messages, stored);
 }
 
 #[tokio::test]

@@ -51,6 +51,29 @@ pub struct NatsArgs {
     /// Client private key (PEM) for mutual TLS (with --tls-cert).
     #[arg(long, env = "NATS_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Prefix of the subjects this client receives replies on (`<prefix>.<random>`). A user
+    /// whose permissions allow only its own inbox (e.g. `acked_agent` in nats-secure.conf) sets
+    /// it to that prefix, so no other user's replies are readable.
+    #[arg(long, env = "NATS_INBOX_PREFIX", value_name = "PREFIX", default_value = DEFAULT_INBOX_PREFIX,
+          value_parser = parse_inbox_prefix)]
+    pub inbox_prefix: String,
+}
+
+/// The NATS clients' usual reply-subject prefix.
+pub const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
+
+/// An inbox prefix is one or more subject tokens without wildcards.
+fn parse_inbox_prefix(prefix: &str) -> Result<String, String> {
+    let valid_token =
+        |t: &str| !t.is_empty() && !t.contains(['*', '>']) && !t.chars().any(|c| c.is_whitespace());
+    if prefix.split('.').all(valid_token) {
+        Ok(prefix.to_string())
+    } else {
+        Err(format!(
+            "{prefix:?} is not a subject prefix: use dot-separated tokens without spaces, '*' or '>' (e.g. _INBOX_agent7)"
+        ))
+    }
 }
 
 impl NatsArgs {
@@ -64,6 +87,7 @@ impl NatsArgs {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            inbox_prefix: DEFAULT_INBOX_PREFIX.to_string(),
         }
     }
 }
@@ -268,6 +292,7 @@ async fn options(
             .require_tls(true);
     }
     Ok(options
+        .custom_inbox_prefix(&args.inbox_prefix)
         .name(name)
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
@@ -290,5 +315,16 @@ mod tests {
         assert!(server_addrs("").is_err());
         let err = server_addrs("nats://a:4222,nats://b:notaport").unwrap_err();
         assert!(err.to_string().contains("nats://b:notaport"), "{err}");
+    }
+
+    #[test]
+    fn inbox_prefixes() {
+        for good in ["_INBOX", "_INBOX_acked_agent", "inbox.agent-7"] {
+            assert_eq!(parse_inbox_prefix(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "a..b", "_INBOX.>", "in*", "two words", "trailing."] {
+            let err = parse_inbox_prefix(bad).unwrap_err();
+            assert!(err.contains("not a subject prefix"), "{bad:?}: {err}");
+        }
     }
 }

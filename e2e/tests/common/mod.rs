@@ -15,6 +15,7 @@ use logdist::testing::{workspace_root, NatsServer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Agent,
+    AckedAgent,
     Analyzer,
     Distributor,
     Viewer,
@@ -22,8 +23,9 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Agent,
+        Role::AckedAgent,
         Role::Analyzer,
         Role::Distributor,
         Role::Viewer,
@@ -33,6 +35,7 @@ impl Role {
     pub fn user(self) -> &'static str {
         match self {
             Role::Agent => "agent",
+            Role::AckedAgent => "acked_agent",
             Role::Analyzer => "analyzer",
             Role::Distributor => "distributor",
             Role::Viewer => "viewer",
