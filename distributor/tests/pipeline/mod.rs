@@ -92,13 +92,6 @@ pub fn agent_sim_for(urls: &str, duration: &str, quiet: &str) -> Process {
     agent_sim_with(urls, duration, quiet, "core", "0.5")
 }
 
-/// [`agent_sim`] publishing through JetStream with acknowledgements and retries
-/// (`--publish jetstream`): what agents must do so that nothing they send while the server is
-/// down is lost before the stream stores it.
-pub fn agent_sim_acked(urls: &str) -> Process {
-    agent_sim_with(urls, "6s", "3s", "jetstream", "0.5")
-}
-
 /// agent-sim at 20,000 messages/s in packets of 1–100 for `duration`, publishing with `publish`
 /// (`core` or `jetstream`), verified with no loss allowed and shares within `max_deviation` pp,
 /// once the counters stayed still for `quiet`; the JSON report on stdout.
