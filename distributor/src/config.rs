@@ -122,11 +122,11 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     pub http_max_body_bytes: usize,
 
-    /// At-most-once: most packets this replica's NATS client buffers between the socket and the
-    /// router. It bounds memory when agents publish faster than the replica routes: past it the
-    /// client drops what arrives and counts each drop in `slow_consumer_events` (what the server
-    /// would drop anyway, without holding up to 64 K packets in memory first). At-least-once
-    /// needs no such bound: JetStream hands out --fetch-batch packets at a time.
+    /// At-most-once: most packets this replica's ingest connection buffers between the socket
+    /// and the router. It bounds memory when agents publish faster than the replica routes: past
+    /// it the client drops what arrives, counted exactly in the stats' `ingest_dropped_packets`
+    /// (what would be lost anyway, without holding up to 64 K packets in memory first).
+    /// At-least-once needs no such bound: JetStream hands out --fetch-batch packets at a time.
     #[arg(long, env = "DISTRIBUTOR_INGEST_BUFFER", value_name = "PACKETS",
           default_value_t = DEFAULT_INGEST_BUFFER,
           value_parser = clap::value_parser!(u64).range(16..=1_048_576).map(|v| v as usize))]
