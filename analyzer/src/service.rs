@@ -231,7 +231,7 @@ pub async fn run(
                     tracing::warn!(
                         replicas = %awaiting,
                         timeout = ?limit,
-                        "no withdrawal confirmation from these distributor replicas (gone, or an older version); packets they route here from now on are lost"
+                        "no withdrawal confirmation from these distributor replicas (gone, or an older version); at-most-once, packets they still route here are lost"
                     );
                     break;
                 }
