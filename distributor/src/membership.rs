@@ -181,20 +181,10 @@ impl Membership {
         events
     }
 
-    /// Parses, validates and applies one control-subject payload. A rejected payload is counted
-    /// in [`bad_heartbeats`](Self::bad_heartbeats) and returned as the error.
-    pub fn apply_payload(
-        &mut self,
-        payload: &[u8],
-        now: Instant,
-    ) -> Result<Vec<MembershipEvent>, ControlError> {
-        match ControlMessage::parse(payload) {
-            Ok(message) => Ok(self.apply(message, now)),
-            Err(e) => {
-                self.bad_heartbeats += 1;
-                Err(e)
-            }
-        }
+    /// Parses and validates one control-subject payload, for [`apply`](Self::apply). A rejected
+    /// payload is counted in [`bad_heartbeats`](Self::bad_heartbeats) and returned as the error.
+    pub fn parse_payload(&mut self, payload: &[u8]) -> Result<ControlMessage, ControlError> {
+        ControlMessage::parse(payload).inspect_err(|_| self.bad_heartbeats += 1)
     }
 
     /// Applies one valid control message.
@@ -529,12 +519,13 @@ mod tests {
             br#"{"id":"1","weight":1,"instance":"a","state":"up","interval_ms":1}"#,
             b"not json",
         ] {
-            assert!(m.apply_payload(payload, t0).is_err());
+            assert!(m.parse_payload(payload).is_err());
         }
         assert_eq!(m.bad_heartbeats(), 5);
         assert!(m.is_empty());
         let ok = br#"{"id":"1","weight":1,"instance":"a","state":"up","interval_ms":100}"#;
-        assert_eq!(m.apply_payload(ok, t0).unwrap().len(), 1);
+        let message = m.parse_payload(ok).unwrap();
+        assert_eq!(m.apply(message, t0).len(), 1);
         assert_eq!(m.bad_heartbeats(), 5);
     }
 

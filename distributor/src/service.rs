@@ -215,9 +215,8 @@ async fn run_at_most_once(
         Err(ConnectError::Cancelled { .. }) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    distributor.ingest_events = Some(connection.events);
-    distributor.ingest_client = Some((connection.client.clone(), args.ingest_buffer));
-    let client = connection.client;
+    let client = connection.client.clone();
+    distributor.ingest = Some(IngestConnection::new(connection, args.ingest_buffer));
     let subscribe_err = |subject: &str, e: async_nats::SubscribeError| RunError::Subscribe {
         subject: subject.to_string(),
         detail: e.to_string(),
@@ -258,13 +257,14 @@ async fn run_at_most_once(
         distributor.drain(control, &mut ingest, &mut ingest_agents),
     )
     .await;
+    let ingest = distributor.ingest.as_mut().expect("set above");
     match drained {
-        Ok(()) => distributor.ingest_drained = true,
+        Ok(()) => ingest.drained = true,
         Err(_) => {
             tracing::warn!(timeout = ?DRAIN_TIMEOUT, "ingest subscriptions did not drain in time")
         }
     }
-    let dropped = distributor.ingest_dropped();
+    let dropped = ingest.dropped();
     if dropped > 0 {
         tracing::warn!(
             packets = dropped,
@@ -297,10 +297,53 @@ pub(crate) struct Counters {
     held_total: u64,
     held_overflow: u64,
     pub(crate) redelivered: u64,
-    /// Packets taken from the at-most-once ingest subscriptions.
-    ingest_taken: u64,
-    /// Packets the ingest connection dropped, as last reported (never decreases).
-    ingest_dropped: u64,
+}
+
+/// The at-most-once ingest connection (see `run_at_most_once`), and what it takes to count the
+/// packets it dropped: its client counts every message it reads, the router counts what it
+/// takes, and the difference was dropped or still waits in one of the two subscription buffers.
+struct IngestConnection {
+    client: Client,
+    events: Arc<ConnectionEvents>,
+    /// `--ingest-buffer`: the most packets each of the two subscriptions can hold.
+    buffer: usize,
+    /// Packets the router took from the ingest subscriptions.
+    taken: u64,
+    /// Both subscriptions ended: nothing waits in their buffers any more.
+    drained: bool,
+    /// Dropped packets as last reported (never decreases).
+    dropped: u64,
+}
+
+impl IngestConnection {
+    fn new(connection: logdist::Connection, buffer: usize) -> Self {
+        IngestConnection {
+            client: connection.client,
+            events: connection.events,
+            buffer,
+            taken: 0,
+            drained: false,
+            dropped: 0,
+        }
+    }
+
+    /// Packets dropped so far: a lower bound until the subscriptions are drained (up to
+    /// 2 × `buffer` may still be waiting), then exact; never decreases.
+    fn dropped(&mut self) -> u64 {
+        let read = self
+            .client
+            .statistics()
+            .in_messages
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let waiting = if self.drained {
+            0
+        } else {
+            2 * self.buffer as u64
+        };
+        let dropped = read.saturating_sub(self.taken).saturating_sub(waiting);
+        self.dropped = self.dropped.max(dropped);
+        self.dropped
+    }
 }
 
 /// All routing state of one replica, owned by the event loop.
@@ -317,12 +360,8 @@ pub(crate) struct Distributor {
     hold: HoldQueue<Outgoing>,
     pub(crate) counters: Counters,
     events: Arc<ConnectionEvents>,
-    /// Events of the at-most-once ingest connection (its drops count as slow consumers).
-    ingest_events: Option<Arc<ConnectionEvents>>,
-    /// The at-most-once ingest connection and its buffer size, to count what it dropped.
-    ingest_client: Option<(Client, usize)>,
-    /// Both ingest subscriptions ended: nothing waits in their buffers any more.
-    ingest_drained: bool,
+    /// The at-most-once ingest connection (`None` in at-least-once mode).
+    ingest: Option<IngestConnection>,
     mirror: Option<MembershipMirror>,
     started_at_ms: u64,
     rate_mark: (Instant, u64),
@@ -344,9 +383,7 @@ impl Distributor {
             hold: HoldQueue::new(args.hold_max_packets, args.hold_max_bytes),
             counters: Counters::default(),
             events,
-            ingest_events: None,
-            ingest_client: None,
-            ingest_drained: false,
+            ingest: None,
             mirror: None,
             started_at_ms: unix_millis_now(),
             rate_mark: (Instant::now(), 0),
@@ -437,7 +474,9 @@ impl Distributor {
             headers,
             ..
         } = message;
-        self.counters.ingest_taken += 1;
+        if let Some(ingest) = &mut self.ingest {
+            ingest.taken += 1;
+        }
         if let Some(out) = self.validate(subject, headers, payload).await {
             self.forward(out).await;
         }
@@ -621,19 +660,26 @@ impl Distributor {
     }
 
     pub(crate) async fn on_control(&mut self, payload: &[u8]) {
-        match self.membership.apply_payload(payload, Instant::now()) {
-            Ok(events) => {
-                self.apply_events(events).await;
-                if let Ok(ControlMessage::Down(withdraw)) = ControlMessage::parse(payload) {
-                    self.confirm_withdrawal(withdraw).await;
-                }
+        let message = match self.membership.parse_payload(payload) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!(
+                    code = e.code(),
+                    error = %e,
+                    payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]),
+                    "rejected control message"
+                );
+                return;
             }
-            Err(e) => tracing::warn!(
-                code = e.code(),
-                error = %e,
-                payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]),
-                "rejected control message"
-            ),
+        };
+        let withdrawn = match &message {
+            ControlMessage::Down(withdraw) => Some(withdraw.clone()),
+            ControlMessage::Up(_) => None,
+        };
+        let events = self.membership.apply(message, Instant::now());
+        self.apply_events(events).await;
+        if let Some(withdraw) = withdrawn {
+            self.confirm_withdrawal(withdraw).await;
         }
     }
 
@@ -734,28 +780,6 @@ impl Distributor {
     }
 
     /// The replica's stats now.
-    /// Packets the ingest connection dropped so far. The client counts every message it reads;
-    /// what the router did not take was dropped or still waits in one of the two subscription
-    /// buffers, so the count is a lower bound until the subscriptions are drained (then exact),
-    /// and never decreases.
-    fn ingest_dropped(&mut self) -> u64 {
-        if let Some((client, buffer)) = &self.ingest_client {
-            let read = client
-                .statistics()
-                .in_messages
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let unaccounted = read.saturating_sub(self.counters.ingest_taken);
-            let waiting = if self.ingest_drained {
-                0
-            } else {
-                2 * *buffer as u64
-            };
-            let dropped = unaccounted.saturating_sub(waiting);
-            self.counters.ingest_dropped = self.counters.ingest_dropped.max(dropped);
-        }
-        self.counters.ingest_dropped
-    }
-
     pub(crate) fn snapshot(&mut self) -> DistributorStats {
         let now = Instant::now();
         let routed = self.router.routed_messages();
@@ -765,7 +789,11 @@ impl Distributor {
             self.messages_per_sec = (routed - mark_routed) as f64 / elapsed;
             self.rate_mark = (now, routed);
         }
-        let ingest_dropped = self.ingest_dropped();
+        let ingest_dropped = self.ingest.as_mut().map_or(0, IngestConnection::dropped);
+        // Client events of both connections.
+        let events = |count: fn(&ConnectionEvents) -> u64| {
+            count(&self.events) + self.ingest.as_ref().map_or(0, |i| count(&i.events))
+        };
         let c = &self.counters;
         DistributorStats {
             replica: self.replica.clone(),
@@ -791,15 +819,9 @@ impl Distributor {
             held_overflow: c.held_overflow,
             redelivered: c.redelivered,
             ingest_dropped_packets: ingest_dropped,
-            slow_consumer_events: self.events.slow_consumer_events()
-                + self
-                    .ingest_events
-                    .as_ref()
-                    .map_or(0, |e| e.slow_consumer_events()),
-            disconnects: self.events.disconnects()
-                + self.ingest_events.as_ref().map_or(0, |e| e.disconnects()),
-            reconnects: self.events.reconnects()
-                + self.ingest_events.as_ref().map_or(0, |e| e.reconnects()),
+            slow_consumer_events: events(ConnectionEvents::slow_consumer_events),
+            disconnects: events(ConnectionEvents::disconnects),
+            reconnects: events(ConnectionEvents::reconnects),
             bad_heartbeats: self.membership.bad_heartbeats(),
             messages_per_sec: self.messages_per_sec,
             epoch: self.router.epoch(),
