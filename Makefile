@@ -48,7 +48,9 @@ test: tools fmt-check clippy unit
 demo: tools
 	@bash scripts/demo.sh
 
-# Starts its own nats-server on free ports; several minutes. Rewrites BENCHMARKS.md and docs/shares.png.
+# Starts its own nats-server on free ports; several minutes. Rewrites BENCHMARKS.md (keeping its
+# hand-written "Where the targets stand" section, whose figures are then to be brought up to date)
+# and docs/shares.png.
 bench: tools
 	$(CARGO) build --release --bins
 	target/release/logdist-bench $(BENCH_ARGS)
