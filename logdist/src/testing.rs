@@ -55,7 +55,37 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+///
+/// Taken below the kernel's ephemeral range when there is room: a port from that range can be
+/// handed to an outgoing connection (a cluster node dialling its routes, a test client) between
+/// our release and nats-server's bind, which once failed a cluster start with "address already
+/// in use". Below the range only another test's pick can collide, and picks are random.
 pub fn free_port() -> u16 {
+    static PICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOW: u16 = 10_000;
+    if ephemeral_low > LOW + 1000 {
+        let span = u64::from(ephemeral_low - LOW);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
+        for _ in 0..200 {
+            let n = PICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // SplitMix64 step: a different, well-spread port for every pick.
+            let mut z = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let port = LOW + (z % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
