@@ -7,6 +7,7 @@
 //! | `POST /message/send` | one JSON log object (the old service's body) |
 //! | `POST /messages` | a JSON array (a packet), or NDJSON with `Content-Type: application/x-ndjson`; optionally `Content-Encoding: gzip` |
 //! | `GET /analyzer/stats` | the old service's stats view: per analyzer `id`, `weight`, `messages` |
+//! | `POST /v1/logs` | OTLP/HTTP logs, protobuf or JSON ([`otlp`]: one export request, one packet) |
 //! | `GET /healthz` | 200 while connected to NATS, 503 otherwise |
 //!
 //! Each accepted body is validated with the same [`PacketValidator`] as NATS ingest and published
@@ -14,7 +15,10 @@
 //! `acknowledged` (the distributor's at-least-once mode) the publish goes through JetStream and the
 //! response waits for the stream's ack: a 200 means stored. A request is accepted whole or not at
 //! all: 400 (invalid, with the field and reason), 413 (over the size limit), 415 (content type),
-//! 503 (NATS unreachable) — never a 200 for something that was dropped.
+//! 503 (NATS unreachable) — never a 200 for something that was dropped. `/v1/logs` answers as the
+//! OTLP specification asks instead (see [`otlp`]).
+
+pub mod otlp;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -56,12 +60,16 @@ pub struct GatewayCounters {
     pub accepted_requests: AtomicU64,
     pub accepted_messages: AtomicU64,
     pub rejected_requests: AtomicU64,
+    /// Dead letters the gateway published itself (OTLP requests and records it refused).
+    pub deadletters: AtomicU64,
 }
 
 struct Gateway {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     subject: async_nats::Subject,
+    /// Where OTLP packets go: `<ingest-subject>.otlp`.
+    otlp_subject: async_nats::Subject,
     names: Names,
     validator: PacketValidator,
     max_body_bytes: usize,
@@ -105,6 +113,7 @@ pub async fn start(
     let gateway = Arc::new(Gateway {
         jetstream: jetstream::new(client.clone()),
         subject: config.names.agent_ingest_subject("http").into(),
+        otlp_subject: config.names.agent_ingest_subject(otlp::AGENT).into(),
         client,
         names: config.names.clone(),
         validator: PacketValidator::new(config.max_body_bytes),
@@ -115,6 +124,7 @@ pub async fn start(
     let router = Router::new()
         .route("/message/send", post(send_one))
         .route("/messages", post(send_many))
+        .route("/v1/logs", post(otlp::export_logs))
         .route("/analyzer/stats", get(analyzer_stats))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -224,7 +234,7 @@ async fn send_one(
                 "POST /message/send takes one JSON log object; send arrays to POST /messages",
             ));
         }
-        gw.publish(body, 1).await
+        gw.publish(&gw.subject, "http", body, 1).await
     }
     .await;
     gw.respond(result)
@@ -269,7 +279,7 @@ async fn send_many(
             return Err(api);
         }
         let count = packet.records.len() as u64;
-        gw.publish(payload, count).await
+        gw.publish(&gw.subject, "http", payload, count).await
     }
     .await;
     gw.respond(result)
@@ -419,19 +429,18 @@ impl Gateway {
             })
     }
 
-    async fn publish(&self, payload: Bytes, count: u64) -> Result<Accepted, ApiError> {
-        let unavailable = |e: String| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "nats_unavailable",
-                format!("NATS did not take the message: {e}; nothing was accepted, retry later"),
-            )
-        };
-        if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(unavailable("not connected".into()));
-        }
+    /// Publishes one packet of `count` log messages to `subject` as agent `agent`; in
+    /// acknowledged mode, through JetStream and only `Ok` once the stream stored it.
+    async fn publish(
+        &self,
+        subject: &async_nats::Subject,
+        agent: &str,
+        payload: Bytes,
+        count: u64,
+    ) -> Result<Accepted, ApiError> {
+        self.require_connected()?;
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(logdist::headers::AGENT, "http");
+        headers.insert(logdist::headers::AGENT, agent);
         headers.insert(
             logdist::headers::SENT_AT,
             logdist::headers::unix_nanos_now().to_string().as_str(),
@@ -439,15 +448,15 @@ impl Gateway {
         if self.acknowledged {
             let ack = self
                 .jetstream
-                .publish_with_headers(self.subject.clone(), headers, payload)
+                .publish_with_headers(subject.clone(), headers, payload)
                 .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            ack.await.map_err(|e| unavailable(e.to_string()))?;
+                .map_err(|e| nats_unavailable(e.to_string()))?;
+            ack.await.map_err(|e| nats_unavailable(e.to_string()))?;
         } else {
             self.client
-                .publish_with_headers(self.subject.clone(), headers, payload)
+                .publish_with_headers(subject.clone(), headers, payload)
                 .await
-                .map_err(|e| unavailable(e.to_string()))?;
+                .map_err(|e| nats_unavailable(e.to_string()))?;
         }
         self.counters
             .accepted_messages
@@ -456,6 +465,47 @@ impl Gateway {
             accepted: count,
             stored: self.acknowledged,
         })
+    }
+
+    fn require_connected(&self) -> Result<(), ApiError> {
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            Ok(())
+        } else {
+            Err(nats_unavailable("not connected".into()))
+        }
+    }
+
+    /// Publishes `payload`, refused by the gateway itself, to the dead-letter subject with the
+    /// headers of docs/protocol.md (`Logdist-Subject` is the ingest subject it was meant for).
+    /// An error means the copy was not kept, so the request must not be answered as final.
+    async fn deadletter(
+        &self,
+        agent: &str,
+        payload: Bytes,
+        code: &'static str,
+        reason: &str,
+        index: Option<usize>,
+    ) -> Result<(), ApiError> {
+        self.require_connected()?;
+        let subject = self.names.agent_ingest_subject(agent);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(logdist::headers::AGENT, agent);
+        // Header values cannot hold line breaks; reasons may quote user input.
+        headers.insert(
+            logdist::headers::ERROR,
+            reason.replace(['\r', '\n'], " ").as_str(),
+        );
+        headers.insert(logdist::headers::ERROR_CODE, code);
+        headers.insert(logdist::headers::SUBJECT, subject.as_str());
+        if let Some(index) = index {
+            headers.insert(logdist::headers::INDEX, index.to_string().as_str());
+        }
+        self.client
+            .publish_with_headers(self.names.deadletter_subject.clone(), headers, payload)
+            .await
+            .map_err(|e| nats_unavailable(e.to_string()))?;
+        self.counters.deadletters.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn respond(&self, result: Result<Accepted, ApiError>) -> Response {
@@ -475,6 +525,14 @@ impl Gateway {
             }
         }
     }
+}
+
+fn nats_unavailable(e: String) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "nats_unavailable",
+        format!("NATS did not take the message: {e}; nothing was accepted, retry later"),
+    )
 }
 
 /// One analyzer in the old service's stats view.

@@ -63,6 +63,20 @@ async fn nothing_more(sub: &mut async_nats::Subscriber) {
     );
 }
 
+/// Kills the fixture's nats-server and waits until the gateway's client notices.
+async fn stop_nats(server: &mut NatsServer, client: &async_nats::Client) {
+    server.kill();
+    logdist::testing::wait_until(
+        "client sees the disconnect",
+        Duration::from_secs(10),
+        || {
+            let state = client.connection_state();
+            async move { state != async_nats::connection::State::Connected }
+        },
+    )
+    .await;
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(data).unwrap();
@@ -248,16 +262,7 @@ async fn every_error_status_and_nothing_published() {
             .status(),
         200
     );
-    f.server.kill();
-    logdist::testing::wait_until(
-        "client sees the disconnect",
-        Duration::from_secs(10),
-        || {
-            let state = f.client.connection_state();
-            async move { state != async_nats::connection::State::Connected }
-        },
-    )
-    .await;
+    stop_nats(&mut f.server, &f.client).await;
     assert_eq!(
         http.get(format!("{}/healthz", f.base))
             .send()
@@ -358,4 +363,262 @@ async fn analyzer_stats_is_the_old_services_view() {
             {"id": "2", "weight": 0.3, "messages": 90, "online": false}
         ])
     );
+}
+
+/// OTLP/HTTP logs, the fixtures built with the OpenTelemetry project's own types.
+mod otlp {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message as _;
+
+    fn record(severity_number: i32, body: &str) -> LogRecord {
+        LogRecord {
+            time_unix_nano: 1_764_590_400_000_000_000,
+            severity_number,
+            body: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(body.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(service: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(service.into())),
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    log_records: records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    async fn post(f: &Fixture, ctype: &str, gzipped: bool, body: Vec<u8>) -> reqwest::Response {
+        let mut r = reqwest::Client::new()
+            .post(format!("{}/v1/logs", f.base))
+            .header("Content-Type", ctype);
+        if gzipped {
+            r = r.header("Content-Encoding", "gzip");
+        }
+        r.body(body).send().await.unwrap()
+    }
+
+    struct Subjects {
+        ingest: async_nats::Subscriber,
+        deadletter: async_nats::Subscriber,
+    }
+
+    async fn subscribe(f: &Fixture) -> Subjects {
+        let subjects = Subjects {
+            ingest: f.client.subscribe("logs.ingest.otlp").await.unwrap(),
+            deadletter: f.client.subscribe("logs.deadletter").await.unwrap(),
+        };
+        f.client.flush().await.unwrap();
+        subjects
+    }
+
+    fn header(msg: &async_nats::Message, name: &str) -> String {
+        msg.headers.as_ref().unwrap().get(name).unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn protobuf_and_json_requests_become_one_canonical_packet_each() {
+        let f = fixture(1 << 20, false).await;
+        let mut s = subscribe(&f).await;
+
+        let req = request(
+            "checkout",
+            vec![record(9, "a"), record(17, "b"), record(21, "c")],
+        );
+        let r = post(&f, "application/x-protobuf", false, req.encode_to_vec()).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/x-protobuf");
+        let answer = ExportLogsServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
+        assert_eq!(answer.partial_success, None, "full success leaves it unset");
+        let msg = next(&mut s.ingest).await;
+        assert_eq!(header(&msg, logdist::headers::AGENT), "otlp");
+        let packet = logdist::PacketValidator::default()
+            .parse(&msg.payload)
+            .unwrap();
+        assert!(packet.is_fully_valid());
+        let seen: Vec<_> = packet
+            .records
+            .iter()
+            .map(|r| (r.severity.as_str(), r.source.as_ref(), r.message.as_ref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("INFO", "checkout", "a"),
+                ("ERROR", "checkout", "b"),
+                ("FATAL", "checkout", "c")
+            ]
+        );
+
+        // OTLP/JSON as the specification writes it (hex ids, 64-bit integers as strings),
+        // gzip-compressed.
+        let json = r#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"search"}}]},
+            "scopeLogs":[{"scope":{"name":"s"},"logRecords":[
+              {"timeUnixNano":"1764590400000000000","severityNumber":13,"severityText":"WARN","body":{"stringValue":"slow"},
+               "traceId":"5B8EFFF798038103D269B633813FC60C","spanId":"EEE19B7EC3C1B174","unknownField":1},
+              {"observedTimeUnixNano":1764590400000000001,"severityText":"debug","body":{"kvlistValue":{"values":[{"key":"q","value":{"intValue":"7"}}]}}}]}]}]}"#;
+        let r = post(&f, "application/json", true, gzip(json.as_bytes())).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap(),
+            serde_json::json!({})
+        );
+        let msg = next(&mut s.ingest).await;
+        let messages: Vec<serde_json::Value> = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0]["severity"], "WARN");
+        assert_eq!(messages[0]["source"], "search");
+        assert_eq!(messages[0]["trace_id"], "5b8efff798038103d269b633813fc60c");
+        assert_eq!(messages[1]["severity"], "DEBUG");
+        assert_eq!(messages[1]["message"], r#"{"q":7}"#);
+        assert_eq!(messages[1]["timestamp"], "2025-12-01T12:00:00.000000001Z");
+
+        // An empty request succeeds and publishes nothing.
+        let r = post(&f, "application/x-protobuf", false, Vec::new()).await;
+        assert_eq!(r.status(), 200);
+        nothing_more(&mut s.ingest).await;
+        nothing_more(&mut s.deadletter).await;
+    }
+
+    #[tokio::test]
+    async fn refused_records_are_a_partial_success_and_dead_letters() {
+        let f = fixture(1 << 20, false).await;
+        let mut s = subscribe(&f).await;
+        let mut loud = record(0, "loud");
+        loud.severity_text = "LOUD".into();
+        let req = request("web", vec![record(9, "ok"), loud, record(13, "ok too")]);
+        let r = post(&f, "application/x-protobuf", false, req.encode_to_vec()).await;
+        assert_eq!(r.status(), 200);
+        let answer = ExportLogsServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
+        let partial = answer.partial_success.unwrap();
+        assert_eq!(partial.rejected_log_records, 1);
+        assert!(
+            partial.error_message.contains("LOUD"),
+            "{}",
+            partial.error_message
+        );
+        let dead = next(&mut s.deadletter).await;
+        assert_eq!(
+            header(&dead, logdist::headers::ERROR_CODE),
+            "unknown_severity"
+        );
+        assert_eq!(header(&dead, logdist::headers::INDEX), "1");
+        assert_eq!(header(&dead, logdist::headers::SUBJECT), "logs.ingest.otlp");
+        let kept: LogRecord = serde_json::from_slice(&dead.payload).unwrap();
+        assert_eq!(kept.severity_text, "LOUD");
+        let packet = next(&mut s.ingest).await;
+        assert_eq!(
+            logdist::PacketValidator::default().count_if_valid(&packet.payload),
+            Some(2)
+        );
+
+        // The same in OTLP/JSON.
+        let json = r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"severityNumber":99},{"severityNumber":1}]}]}]}"#;
+        let r = post(&f, "application/json", false, json.into()).await;
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["partialSuccess"]["rejectedLogRecords"], "1");
+        next(&mut s.deadletter).await;
+        let packet = next(&mut s.ingest).await;
+        let messages: Vec<serde_json::Value> = serde_json::from_slice(&packet.payload).unwrap();
+        assert_eq!(messages[0]["source"], "unknown_service");
+        assert_eq!(messages[0]["severity"], "TRACE");
+    }
+
+    #[tokio::test]
+    async fn otlp_errors_are_status_messages_and_keep_a_dead_letter() {
+        let mut f = fixture(4096, false).await;
+        let mut s = subscribe(&f).await;
+
+        // Not protobuf: 400 (not retryable), a google.rpc.Status, and the bytes kept.
+        let garbage = b"\xff\xff\xff\xff not protobuf".to_vec();
+        let r = post(&f, "application/x-protobuf", false, garbage.clone()).await;
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.headers()["content-type"], "application/x-protobuf");
+        let status = logdist_http::otlp::Status::decode(r.bytes().await.unwrap()).unwrap();
+        assert_eq!(status.code, 3);
+        assert!(
+            status.message.contains("ExportLogsServiceRequest"),
+            "{}",
+            status.message
+        );
+        let dead = next(&mut s.deadletter).await;
+        assert_eq!(header(&dead, logdist::headers::ERROR_CODE), "bad_protobuf");
+        assert_eq!(&dead.payload[..], &garbage[..]);
+
+        let r = post(
+            &f,
+            "application/json",
+            false,
+            b"{\"resourceLogs\":7}".to_vec(),
+        )
+        .await;
+        assert_eq!(r.status(), 400);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], 3);
+        assert!(body["message"].as_str().unwrap().contains("OTLP/JSON"));
+        let dead = next(&mut s.deadletter).await;
+        assert_eq!(header(&dead, logdist::headers::ERROR_CODE), "bad_otlp_json");
+
+        // 413: the body, or the packet it would become, over the limit (not retryable either).
+        let r = post(&f, "application/x-protobuf", false, vec![0; 5000]).await;
+        assert_eq!(r.status(), 413);
+        let many: Vec<_> = (0..60)
+            .map(|i| record(9, &format!("message {i}")))
+            .collect();
+        let body = request("web", many).encode_to_vec();
+        assert!(body.len() < 4096);
+        let r = post(&f, "application/x-protobuf", false, body).await;
+        assert_eq!(r.status(), 413);
+        let status = logdist_http::otlp::Status::decode(r.bytes().await.unwrap()).unwrap();
+        assert!(
+            status.message.contains("smaller batches"),
+            "{}",
+            status.message
+        );
+        assert_eq!(
+            header(&next(&mut s.deadletter).await, logdist::headers::ERROR_CODE),
+            "too_large"
+        );
+
+        // 415 for anything but the two OTLP encodings.
+        let r = post(&f, "text/plain", false, b"hello".to_vec()).await;
+        assert_eq!(r.status(), 415);
+        nothing_more(&mut s.ingest).await;
+
+        // 503 while NATS is down: the one retryable answer.
+        stop_nats(&mut f.server, &f.client).await;
+        let r = post(
+            &f,
+            "application/x-protobuf",
+            false,
+            request("web", vec![record(9, "m")]).encode_to_vec(),
+        )
+        .await;
+        assert_eq!(r.status(), 503);
+        let status = logdist_http::otlp::Status::decode(r.bytes().await.unwrap()).unwrap();
+        assert_eq!(status.code, 14);
+    }
 }

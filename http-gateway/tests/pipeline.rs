@@ -74,12 +74,18 @@ async fn healthy(base: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn http_packets_reach_analyzers_with_the_same_share_accuracy() {
+/// A distributor serving HTTP and three analyzers weighted 0.5, 0.3, 0.2, all known to it.
+struct Pipeline {
+    server: NatsServer,
+    base: String,
+    _processes: Vec<Process>,
+}
+
+async fn pipeline() -> Pipeline {
     let server = NatsServer::start();
     let url = server.url();
     let port = free_port();
-    let _distributor = Process::spawn(
+    let distributor = Process::spawn(
         "distributor",
         &[
             "run",
@@ -92,7 +98,8 @@ async fn http_packets_reach_analyzers_with_the_same_share_accuracy() {
         ],
         &[],
     );
-    let _analyzers = [
+    let processes = vec![
+        distributor,
         analyzer(&url, "1", "0.5"),
         analyzer(&url, "2", "0.3"),
         analyzer(&url, "3", "0.2"),
@@ -101,6 +108,16 @@ async fn http_packets_reach_analyzers_with_the_same_share_accuracy() {
     healthy(&base).await;
     // Wait until the distributor knows all three analyzers.
     wait_for_members(&url, 3, Duration::from_secs(30)).await;
+    Pipeline {
+        server,
+        base,
+        _processes: processes,
+    }
+}
+
+#[tokio::test]
+async fn http_packets_reach_analyzers_with_the_same_share_accuracy() {
+    let Pipeline { server, base, .. } = &pipeline().await;
 
     // 1,500 packets of 1..=40 messages from 6 concurrent HTTP clients.
     let mut tasks = tokio::task::JoinSet::new();
@@ -128,7 +145,7 @@ async fn http_packets_reach_analyzers_with_the_same_share_accuracy() {
     while let Some(r) = tasks.join_next().await {
         sent += r.unwrap();
     }
-    let counts = analyzed(&server, sent).await;
+    let counts = analyzed(server, sent).await;
     let total: u64 = counts.iter().map(|(_, m)| m).sum();
     for ((id, messages), target) in counts.iter().zip([50.0, 30.0, 20.0]) {
         let share = 100.0 * *messages as f64 / total as f64;
@@ -198,4 +215,97 @@ async fn at_least_once_200_survives_a_distributor_kill() {
     let _analyzer = analyzer(&url, "1", "1");
     let counts = analyzed(&server, accepted).await;
     assert_eq!(counts, vec![("1".to_string(), accepted)]);
+}
+
+/// The Python interpreter of the project's venv (`make tools`), or `$LOGDIST_PYTHON`.
+fn python() -> std::path::PathBuf {
+    std::env::var_os("LOGDIST_PYTHON")
+        .map(Into::into)
+        .unwrap_or_else(|| logdist::testing::workspace_root().join(".tools/venv/bin/python"))
+}
+
+/// The OpenTelemetry Python SDK, logging through Python's `logging`, exports to `/v1/logs`
+/// (protobuf with the SDK's exporter, and OTLP/JSON): every record is analyzed under its
+/// severity and service, the shares hold, and a malformed body is a 400 and a dead letter.
+#[tokio::test]
+async fn opentelemetry_python_sdk_logs_are_analyzed_by_severity_and_service() {
+    use futures::StreamExt;
+    const PER: u64 = 300; // records per service, level and encoding
+    let Pipeline { server, base, .. } = &pipeline().await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut deadletters = client.subscribe("logs.deadletter").await.unwrap();
+    client.flush().await.unwrap();
+
+    let script = logdist::testing::workspace_root().join("http-gateway/tests/otel_sdk_logs.py");
+    let run = tokio::process::Command::new(python())
+        .arg(&script)
+        .arg(base)
+        .arg(PER.to_string())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the SDK script finished in time")
+        .expect("run the venv's python (make tools)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "SDK script failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["malformed_status"], 400);
+
+    let (services, levels) = (3, 6);
+    let total = 2 * services * levels * PER;
+    let counts = analyzed(server, total).await;
+    for ((id, messages), target) in counts.iter().zip([50.0, 30.0, 20.0]) {
+        let share = 100.0 * *messages as f64 / total as f64;
+        // The routing bound: under (k-1) x 5 messages (the SDK's batch) of error out of 10,800.
+        assert!(
+            (share - target).abs() < 0.1,
+            "analyzer {id}: {share:.3}% vs {target}%"
+        );
+    }
+    let js = async_nats::jetstream::new(client.clone());
+    let snapshot = StatsSnapshot::read(&js.get_key_value("logdist_stats").await.unwrap())
+        .await
+        .unwrap();
+    let mut by_severity = std::collections::BTreeMap::<String, u64>::new();
+    let mut by_source = std::collections::BTreeMap::<String, u64>::new();
+    for a in &snapshot.analyzers {
+        for (severity, n) in &a.by_severity {
+            *by_severity.entry(severity.clone()).or_default() += n;
+        }
+        for s in &a.top_sources {
+            *by_source.entry(s.source.clone()).or_default() += s.messages;
+        }
+    }
+    let per_severity = 2 * services * PER;
+    let expected: std::collections::BTreeMap<String, u64> =
+        ["DEBUG", "ERROR", "FATAL", "INFO", "TRACE", "WARN"]
+            .iter()
+            .map(|s| (s.to_string(), per_severity))
+            .collect();
+    assert_eq!(by_severity, expected);
+    let per_source = 2 * levels * PER;
+    let expected: std::collections::BTreeMap<String, u64> = ["checkout", "payments", "search"]
+        .iter()
+        .map(|s| (s.to_string(), per_source))
+        .collect();
+    assert_eq!(by_source, expected);
+
+    // The malformed body, and nothing else, was dead-lettered.
+    let dead = tokio::time::timeout(Duration::from_secs(10), deadletters.next())
+        .await
+        .expect("a dead letter for the malformed body")
+        .unwrap();
+    let code = dead
+        .headers
+        .as_ref()
+        .unwrap()
+        .get(logdist::headers::ERROR_CODE);
+    assert_eq!(code.map(|c| c.as_str()), Some("bad_protobuf"));
+    let more = tokio::time::timeout(Duration::from_millis(300), deadletters.next()).await;
+    assert!(more.is_err(), "one dead letter only");
 }
