@@ -3,7 +3,8 @@
 //! This crate holds what the three binaries (`distributor`, `analyzer`, `agent-sim`) share: the
 //! wire contract ([`wire`], [`headers`], [`control`], [`stats`]), the names of subjects and
 //! buckets ([`names`]), NATS connection set-up ([`connect`], [`buckets`]), shutdown handling
-//! ([`shutdown`]) and logging ([`logging`]). With the `testing` feature it also provides the
+//! ([`shutdown`]), logging ([`logging`]), and the Prometheus metrics ([`metrics`]) with the
+//! `--metrics` listener that serves them beside the health probes ([`telemetry`]). With the `testing` feature it also provides the
 //! real-nats-server test harness ([`testing`]).
 
 pub mod buckets;
@@ -11,11 +12,13 @@ pub mod connect;
 pub mod control;
 pub mod headers;
 pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod runtime;
 pub mod shutdown;
 pub mod snapshot;
 pub mod stats;
+pub mod telemetry;
 pub mod wire;
 
 #[cfg(feature = "testing")]
