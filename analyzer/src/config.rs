@@ -144,6 +144,12 @@ pub struct AnalyzerConfig {
           value_parser = clap::value_parser!(u16).range(1..=1024).map(|v| v as usize))]
     pub worker_threads: Option<usize>,
 
+    /// Serve Prometheus metrics (`/metrics`) and the probes `/healthz` (alive) and `/readyz`
+    /// (connected to NATS, subscribed and announced) on this address, e.g. `0.0.0.0:9102`. Off
+    /// by default. The metrics are the counters of the stats record (see docs/metrics.md).
+    #[arg(long, env = "ANALYZER_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub nats: NatsArgs,
 

@@ -3,6 +3,7 @@
 //! percentiles stay accurate (3 significant digits) at any rate with a fixed memory footprint.
 
 use hdrhistogram::Histogram;
+use logdist::metrics::{LatencyBuckets, LATENCY_BUCKETS_SECONDS};
 use logdist::stats::LatencySummary;
 
 /// Largest latency recorded, in microseconds (one hour); longer ones are recorded as this.
@@ -66,6 +67,30 @@ impl LatencyHistogram {
     }
 }
 
+impl LatencyHistogram {
+    /// The histogram in the Prometheus buckets of [`LATENCY_BUCKETS_SECONDS`], for `/metrics`.
+    /// Each HDR bin goes to the bucket of its highest equivalent value (3 significant digits, so
+    /// a packet within 0.1 % of a bound may land in the next bucket); O(bins recorded).
+    pub fn buckets(&self) -> LatencyBuckets {
+        let mut counts = vec![0u64; LATENCY_BUCKETS_SECONDS.len() + 1];
+        let mut sum_seconds = 0.0;
+        for bin in self.histogram.iter_recorded() {
+            let seconds = bin.value_iterated_to() as f64 / 1e6;
+            let n = bin.count_at_value();
+            let bucket = LATENCY_BUCKETS_SECONDS
+                .iter()
+                .position(|&le| seconds <= le)
+                .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+            counts[bucket] += n;
+            sum_seconds += seconds * n as f64;
+        }
+        LatencyBuckets {
+            counts,
+            sum_seconds,
+        }
+    }
+}
+
 /// Parses a `Logdist-Sent-At` header value (decimal unix nanoseconds).
 pub fn parse_sent_at(value: &str) -> Option<u128> {
     value.trim().parse().ok()
@@ -116,6 +141,30 @@ mod tests {
         latency.record(0, 1_764_064_800 * SECOND_NS);
         let max = latency.summary().unwrap().max_us;
         assert!(max >= MAX_LATENCY_US - MAX_LATENCY_US / 1000, "{max}");
+    }
+
+    #[test]
+    fn prometheus_buckets_count_each_packet_once() {
+        let mut latency = LatencyHistogram::default();
+        let now = 1_764_064_800 * SECOND_NS;
+        for _ in 0..10 {
+            latency.record(now - 200_000, now); // 200 us
+        }
+        latency.record(now - 3 * SECOND_NS, now);
+        latency.record(now - 7200 * SECOND_NS, now); // beyond every bound
+        let buckets = latency.buckets();
+        assert_eq!(buckets.count(), 12);
+        let le = |bound: f64| {
+            LATENCY_BUCKETS_SECONDS
+                .iter()
+                .position(|&b| b == bound)
+                .unwrap()
+        };
+        assert_eq!(buckets.counts[le(0.00025)], 10);
+        assert_eq!(buckets.counts[le(10.0)], 1);
+        assert_eq!(buckets.counts[LATENCY_BUCKETS_SECONDS.len()], 1);
+        assert!((3600.0 + 3.0..3600.0 * 1.01 + 3.1).contains(&buckets.sum_seconds));
+        assert_eq!(LatencyHistogram::default().buckets().count(), 0);
     }
 
     #[test]

@@ -36,7 +36,9 @@ use logdist::buckets::{self, BucketError};
 use logdist::connect::{self, ConnectError};
 use logdist::control::{Heartbeat, WithdrawalConfirmed};
 use logdist::headers;
+use logdist::metrics::{AnalyzerCollector, AnalyzerSnapshot, LatestSnapshot, NatsCollector};
 use logdist::stats::{analyzer_key, AnalyzerStats};
+use logdist::telemetry::{self, Condition, NatsCondition, Readiness, Telemetry};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::analysis::{Analysis, PacketMeta, PacketOutcome};
 use crate::config::AnalyzerConfig;
 use crate::heartbeat::{self, ControlPublishError};
-use crate::latency::parse_sent_at;
+use crate::latency::{parse_sent_at, LatencyHistogram};
 use crate::printer::RecordPrinter;
 use crate::report::{summary_line, Reporter, STATE_DOWN, STATE_UP};
 use crate::withdrawal::RoutingReplicas;
@@ -68,6 +70,44 @@ pub enum ServiceError {
     SubscriptionClosed { subject: String },
     #[error("shutdown was not clean: {}", .0.join("; "))]
     UncleanShutdown(Vec<String>),
+    #[error("{0} / ANALYZER_METRICS")]
+    Metrics(#[from] telemetry::ServeError),
+}
+
+/// What `--metrics` serves, fed by the analyzer: its stats records and readiness.
+struct Observed {
+    latest: LatestSnapshot<AnalyzerSnapshot>,
+    nats: NatsCollector,
+    connected: NatsCondition,
+    /// Subscribed to its subject and announced; unset again once it withdraws.
+    serving: Condition,
+}
+
+impl Observed {
+    /// Starts the `--metrics` listener (before connecting, so `/readyz` says 503 meanwhile).
+    async fn start(
+        config: &AnalyzerConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Observed>, ServiceError> {
+        let Some(addr) = config.metrics else {
+            return Ok(None);
+        };
+        let readiness = Readiness::default();
+        let observed = Observed {
+            latest: LatestSnapshot::default(),
+            nats: NatsCollector::new(true),
+            connected: readiness.nats(),
+            serving: readiness.condition("subscribed and announced"),
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(AnalyzerCollector {
+            latest: observed.latest.clone(),
+        }));
+        registry.register_collector(Box::new(observed.nats.clone()));
+        let telemetry = Telemetry::new(registry, readiness);
+        telemetry::serve(addr, &telemetry, shutdown.child_token()).await?;
+        Ok(Some(observed))
+    }
 }
 
 /// Runs the analyzer until `shutdown` is cancelled. Returns the final stats record, or `None`
@@ -79,11 +119,16 @@ pub async fn run(
 ) -> Result<Option<AnalyzerStats>, ServiceError> {
     let id = config.id.as_str();
     let client_name = format!("analyzer {id}/{instance}");
+    let observed = Observed::start(config, &shutdown).await?;
     let connection = match connect::connect(&config.nats, &client_name, &shutdown).await {
         Ok(connection) => connection,
         Err(ConnectError::Cancelled { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    if let Some(observed) = &observed {
+        observed.nats.connected(&connection);
+        observed.connected.connected(&connection.client);
+    }
     let client = connection.client;
     let started = Instant::now();
 
@@ -137,8 +182,14 @@ pub async fn run(
     let mut reporter = Reporter::new(id, instance, config.weight, started);
     let mut handler = PacketHandler::new(config);
     let (stats_tx, stats_rx) = mpsc::channel(CHECKPOINT_QUEUE);
-    let _ = stats_tx.try_send(Checkpoint {
-        stats: reporter.snapshot(&handler.analysis, STATE_UP, started),
+    let stats_tx = StatsFeed {
+        tx: stats_tx,
+        metrics: observed.as_ref().map(|o| o.latest.clone()),
+    };
+    let first = reporter.snapshot(&handler.analysis, STATE_UP, started);
+    stats_tx.publish_metrics(&first, handler.analysis.latency());
+    let _ = stats_tx.tx.try_send(Checkpoint {
+        stats: first,
         replies: Vec::new(),
     });
     let stats_publisher = tokio::spawn(write_checkpoints(
@@ -151,6 +202,9 @@ pub async fn run(
     let mut pending: Vec<Subject> = Vec::new();
     let mut checkpoint_ticks = tokio::time::interval(config.checkpoint_interval);
     checkpoint_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    if let Some(observed) = &observed {
+        observed.serving.set(true);
+    }
     tracing::info!(
         analyzer_id = %id,
         instance = %instance,
@@ -172,11 +226,11 @@ pub async fn run(
             _ = report_ticks.tick() => {
                 let stats = reporter.snapshot(&handler.analysis, STATE_UP, Instant::now());
                 print_summary(&stats);
-                send_checkpoint(&stats_tx, stats, &mut pending).await;
+                send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
             }
             _ = checkpoint_ticks.tick(), if !pending.is_empty() => {
                 let stats = reporter.checkpoint(&handler.analysis, STATE_UP);
-                send_checkpoint(&stats_tx, stats, &mut pending).await;
+                send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
             }
             message = subscriber.next() => match message {
                 Some(message) => pending.extend(handler.handle(message).await),
@@ -192,6 +246,9 @@ pub async fn run(
     // but does not stop the later ones.
     let mut problems = Vec::new();
     let limit = config.drain_timeout;
+    if let Some(observed) = &observed {
+        observed.serving.set(false);
+    }
     heartbeat_stop.cancel();
     let _ = heartbeats.await;
     let withdrawal = heartbeat::withdraw(&client, &config.names.control_subject, id, instance);
@@ -249,7 +306,7 @@ pub async fn run(
                 }
                 _ = checkpoint_ticks.tick(), if !pending.is_empty() => {
                     let stats = reporter.checkpoint(&handler.analysis, STATE_UP);
-                    send_checkpoint(&stats_tx, stats, &mut pending).await;
+                    send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
                 }
                 message = subscriber.next() => match message {
                     Some(message) => {
@@ -294,8 +351,14 @@ pub async fn run(
     let final_stats = reporter.snapshot(&handler.analysis, STATE_DOWN, Instant::now());
     print_summary(&final_stats);
     // The final write also checkpoints the last packets, then acknowledges them.
-    send_checkpoint(&stats_tx, final_stats.clone(), &mut pending).await;
-    drop(stats_tx);
+    send_checkpoint(
+        &stats_tx,
+        final_stats.clone(),
+        handler.analysis.latency(),
+        &mut pending,
+    )
+    .await;
+    drop(stats_tx.tx);
     match tokio::time::timeout(limit, stats_publisher).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => problems.push(format!("stats publisher failed: {e}")),
@@ -442,14 +505,35 @@ struct Checkpoint {
     replies: Vec<Subject>,
 }
 
-/// Hands `stats` and the pending replies to the writer. A report with nothing to acknowledge is
-/// skipped when the writer is behind (the next one carries newer numbers); one with replies
-/// waits for room.
+/// Where each stats record goes: the KV writer, and `/metrics` when it is on.
+struct StatsFeed {
+    tx: mpsc::Sender<Checkpoint>,
+    metrics: Option<LatestSnapshot<AnalyzerSnapshot>>,
+}
+
+impl StatsFeed {
+    /// Makes `stats` (with the latency histogram of the same moment) what `/metrics` renders.
+    fn publish_metrics(&self, stats: &AnalyzerStats, latency: &LatencyHistogram) {
+        if let Some(latest) = &self.metrics {
+            latest.publish(AnalyzerSnapshot {
+                stats: stats.clone(),
+                latency: latency.buckets(),
+            });
+        }
+    }
+}
+
+/// Hands `stats` and the pending replies to the writer, and the same record to `/metrics`. A
+/// report with nothing to acknowledge is skipped when the writer is behind (the next one carries
+/// newer numbers); one with replies waits for room.
 async fn send_checkpoint(
-    tx: &mpsc::Sender<Checkpoint>,
+    feed: &StatsFeed,
     stats: AnalyzerStats,
+    latency: &LatencyHistogram,
     pending: &mut Vec<Subject>,
 ) {
+    feed.publish_metrics(&stats, latency);
+    let tx = &feed.tx;
     let checkpoint = Checkpoint {
         stats,
         replies: std::mem::take(pending),
