@@ -121,7 +121,7 @@ pub struct Config {
 impl Config {
     /// Checks what clap cannot: the agent prefix becomes part of a subject.
     pub fn validate(&self) -> Result<(), String> {
-        logdist::control::validate_name("agent prefix", &self.agent_prefix)
+        logdist::protocol::control::validate_name("agent prefix", &self.agent_prefix)
             .map_err(|e| format!("--agent-prefix: {e}"))?;
         if self.count == Some(0) {
             return Err("--count must be at least 1".into());
@@ -249,7 +249,7 @@ mod tests {
         let config = Config::try_parse_from(["agent-sim"]).unwrap();
         config.validate().unwrap();
         assert_eq!(config.agents, 10);
-        assert_eq!(config.nats.nats_url, logdist::connect::DEFAULT_NATS_URL);
+        assert_eq!(config.nats.nats_url, logdist::DEFAULT_NATS_URL);
         assert_eq!(config.publish, PublishMode::Core);
         let js = Config::try_parse_from(["agent-sim", "--publish", "jetstream"]).unwrap();
         assert_eq!(js.publish, PublishMode::Jetstream);

@@ -2,15 +2,15 @@
 //! progress, and with `--verify` checks from the analyzers' own counters that nothing was lost
 //! and that each analyzer received its share.
 //!
-//! Modules: [`config`] (flags), [`generator`] (realistic log content), [`sender`] (the agents),
-//! [`progress`] (live display), [`verify`] (the pipeline check), [`report`] (what is printed).
+//! Every module is private; the entry points are [`run`], [`Config`] and [`Report`]. Modules: `config` (flags), `generator` (realistic log content), `sender` (the agents),
+//! `progress` (live display), `verify` (the pipeline check), `report` (what is printed).
 
-pub mod config;
-pub mod generator;
-pub mod progress;
-pub mod report;
-pub mod sender;
-pub mod verify;
+mod config;
+mod generator;
+mod progress;
+mod report;
+mod sender;
+mod verify;
 
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-use report::Report;
+pub use report::Report;
 use sender::SendCounters;
 
 /// Runs agent-sim as configured. Returns the report (also for a failed verification: the caller
@@ -34,13 +34,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let buckets = if config.verify {
         let js = async_nats::jetstream::new(clients[0].clone());
-        let stats = logdist::buckets::open_or_create(
+        let stats = logdist::open_or_create_bucket(
             &js,
             &config.names.stats_bucket,
             "logdist live counters",
         )
         .await?;
-        let membership = logdist::buckets::open_or_create(
+        let membership = logdist::open_or_create_bucket(
             &js,
             &config.names.membership_bucket,
             "logdist analyzers online",

@@ -12,9 +12,9 @@ async fn main() -> ExitCode {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
-    logdist::logging::init();
+    logdist::init_logging();
     let json = config.json;
-    let shutdown = logdist::shutdown::on_signal();
+    let shutdown = logdist::shutdown_on_signal();
     match agent_sim::run(config, shutdown).await {
         Ok(report) => {
             if json {

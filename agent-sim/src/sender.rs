@@ -282,7 +282,7 @@ impl Acked {
             .collect();
         let run_id = format!(
             "{:x}-{:x}",
-            logdist::headers::unix_nanos_now(),
+            logdist::protocol::headers::unix_nanos_now(),
             std::process::id()
         );
         Acked {
@@ -533,11 +533,13 @@ impl Agent {
             };
             seq += 1;
             let mut headers = HeaderMap::new();
-            headers.insert(logdist::headers::AGENT, self.id.as_str());
-            headers.insert(logdist::headers::SEQ, seq.to_string().as_str());
+            headers.insert(logdist::protocol::headers::AGENT, self.id.as_str());
+            headers.insert(logdist::protocol::headers::SEQ, seq.to_string().as_str());
             headers.insert(
-                logdist::headers::SENT_AT,
-                logdist::headers::unix_nanos_now().to_string().as_str(),
+                logdist::protocol::headers::SENT_AT,
+                logdist::protocol::headers::unix_nanos_now()
+                    .to_string()
+                    .as_str(),
             );
             let len = payload.len() as u64;
             match &self.publisher {
@@ -611,5 +613,5 @@ fn rand_roll(seed: &[u8]) -> u64 {
 }
 
 fn now_ms() -> u64 {
-    logdist::stats::unix_millis_now()
+    logdist::protocol::stats::unix_millis_now()
 }

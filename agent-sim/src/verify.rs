@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use futures::TryStreamExt;
-use logdist::snapshot::StatsSnapshot;
+use logdist::StatsSnapshot;
 use serde::Serialize;
 
 use crate::config::PublishMode;
@@ -375,7 +375,7 @@ async fn read_counts_noting_failures(stats: &kv::Store) -> anyhow::Result<(Count
 /// Analyzer ids in the membership bucket now (retried, see [`retrying`]).
 pub async fn read_online(membership: &kv::Store) -> anyhow::Result<BTreeSet<String>> {
     let (online, _) = retrying("the membership bucket", || async {
-        Ok(logdist::snapshot::member_ids(membership).await?)
+        Ok(logdist::member_ids(membership).await?)
     })
     .await?;
     Ok(online)

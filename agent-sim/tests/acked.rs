@@ -59,10 +59,14 @@ async fn analyzed(js: &jetstream::Context) -> u64 {
     let Ok(stats) = js.get_key_value("logdist_stats").await else {
         return 0;
     };
-    let Ok(Some(value)) = stats.get(logdist::stats::analyzer_key("1", "i1")).await else {
+    let Ok(Some(value)) = stats
+        .get(logdist::protocol::stats::analyzer_key("1", "i1"))
+        .await
+    else {
         return 0;
     };
-    serde_json::from_slice::<logdist::stats::AnalyzerStats>(&value).map_or(0, |s| s.messages)
+    serde_json::from_slice::<logdist::protocol::stats::AnalyzerStats>(&value)
+        .map_or(0, |s| s.messages)
 }
 
 #[tokio::test]

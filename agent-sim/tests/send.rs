@@ -72,21 +72,24 @@ async fn count_mode_sends_exactly_the_count_with_agent_headers() {
     let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
     for msg in &sample {
         let headers = msg.headers.as_ref().expect("agent headers");
-        let agent = headers.get(logdist::headers::AGENT).unwrap().to_string();
+        let agent = headers
+            .get(logdist::protocol::headers::AGENT)
+            .unwrap()
+            .to_string();
         assert_eq!(msg.subject.as_str(), format!("logs.ingest.{agent}"));
         let sent_at: u128 = headers
-            .get(logdist::headers::SENT_AT)
+            .get(logdist::protocol::headers::SENT_AT)
             .unwrap()
             .as_str()
             .parse()
             .unwrap();
-        let age = logdist::headers::unix_nanos_now().saturating_sub(sent_at);
+        let age = logdist::protocol::headers::unix_nanos_now().saturating_sub(sent_at);
         assert!(
             age < 60_000_000_000,
             "Sent-At is a current unix-nanosecond time"
         );
         let seq: u64 = headers
-            .get(logdist::headers::SEQ)
+            .get(logdist::protocol::headers::SEQ)
             .unwrap()
             .as_str()
             .parse()

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use logdist::stats::SourceCount;
+use logdist::protocol::stats::SourceCount;
 use logdist::{LogRecord, PacketError, PacketValidator, Severity};
 
 use crate::dedup::PacketIdWindow;

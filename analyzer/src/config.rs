@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
 use clap::Parser;
-use logdist::control::{self, MAX_INTERVAL_MS, MIN_INTERVAL_MS};
+use logdist::protocol::control::{self, MAX_INTERVAL_MS, MIN_INTERVAL_MS};
 use logdist::{Names, NatsArgs};
 
 /// Default number of recent `Logdist-Packet-Id`s remembered for de-duplication.

@@ -46,10 +46,12 @@ impl PacketIdWindow {
     }
 
     /// Ids remembered now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }

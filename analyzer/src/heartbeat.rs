@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::Client;
-use logdist::control::{ControlMessage, Heartbeat, Withdraw};
+use logdist::protocol::control::{ControlMessage, Heartbeat, Withdraw};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 

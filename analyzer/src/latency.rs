@@ -4,7 +4,7 @@
 
 use hdrhistogram::Histogram;
 use logdist::metrics::{LatencyBuckets, LATENCY_BUCKETS_SECONDS};
-use logdist::stats::LatencySummary;
+use logdist::protocol::stats::LatencySummary;
 
 /// Largest latency recorded, in microseconds (one hour); longer ones are recorded as this.
 pub const MAX_LATENCY_US: u64 = 3_600_000_000;

@@ -11,9 +11,9 @@ use clap::Parser;
 fn main() -> ExitCode {
     // clap prints the usage error naming the flag and exits with code 2.
     let config = AnalyzerConfig::parse();
-    logdist::logging::init();
+    logdist::init_logging();
     let built =
-        logdist::runtime::build(config.worker_threads).context("cannot start the async runtime");
+        logdist::build_runtime(config.worker_threads).context("cannot start the async runtime");
     let runtime = match built {
         Ok(runtime) => runtime,
         Err(e) => return fail(e),
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: AnalyzerConfig) -> anyhow::Result<()> {
-    let shutdown = logdist::shutdown::on_signal();
+    let shutdown = logdist::shutdown_on_signal();
     let instance = config.instance_name();
     analyzer::run(&config, &instance, shutdown)
         .await

@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 
-use logdist::wire::Timestamp;
+use logdist::protocol::packet::Timestamp;
 use logdist::LogRecord;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -47,6 +47,7 @@ impl<W: Write> RecordPrinter<W> {
         self.out.flush()
     }
 
+    #[cfg(test)]
     pub fn into_inner(self) -> Result<W, io::Error> {
         self.out.into_inner().map_err(|e| e.into_error())
     }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use logdist::stats::{unix_millis_now, AnalyzerStats};
+use logdist::protocol::stats::{unix_millis_now, AnalyzerStats};
 use logdist::Severity;
 
 use crate::analysis::{Analysis, TOP_SOURCES};

@@ -32,13 +32,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderName, Message, Subject};
 use futures::StreamExt;
-use logdist::buckets::{self, BucketError};
-use logdist::connect::{self, ConnectError};
-use logdist::control::{Heartbeat, WithdrawalConfirmed};
-use logdist::headers;
 use logdist::metrics::{AnalyzerCollector, AnalyzerSnapshot, LatestSnapshot, NatsCollector};
-use logdist::stats::{analyzer_key, AnalyzerStats};
+use logdist::protocol::control::{Heartbeat, WithdrawalConfirmed};
+use logdist::protocol::headers;
+use logdist::protocol::stats::{analyzer_key, AnalyzerStats};
 use logdist::telemetry::{self, Condition, NatsCondition, Readiness, Telemetry};
+use logdist::ConnectError;
+use logdist::{open_or_create_bucket, BucketError};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -120,7 +120,7 @@ pub async fn run(
     let id = config.id.as_str();
     let client_name = format!("analyzer {id}/{instance}");
     let observed = Observed::start(config, &shutdown).await?;
-    let connection = match connect::connect(&config.nats, &client_name, &shutdown).await {
+    let connection = match logdist::connect(&config.nats, &client_name, &shutdown).await {
         Ok(connection) => connection,
         Err(ConnectError::Cancelled { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
@@ -133,7 +133,7 @@ pub async fn run(
     let started = Instant::now();
 
     let jetstream = async_nats::jetstream::new(client.clone());
-    let stats_bucket = buckets::open_or_create(
+    let stats_bucket = open_or_create_bucket(
         &jetstream,
         &config.names.stats_bucket,
         STATS_BUCKET_DESCRIPTION,

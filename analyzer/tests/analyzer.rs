@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv::Store;
 use async_nats::{Client, HeaderMap, Subscriber};
 use futures::StreamExt;
-use logdist::control::{ControlMessage, Heartbeat, Withdraw};
-use logdist::headers;
-use logdist::stats::{analyzer_key, AnalyzerStats, SourceCount};
+use logdist::protocol::control::{ControlMessage, Heartbeat, Withdraw};
+use logdist::protocol::headers;
+use logdist::protocol::stats::{analyzer_key, AnalyzerStats, SourceCount};
 use logdist::testing::{wait_until, NatsServer, Process};
 
 const CONTROL: &str = "logdist.control";
@@ -365,7 +365,7 @@ async fn a_withdrawal_waits_until_each_replica_that_routed_here_confirms() {
     // then confirms.
     tokio::time::sleep(Duration::from_millis(500)).await;
     route_packets(&client, "analyzer.wc", Some("busy"), &mut expected, 50, 3).await;
-    let confirmation = logdist::control::WithdrawalConfirmed {
+    let confirmation = logdist::protocol::control::WithdrawalConfirmed {
         id: "wc".into(),
         instance: "wc-1".into(),
         distributor: "busy".into(),

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use logdist::snapshot::StatsSnapshot;
 use logdist::testing::{NatsServer, Process};
+use logdist::StatsSnapshot;
 
 /// What routes the packets from agent-sim to the analyzers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,9 +201,12 @@ pub async fn run(
     let url = server.url();
     let client = async_nats::connect(&url).await?;
     let js = async_nats::jetstream::new(client);
-    let stats =
-        logdist::buckets::open_or_create(&js, logdist::names::DEFAULT_STATS_BUCKET, "stats")
-            .await?;
+    let stats = logdist::open_or_create_bucket(
+        &js,
+        logdist::protocol::names::DEFAULT_STATS_BUCKET,
+        "stats",
+    )
+    .await?;
 
     let mut processes = Vec::new();
     for (id, weight) in scenario.analyzers() {
@@ -261,10 +264,10 @@ pub async fn run(
         let mut ready = snapshot.analyzers.len() >= wanted;
         if scenario.has_distributor() {
             let members = match js
-                .get_key_value(logdist::names::DEFAULT_MEMBERSHIP_BUCKET)
+                .get_key_value(logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET)
                 .await
             {
-                Ok(kv) => logdist::snapshot::member_ids(&kv).await?.len(),
+                Ok(kv) => logdist::member_ids(&kv).await?.len(),
                 Err(_) => 0,
             };
             ready &= members >= wanted;

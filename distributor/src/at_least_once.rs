@@ -43,26 +43,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::header::{HeaderName, HeaderValue};
+use async_nats::header::HeaderValue;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream, AckKind};
 use async_nats::{Message, Request, RequestError, RequestErrorKind, Subscriber};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use logdist::protocol::deadletter::{Reason, UNDELIVERABLE};
+use logdist::protocol::headers::name::PACKET_ID;
 use logdist::Names;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AtLeastOnceArgs, RunArgs};
-use crate::outgoing::{Outgoing, Reason};
+use crate::core::{CoreSources, DeliveryMode, Distributor, ModeStats};
+use crate::outgoing::Outgoing;
 use crate::router::Reservation;
-use crate::service::Distributor;
 use crate::stats_publisher::StatsPublisher;
-
-/// Reason code of a packet that no analyzer acknowledged within `--max-attempts`.
-pub const UNDELIVERABLE: &str = "undeliverable";
-
-const PACKET_ID: HeaderName = HeaderName::from_static(logdist::headers::PACKET_ID);
 
 /// Idle heartbeat asked of the server on pull requests: a consumer that stops answering (server
 /// restart, leader lost) shows as an error within about two of these.
@@ -260,32 +257,23 @@ pub(crate) async fn run(
     let retry = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(retry);
     let mut retry_armed = false;
-    let mut stats_tick = tokio::time::interval(args.stats_interval);
-    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let expiry = tokio::time::sleep_until(p.d.expiry_deadline());
-    tokio::pin!(expiry);
+    let mut sources = CoreSources::new(p.d, control, publisher, args.stats_interval, shutdown);
 
     loop {
         p.dispatch_ready().await;
         let room = p.ready.is_empty()
             && p.in_flight.len() < p.max_in_flight
             && p.in_flight_bytes < p.max_in_flight_bytes
-            && !p.d.router.is_empty()
+            && !p.d.router().is_empty()
             && messages.is_some();
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
-            Some(message) = control.next() => {
-                p.d.on_control(&message.payload).await;
-                expiry.as_mut().reset(p.d.expiry_deadline());
-            }
-            () = &mut expiry => {
-                let events = p.d.membership.expire(Instant::now());
-                p.d.apply_events(events).await;
-                expiry.as_mut().reset(p.d.expiry_deadline());
+            event = sources.next() => {
+                if p.d.on_event(event, &mut sources, &mut InStream).await.is_break() {
+                    break;
+                }
             }
             Some(done) = p.in_flight.next() => p.on_done(done).await,
-            _ = stats_tick.tick() => publisher.offer(p.d.snapshot()),
             result = join(&mut opening) => {
                 opening = None;
                 match result {
@@ -337,6 +325,19 @@ pub(crate) async fn run(
     p.finish(alo.shutdown_timeout).await;
 }
 
+/// At-least-once keeps the packets that wait for an analyzer in the stream, not in the replica:
+/// nothing to release when the routing table changes (the loop dispatches what is ready first
+/// thing every turn), and no hold queue or connection of its own to report.
+struct InStream;
+
+impl DeliveryMode for InStream {
+    async fn routing_changed(&mut self, _core: &mut Distributor) {}
+
+    fn stats(&mut self) -> ModeStats {
+        ModeStats::default()
+    }
+}
+
 impl Pipeline<'_> {
     /// One message from the stream: validate, dead-letter what is invalid, queue the rest.
     async fn on_message(&mut self, message: jetstream::Message) {
@@ -373,20 +374,20 @@ impl Pipeline<'_> {
     async fn dispatch_ready(&mut self) {
         while let Some(packet) = self.ready.pop_front() {
             let messages = packet.out.messages;
-            let Some(i) = self.d.router.choose(messages, &packet.failed) else {
+            let Some(i) = self.d.router_mut().choose(messages, &packet.failed) else {
                 self.nak_no_analyzer(packet).await;
                 continue;
             };
             let busy = self
                 .per_analyzer
-                .get(self.d.router.id(i))
+                .get(self.d.router().id(i))
                 .is_some_and(|&n| n >= self.window);
             if busy {
                 self.ready.push_front(packet);
                 return;
             }
             self.idle_logged = false;
-            let reservation = self.d.router.reserve(i, messages);
+            let reservation = self.d.router_mut().reserve(i, messages);
             *self.per_analyzer.entry(reservation.id.clone()).or_insert(0) += 1;
             self.send(packet, reservation);
         }
@@ -399,7 +400,7 @@ impl Pipeline<'_> {
             .headers(packet.out.headers.clone())
             .payload(packet.out.payload.clone())
             .timeout(Some(self.request_timeout));
-        let client = self.d.client.clone();
+        let client = self.d.client().clone();
         self.in_flight.push(Box::pin(async move {
             let result = client
                 .send_request(reservation.subject.clone(), request)
@@ -426,21 +427,21 @@ impl Pipeline<'_> {
                     self.answered.insert(reservation.id.clone());
                 }
                 self.d
-                    .router
+                    .router_mut()
                     .confirm(&reservation, packet.out.payload.len());
-                self.d.counters.routed_packets += 1;
+                self.d.count_routed_packet();
                 ack(&packet.message, AckKind::Ack).await;
                 return;
             }
             Err(e) => e,
         };
-        self.d.router.cancel(&reservation);
+        self.d.router_mut().cancel(&reservation);
         if let Some(cause) = self.infrastructure_failure(&error, &reservation.id, packet.sent) {
             if !self.outage_logged {
                 tracing::warn!(analyzer_id = %reservation.id, error = %error, cause, "delivery failed for a reason outside the analyzer; packets go back to the stream (no attempt counted)");
                 self.outage_logged = true;
             }
-            self.d.counters.redelivered += 1;
+            self.d.count_redelivered();
             let delivered = packet.message.info().map_or(1, |i| i.delivered);
             ack(&packet.message, AckKind::Nak(Some(nak_delay(delivered)))).await;
             return;
@@ -469,7 +470,7 @@ impl Pipeline<'_> {
             ack(&message, AckKind::Ack).await;
             return;
         }
-        self.d.counters.redelivered += 1;
+        self.d.count_redelivered();
         // Restart JetStream's ack-wait clock: this replica is still working on the packet.
         ack(&packet.message, AckKind::Progress).await;
         self.ready.push_front(packet);
@@ -483,7 +484,7 @@ impl Pipeline<'_> {
         sent: Instant,
     ) -> Option<&'static str> {
         outage_cause(&RequestHealth {
-            connected: self.d.client.connection_state() == State::Connected,
+            connected: self.d.client().connection_state() == State::Connected,
             kind: error.kind(),
             consumer_unavailable: self.consumer_down_since.is_some() || self.consumer_up_at > sent,
             replies_since_sent: self.last_reply >= sent,
@@ -511,14 +512,14 @@ impl Pipeline<'_> {
             match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
                 Ok(Some((packet, reservation, Ok(_)))) => {
                     self.d
-                        .router
+                        .router_mut()
                         .confirm(&reservation, packet.out.payload.len());
-                    self.d.counters.routed_packets += 1;
+                    self.d.count_routed_packet();
                     ack(&packet.message, AckKind::Ack).await;
                 }
                 // Another replica (or this one, restarted) will deliver it.
                 Ok(Some((packet, reservation, Err(_)))) => {
-                    self.d.router.cancel(&reservation);
+                    self.d.router_mut().cancel(&reservation);
                     ack(&packet.message, AckKind::Nak(None)).await;
                 }
                 Ok(None) => break,

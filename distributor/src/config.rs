@@ -69,7 +69,7 @@ pub struct RunArgs {
     /// Largest payload accepted, in bytes; larger ones are dead-lettered (`too_large`). The
     /// default, 8 MiB, is the `max_payload` of nats.conf.
     #[arg(long, env = "DISTRIBUTOR_MAX_PACKET_BYTES", value_name = "BYTES",
-          default_value_t = logdist::wire::DEFAULT_MAX_PACKET_BYTES,
+          default_value_t = logdist::protocol::packet::DEFAULT_MAX_PACKET_BYTES,
           value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     pub max_packet_bytes: usize,
 
@@ -255,7 +255,7 @@ pub fn default_replica_id() -> String {
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "distributor".to_string());
-    logdist::stats::key_token(&format!("{host}-{}", std::process::id()))
+    logdist::protocol::stats::key_token(&format!("{host}-{}", std::process::id()))
 }
 
 /// Flags of `distributor stats`.
@@ -282,7 +282,7 @@ pub struct StatsArgs {
 }
 
 fn parse_replica_id(raw: &str) -> Result<String, String> {
-    logdist::control::validate_name("replica id", raw)
+    logdist::protocol::control::validate_name("replica id", raw)
         .map(|()| raw.to_string())
         .map_err(|e| e.to_string())
 }
@@ -307,7 +307,7 @@ fn parse_stats_interval(raw: &str) -> Result<Duration, String> {
 
 fn parse_js_name(raw: &str) -> Result<String, String> {
     // JetStream stream and consumer names become subject tokens.
-    logdist::control::validate_name("name", raw)
+    logdist::protocol::control::validate_name("name", raw)
         .map(|()| raw.to_string())
         .map_err(|e| e.to_string())
 }

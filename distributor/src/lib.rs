@@ -2,32 +2,48 @@
 //! routes each to one analyzer so that every analyzer receives a share of log messages
 //! proportional to its weight among the analyzers online now.
 //!
-//! Pure logic, unit-tested without NATS:
-//! - [`selector`]: [`WeightedSelector`], the deterministic message-weighted choice and its bound;
-//! - [`membership`]: [`Membership`], analyzers online from heartbeats, withdrawals and timeouts;
-//! - [`router`]: [`Router`], the routing table, epochs and per-analyzer counters;
-//! - [`hold_queue`]: [`HoldQueue`], the bounded FIFO used while no analyzer is online;
-//! - [`outgoing`]: the headers of forwarded packets and dead letters;
-//! - [`report`]: the `distributor stats` table.
+//! Every module is private; what other crates use is re-exported below. The map (see also
+//! `ARCHITECTURE.md`):
 //!
-//! The async shell: [`service`] (the event loop of `distributor run`), [`stats_publisher`] and
-//! [`membership_mirror`] (KV writers), [`config`] (the command line).
+//! Pure logic, unit-tested without NATS:
+//! - `selector`: [`WeightedSelector`], the deterministic message-weighted choice and its bound;
+//! - `membership`: [`Membership`], analyzers online from heartbeats, withdrawals and timeouts;
+//! - `router`: [`Router`], the routing table, epochs and per-analyzer counters;
+//! - `hold_queue`: [`HoldQueue`], the bounded FIFO used while no analyzer is online;
+//! - `outgoing`: a validated packet and the headers it is forwarded with;
+//! - `report`: the `distributor stats` table.
+//!
+//! The core both delivery modes share, `core`: validation and dead letters, control messages
+//! and membership events, expiry, the stats snapshot, and the `biased` order of the event loop.
+//!
+//! The two delivery modes, siblings over the core that never import each other:
+//! - `at_most_once`: core-NATS queue subscriptions, publish once, hold while no analyzer is
+//!   online;
+//! - `at_least_once`: a JetStream consumer, requests to analyzers, ack after their reply.
+//!
+//! The async shell: `service` (the wiring of `distributor run` and the choice of mode, [`run`]),
+//! `stats_publisher` and `membership_mirror` (KV writers), `config` (the command line, [`Cli`]).
 
-pub mod at_least_once;
-pub mod config;
-pub mod hold_queue;
-pub mod membership;
-pub mod membership_mirror;
-pub mod outgoing;
-pub mod report;
-pub mod router;
-pub mod selector;
-pub mod service;
-pub mod stats_publisher;
+mod at_least_once;
+mod at_most_once;
+mod config;
+mod core;
+mod hold_queue;
+mod membership;
+mod membership_mirror;
+mod outgoing;
+mod report;
+mod router;
+mod selector;
+mod service;
+mod stats_publisher;
 
-pub use config::{Cli, Command, RunArgs, StatsArgs};
+pub use config::{Cli, Command, RunArgs, StatsArgs, DEFAULT_INGEST_BUFFER};
+pub use core::RunError;
 pub use hold_queue::HoldQueue;
 pub use membership::{Membership, MembershipEvent};
+pub use report::run as run_stats;
 pub use router::Router;
 pub use selector::WeightedSelector;
+pub use service::run;
 pub use stats_publisher::StatsPublisher;

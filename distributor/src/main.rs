@@ -9,7 +9,7 @@ use distributor::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logdist::logging::init();
+    logdist::init_logging();
     match run(cli.into_command()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -25,14 +25,14 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Run(args) => args.worker_threads,
         Command::Stats(_) => Some(1),
     };
-    let runtime = logdist::runtime::build(threads).context("cannot start the async runtime")?;
+    let runtime = logdist::build_runtime(threads).context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let shutdown = logdist::shutdown::on_signal();
+        let shutdown = logdist::shutdown_on_signal();
         match command {
-            Command::Run(args) => distributor::service::run(args, shutdown)
+            Command::Run(args) => distributor::run(args, shutdown)
                 .await
                 .context("distributor failed"),
-            Command::Stats(args) => distributor::report::run(args, shutdown)
+            Command::Stats(args) => distributor::run_stats(args, shutdown)
                 .await
                 .context("distributor stats failed"),
         }

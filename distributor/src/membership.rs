@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use logdist::control::{ControlError, ControlMessage, Heartbeat, Withdraw};
-use logdist::stats::{unix_millis_now, MemberRecord};
+use logdist::protocol::control::{ControlError, ControlMessage, Heartbeat, Withdraw};
+use logdist::protocol::stats::{unix_millis_now, MemberRecord};
 
 /// Default `--heartbeat-timeout-factor`.
 pub const DEFAULT_TIMEOUT_FACTOR: u32 = 3;
@@ -138,15 +138,16 @@ impl Membership {
     pub fn seed(&mut self, records: &[MemberRecord], now: Instant) -> Vec<MembershipEvent> {
         let mut events = Vec::new();
         for record in records {
-            let valid = logdist::control::validate_name("id", &record.id).is_ok()
-                && logdist::control::validate_weight(record.weight).is_ok()
-                && (logdist::control::MIN_INTERVAL_MS..=logdist::control::MAX_INTERVAL_MS)
+            let valid = logdist::protocol::control::validate_name("id", &record.id).is_ok()
+                && logdist::protocol::control::validate_weight(record.weight).is_ok()
+                && (logdist::protocol::control::MIN_INTERVAL_MS
+                    ..=logdist::protocol::control::MAX_INTERVAL_MS)
                     .contains(&record.interval_ms)
                 && !record.instances.is_empty()
                 && record
                     .instances
                     .iter()
-                    .all(|i| logdist::control::validate_name("instance", i).is_ok());
+                    .all(|i| logdist::protocol::control::validate_name("instance", i).is_ok());
             if !valid || self.analyzers.contains_key(&record.id) {
                 continue;
             }

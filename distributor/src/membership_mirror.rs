@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use logdist::stats::MemberRecord;
+use logdist::protocol::stats::MemberRecord;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

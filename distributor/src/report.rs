@@ -11,7 +11,9 @@ use std::io::{IsTerminal, Write as _};
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
-use logdist::stats::{unix_millis_now, DistributorStats, MemberRecord, DISTRIBUTOR_KEY_PREFIX};
+use logdist::protocol::stats::{
+    unix_millis_now, DistributorStats, MemberRecord, DISTRIBUTOR_KEY_PREFIX,
+};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -228,7 +230,7 @@ impl Report {
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
     #[error(transparent)]
-    Connect(#[from] logdist::connect::ConnectError),
+    Connect(#[from] logdist::ConnectError),
     #[error("cannot read KV bucket {bucket:?}: {detail}")]
     Read { bucket: String, detail: String },
     #[error("cannot write to stdout: {0}")]
@@ -239,7 +241,7 @@ pub enum StatsError {
 pub async fn run(args: StatsArgs, shutdown: CancellationToken) -> Result<(), StatsError> {
     let connection = match logdist::connect(&args.nats, "distributor stats", &shutdown).await {
         Ok(c) => c,
-        Err(logdist::connect::ConnectError::Cancelled { .. }) => return Ok(()),
+        Err(logdist::ConnectError::Cancelled { .. }) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
     let js = jetstream::new(connection.client.clone());
@@ -321,7 +323,7 @@ async fn read_bucket<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logdist::stats::RouteStats;
+    use logdist::protocol::stats::RouteStats;
 
     fn member(id: &str, weight: f64) -> MemberRecord {
         MemberRecord {

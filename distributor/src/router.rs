@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_nats::Subject;
-use logdist::stats::{unix_millis_now, RouteStats};
+use logdist::protocol::stats::{unix_millis_now, RouteStats};
 
 use crate::selector::WeightedSelector;
 

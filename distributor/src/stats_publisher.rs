@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use logdist::stats::DistributorStats;
+use logdist::protocol::stats::DistributorStats;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

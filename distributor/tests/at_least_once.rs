@@ -8,7 +8,7 @@ mod pipeline;
 
 use std::time::Duration;
 
-use logdist::stats::unix_millis_now;
+use logdist::protocol::stats::unix_millis_now;
 use logdist::testing::{wait_until, NatsServer};
 use pipeline::*;
 
@@ -17,7 +17,7 @@ use pipeline::*;
 async fn settled_stats(
     js: &async_nats::jetstream::Context,
     replica: &str,
-) -> logdist::stats::DistributorStats {
+) -> logdist::protocol::stats::DistributorStats {
     let (captured, delivered) = wait_consumer_drained(js).await;
     eprintln!("  stream captured {captured} packets, consumer delivered up to {delivered}");
     let stats = stats_bucket(js).await;
@@ -230,12 +230,13 @@ async fn a_packet_no_analyzer_acknowledges_is_dead_lettered_after_max_attempts()
     // A silent analyzer: it heartbeats and subscribes, but never replies.
     let mut silent = client.subscribe("analyzer.mute").await.unwrap();
     let mut deadletters = client.subscribe("logs.deadletter").await.unwrap();
-    let heartbeat = logdist::control::ControlMessage::Up(logdist::control::Heartbeat {
-        id: "mute".into(),
-        weight: 1.0,
-        instance: "m".into(),
-        interval_ms: 100,
-    });
+    let heartbeat =
+        logdist::protocol::control::ControlMessage::Up(logdist::protocol::control::Heartbeat {
+            id: "mute".into(),
+            weight: 1.0,
+            instance: "m".into(),
+            interval_ms: 100,
+        });
     let beat_client = client.clone();
     let beats = tokio::spawn(async move {
         loop {

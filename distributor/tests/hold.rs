@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use logdist::headers;
+use logdist::protocol::headers;
 use logdist::testing::NatsServer;
 
 #[tokio::test]

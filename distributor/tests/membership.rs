@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use futures::{FutureExt, StreamExt};
-use logdist::stats::MemberRecord;
+use logdist::protocol::stats::MemberRecord;
 use logdist::testing::NatsServer;
 
 /// Publishes `count` packets of `size` messages and flushes.
@@ -77,7 +77,7 @@ async fn a_withdrawal_is_confirmed_after_every_packet_routed_before_it() {
         .await
         .expect("a confirmation within the wait")
         .expect("subscription open");
-    let confirmed: logdist::control::WithdrawalConfirmed =
+    let confirmed: logdist::protocol::control::WithdrawalConfirmed =
         serde_json::from_slice(&confirmation.payload).unwrap();
     assert_eq!(
         (
@@ -223,7 +223,7 @@ async fn a_starting_replica_routes_to_the_bucket_members_then_confirms_them() {
     // A membership record left by an earlier replica; the analyzer listens but has not
     // heartbeated to this replica yet.
     let js = async_nats::jetstream::new(client.clone());
-    let members = logdist::buckets::open_or_create(&js, "analyzers", "test")
+    let members = logdist::open_or_create_bucket(&js, "analyzers", "test")
         .await
         .unwrap();
     let record = MemberRecord {
@@ -258,7 +258,7 @@ async fn an_unconfirmed_bucket_member_expires() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    let members = logdist::buckets::open_or_create(&js, "analyzers", "test")
+    let members = logdist::open_or_create_bucket(&js, "analyzers", "test")
         .await
         .unwrap();
     let record = MemberRecord {

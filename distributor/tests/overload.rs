@@ -63,7 +63,7 @@ async fn a_flood_past_the_ingest_buffer_is_counted_packet_by_packet() {
 async fn a_replica_that_keeps_up_drops_nothing() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
-    let default = distributor::config::DEFAULT_INGEST_BUFFER.to_string();
+    let default = distributor::DEFAULT_INGEST_BUFFER.to_string();
     let mut distributor = start_distributor(&server, "r1", &["--ingest-buffer", &default]).await;
     let (members, stats) = buckets(&client).await;
     let a = SimAnalyzer::start(&client, "a", "i", 1.0).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use logdist::headers;
+use logdist::protocol::headers;
 use logdist::testing::{NatsServer, Process};
 
 #[tokio::test]

@@ -102,7 +102,7 @@ fn env_of(service: &Value) -> BTreeMap<String, String> {
 #[test]
 fn every_flag_and_env_var_in_compose_is_one_the_binaries_accept() {
     let services = compose();
-    // `RUST_LOG` is read by the tracing filter every binary installs (logdist::logging), not by a
+    // `RUST_LOG` is read by the tracing filter every binary installs (logdist::init_logging), not by a
     // flag, so --help does not list it.
     let logging = std::fs::read_to_string(repo_file("logdist/src/logging.rs")).unwrap();
     assert!(logging.contains("RUST_LOG"));

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use logdist::stats::{analyzer_key, AnalyzerStats};
+use logdist::protocol::stats::{analyzer_key, AnalyzerStats};
 use logdist::testing::{free_port, wait_until, workspace_root, NatsServer, Process};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -189,11 +189,17 @@ async fn analyzer_metrics_parse_match_its_kv_record_and_readyz_follows_nats() {
     // Traffic straight to the analyzer's subject: packets with send times, one repeated packet
     // id (a duplicate) and one payload that does not parse.
     let client = async_nats::connect(server.url()).await.unwrap();
-    let now_ns = logdist::headers::unix_nanos_now();
+    let now_ns = logdist::protocol::headers::unix_nanos_now();
     for i in 0..20u32 {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(logdist::headers::SENT_AT, (now_ns - 2_000_000).to_string());
-        headers.insert(logdist::headers::PACKET_ID, format!("p{}", i.min(18)));
+        headers.insert(
+            logdist::protocol::headers::SENT_AT,
+            (now_ns - 2_000_000).to_string(),
+        );
+        headers.insert(
+            logdist::protocol::headers::PACKET_ID,
+            format!("p{}", i.min(18)),
+        );
         let severity = if i % 4 == 0 { "ERROR" } else { "INFO" };
         let payload = format!(
             r#"[{{"timestamp":1,"severity":"{severity}","source":"s","message":"a"}},{{"timestamp":2,"severity":"{severity}","source":"s","message":"b"}}]"#

@@ -256,10 +256,10 @@ async fn a_viewer_reads_the_buckets_and_cannot_change_anything() {
     let (analyzer, analyzer_errors) = server.connect(Role::Analyzer).await;
     let djs = jetstream::new(distributor);
     // The distributor creates both buckets and writes its keys; the analyzer writes its own.
-    let members = logdist::buckets::open_or_create(&djs, "analyzers", "test")
+    let members = logdist::open_or_create_bucket(&djs, "analyzers", "test")
         .await
         .unwrap();
-    let stats = logdist::buckets::open_or_create(&djs, "logdist_stats", "test")
+    let stats = logdist::open_or_create_bucket(&djs, "logdist_stats", "test")
         .await
         .unwrap();
     members.put("1", r#"{"id":"1"}"#.into()).await.unwrap();

@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use logdist::connect::ConnectError;
 use logdist::testing::NatsServer;
+use logdist::ConnectError;
 use logdist::NatsArgs;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,

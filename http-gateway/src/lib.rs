@@ -33,15 +33,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use logdist::snapshot::StatsSnapshot;
-use logdist::wire::{PacketForm, RecordError};
+use logdist::protocol::packet::{PacketForm, RecordError};
+use logdist::StatsSnapshot;
 use logdist::{Names, PacketError, PacketValidator};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 /// Default largest request body (after gzip decompression): 8 MiB, the distributor's default
 /// packet limit.
-pub const DEFAULT_MAX_BODY_BYTES: usize = logdist::wire::DEFAULT_MAX_PACKET_BYTES;
+pub const DEFAULT_MAX_BODY_BYTES: usize = logdist::protocol::packet::DEFAULT_MAX_PACKET_BYTES;
 
 /// How the gateway is set up.
 #[derive(Debug, Clone)]
@@ -440,10 +440,12 @@ impl Gateway {
     ) -> Result<Accepted, ApiError> {
         self.require_connected()?;
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(logdist::headers::AGENT, agent);
+        headers.insert(logdist::protocol::headers::AGENT, agent);
         headers.insert(
-            logdist::headers::SENT_AT,
-            logdist::headers::unix_nanos_now().to_string().as_str(),
+            logdist::protocol::headers::SENT_AT,
+            logdist::protocol::headers::unix_nanos_now()
+                .to_string()
+                .as_str(),
         );
         if self.acknowledged {
             let ack = self
@@ -489,16 +491,19 @@ impl Gateway {
         self.require_connected()?;
         let subject = self.names.agent_ingest_subject(agent);
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(logdist::headers::AGENT, agent);
+        headers.insert(logdist::protocol::headers::AGENT, agent);
         // Header values cannot hold line breaks; reasons may quote user input.
         headers.insert(
-            logdist::headers::ERROR,
+            logdist::protocol::headers::ERROR,
             reason.replace(['\r', '\n'], " ").as_str(),
         );
-        headers.insert(logdist::headers::ERROR_CODE, code);
-        headers.insert(logdist::headers::SUBJECT, subject.as_str());
+        headers.insert(logdist::protocol::headers::ERROR_CODE, code);
+        headers.insert(logdist::protocol::headers::SUBJECT, subject.as_str());
         if let Some(index) = index {
-            headers.insert(logdist::headers::INDEX, index.to_string().as_str());
+            headers.insert(
+                logdist::protocol::headers::INDEX,
+                index.to_string().as_str(),
+            );
         }
         self.client
             .publish_with_headers(self.names.deadletter_subject.clone(), headers, payload)
@@ -560,7 +565,7 @@ async fn analyzer_stats(State(gw): State<Arc<Gateway>>) -> Response {
             .get_key_value(&gw.names.membership_bucket)
             .await
             .map_err(|e| e.to_string())?;
-        let online = logdist::snapshot::member_ids(&membership)
+        let online = logdist::member_ids(&membership)
             .await
             .map_err(|e| e.to_string())?;
         let mut by_id: std::collections::BTreeMap<String, AnalyzerView> = Default::default();

@@ -34,6 +34,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
+use logdist::protocol::deadletter::{BAD_OTLP_JSON, BAD_PROTOBUF};
 use logdist::Severity;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -457,13 +458,13 @@ async fn export(
     let decoded = match encoding {
         Encoding::Protobuf => ExportLogsServiceRequest::decode(&body[..]).map_err(|e| {
             (
-                "bad_protobuf",
+                BAD_PROTOBUF,
                 format!("body is not a protobuf ExportLogsServiceRequest: {e}"),
             )
         }),
         Encoding::Json => serde_json::from_slice::<ExportLogsServiceRequest>(&body).map_err(|e| {
             (
-                "bad_otlp_json",
+                BAD_OTLP_JSON,
                 format!("body is not an OTLP/JSON ExportLogsServiceRequest: {e}"),
             )
         }),
@@ -476,7 +477,8 @@ async fn export(
             return Err(Failure::new(StatusCode::BAD_REQUEST, reason));
         }
     };
-    let received_at = u64::try_from(logdist::headers::unix_nanos_now()).unwrap_or(u64::MAX);
+    let received_at =
+        u64::try_from(logdist::protocol::headers::unix_nanos_now()).unwrap_or(u64::MAX);
     let converted = to_packet(&request, received_at);
     if let Some(packet) = &converted.packet {
         if packet.len() > gw.validator.max_bytes() {

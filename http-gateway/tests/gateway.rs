@@ -102,10 +102,13 @@ async fn old_service_single_message_is_published_unchanged() {
     assert_eq!(&msg.payload[..], HELLO.as_bytes());
     let headers = msg.headers.unwrap();
     assert_eq!(
-        headers.get(logdist::headers::AGENT).unwrap().as_str(),
+        headers
+            .get(logdist::protocol::headers::AGENT)
+            .unwrap()
+            .as_str(),
         "http"
     );
-    assert!(headers.get(logdist::headers::SENT_AT).is_some());
+    assert!(headers.get(logdist::protocol::headers::SENT_AT).is_some());
 
     // An array is not a single message.
     let response = http
@@ -323,10 +326,10 @@ async fn acknowledged_mode_answers_after_the_stream_stored_it() {
 async fn analyzer_stats_is_the_old_services_view() {
     let f = fixture(1 << 20, false).await;
     let js = async_nats::jetstream::new(f.client.clone());
-    let stats = logdist::buckets::open_or_create(&js, "logdist_stats", "")
+    let stats = logdist::open_or_create_bucket(&js, "logdist_stats", "")
         .await
         .unwrap();
-    let membership = logdist::buckets::open_or_create(&js, "analyzers", "")
+    let membership = logdist::open_or_create_bucket(&js, "analyzers", "")
         .await
         .unwrap();
     for (id, instance, weight, messages) in [
@@ -334,7 +337,7 @@ async fn analyzer_stats_is_the_old_services_view() {
         ("1", "b", 0.5, 50),
         ("2", "c", 0.3, 90),
     ] {
-        let record = logdist::stats::AnalyzerStats {
+        let record = logdist::protocol::stats::AnalyzerStats {
             id: id.into(),
             instance: instance.into(),
             weight,
@@ -343,7 +346,7 @@ async fn analyzer_stats_is_the_old_services_view() {
         };
         stats
             .put(
-                logdist::stats::analyzer_key(id, instance),
+                logdist::protocol::stats::analyzer_key(id, instance),
                 serde_json::to_vec(&record).unwrap().into(),
             )
             .await
@@ -452,7 +455,7 @@ mod otlp {
         let answer = ExportLogsServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
         assert_eq!(answer.partial_success, None, "full success leaves it unset");
         let msg = next(&mut s.ingest).await;
-        assert_eq!(header(&msg, logdist::headers::AGENT), "otlp");
+        assert_eq!(header(&msg, logdist::protocol::headers::AGENT), "otlp");
         let packet = logdist::PacketValidator::default()
             .parse(&msg.payload)
             .unwrap();
@@ -521,11 +524,14 @@ mod otlp {
         );
         let dead = next(&mut s.deadletter).await;
         assert_eq!(
-            header(&dead, logdist::headers::ERROR_CODE),
+            header(&dead, logdist::protocol::headers::ERROR_CODE),
             "unknown_severity"
         );
-        assert_eq!(header(&dead, logdist::headers::INDEX), "1");
-        assert_eq!(header(&dead, logdist::headers::SUBJECT), "logs.ingest.otlp");
+        assert_eq!(header(&dead, logdist::protocol::headers::INDEX), "1");
+        assert_eq!(
+            header(&dead, logdist::protocol::headers::SUBJECT),
+            "logs.ingest.otlp"
+        );
         let kept: LogRecord = serde_json::from_slice(&dead.payload).unwrap();
         assert_eq!(kept.severity_text, "LOUD");
         let packet = next(&mut s.ingest).await;
@@ -565,7 +571,10 @@ mod otlp {
             status.message
         );
         let dead = next(&mut s.deadletter).await;
-        assert_eq!(header(&dead, logdist::headers::ERROR_CODE), "bad_protobuf");
+        assert_eq!(
+            header(&dead, logdist::protocol::headers::ERROR_CODE),
+            "bad_protobuf"
+        );
         assert_eq!(&dead.payload[..], &garbage[..]);
 
         let r = post(
@@ -580,7 +589,10 @@ mod otlp {
         assert_eq!(body["code"], 3);
         assert!(body["message"].as_str().unwrap().contains("OTLP/JSON"));
         let dead = next(&mut s.deadletter).await;
-        assert_eq!(header(&dead, logdist::headers::ERROR_CODE), "bad_otlp_json");
+        assert_eq!(
+            header(&dead, logdist::protocol::headers::ERROR_CODE),
+            "bad_otlp_json"
+        );
 
         // 413: the body, or the packet it would become, over the limit (not retryable either).
         let r = post(&f, "application/x-protobuf", false, vec![0; 5000]).await;
@@ -599,7 +611,10 @@ mod otlp {
             status.message
         );
         assert_eq!(
-            header(&next(&mut s.deadletter).await, logdist::headers::ERROR_CODE),
+            header(
+                &next(&mut s.deadletter).await,
+                logdist::protocol::headers::ERROR_CODE
+            ),
             "too_large"
         );
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use logdist::snapshot::StatsSnapshot;
 use logdist::testing::{free_port, wait_for_members, wait_until, NatsServer, Process};
+use logdist::StatsSnapshot;
 
 fn packet(messages: usize, n: usize) -> String {
     let records: Vec<String> = (0..messages)
@@ -304,7 +304,7 @@ async fn opentelemetry_python_sdk_logs_are_analyzed_by_severity_and_service() {
         .headers
         .as_ref()
         .unwrap()
-        .get(logdist::headers::ERROR_CODE);
+        .get(logdist::protocol::headers::ERROR_CODE);
     assert_eq!(code.map(|c| c.as_str()), Some("bad_protobuf"));
     let more = tokio::time::timeout(Duration::from_millis(300), deadletters.next()).await;
     assert!(more.is_err(), "one dead letter only");

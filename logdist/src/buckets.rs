@@ -12,7 +12,7 @@ pub struct BucketError {
 }
 
 /// Opens `bucket`, creating it (history 1, file storage) if it does not exist yet.
-pub async fn open_or_create(
+pub async fn open_or_create_bucket(
     js: &jetstream::Context,
     bucket: &str,
     description: &str,

@@ -1,29 +1,41 @@
 //! logdist: a weighted log distributor on NATS.
 //!
-//! This crate holds what the three binaries (`distributor`, `analyzer`, `agent-sim`) share: the
-//! wire contract ([`wire`], [`headers`], [`control`], [`stats`]), the names of subjects and
-//! buckets ([`names`]), NATS connection set-up ([`connect`], [`buckets`]), shutdown handling
-//! ([`shutdown`]), logging ([`logging`]), and the Prometheus metrics ([`metrics`]) with the
-//! `--metrics` listener that serves them beside the health probes ([`telemetry`]). With the `testing` feature it also provides the
-//! real-nats-server test harness ([`testing`]).
+//! This crate holds what the binaries (`distributor`, `analyzer`, `agent-sim`, the HTTP gateway)
+//! share. Two kinds of things, kept apart:
+//!
+//! - the wire contract, [`protocol`]: packets, headers, dead letters, control messages, KV
+//!   values and the names of subjects and buckets (change it together with `docs/protocol.md`);
+//! - plumbing, re-exported here from private modules: NATS connection set-up ([`connect`],
+//!   [`NatsArgs`]), opening the KV buckets ([`open_or_create_bucket`]), reading the stats bucket
+//!   back ([`StatsSnapshot`]), shutdown on a signal ([`shutdown_on_signal`]), logging
+//!   ([`init_logging`]) and the runtime ([`build_runtime`]); the Prometheus metrics ([`metrics`])
+//!   with the `--metrics` listener that serves them beside the health probes ([`telemetry`]).
+//!
+//! With the `testing` feature it also provides the real-nats-server test harness ([`testing`]).
 
-pub mod buckets;
-pub mod connect;
-pub mod control;
-pub mod headers;
-pub mod logging;
+mod buckets;
+mod connect;
+mod logging;
 pub mod metrics;
-pub mod names;
-pub mod runtime;
-pub mod shutdown;
-pub mod snapshot;
-pub mod stats;
+pub mod protocol;
+mod runtime;
+mod shutdown;
+mod snapshot;
 pub mod telemetry;
-pub mod wire;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use connect::{connect, Connection, NatsArgs};
-pub use names::Names;
-pub use wire::{LogRecord, Packet, PacketError, PacketValidator, RecordError, Severity};
+pub use buckets::{open_or_create_bucket, BucketError};
+pub use connect::{
+    connect, connect_with_capacity, server_addrs, ConnectError, Connection, ConnectionEvents,
+    NatsArgs, DEFAULT_INBOX_PREFIX, DEFAULT_NATS_URL, DEFAULT_SUBSCRIPTION_CAPACITY,
+};
+pub use logging::init_logging;
+pub use protocol::names::Names;
+pub use protocol::packet::{
+    LogRecord, Packet, PacketError, PacketValidator, RecordError, Severity,
+};
+pub use runtime::build_runtime;
+pub use shutdown::shutdown_on_signal;
+pub use snapshot::{member_ids, SnapshotError, StatsSnapshot};

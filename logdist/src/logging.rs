@@ -5,7 +5,7 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Call once at the top of `main`.
-pub fn init() {
+pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     let _ = tracing_subscriber::fmt()

@@ -25,7 +25,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use crate::connect::{Connection, ConnectionEvents};
-use crate::stats::{AnalyzerStats, DistributorStats};
+use crate::protocol::stats::{AnalyzerStats, DistributorStats};
 
 /// The newest stats record of a process, shared between the loop that makes it and the scrapes.
 /// Publishing replaces the pointer under a short lock; a scrape clones the `Arc`.
@@ -510,7 +510,7 @@ fn nats_event_counters(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::RouteStats;
+    use crate::protocol::stats::RouteStats;
     use prometheus_client::registry::Registry;
 
     fn render(collector: impl Collector) -> String {

@@ -4,7 +4,7 @@
 
 /// Builds the runtime for `worker_threads` (`None`: one worker per core; `Some(1)`: everything
 /// on the calling thread).
-pub fn build(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+pub fn build_runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
@@ -24,7 +24,7 @@ mod tests {
     #[test]
     fn every_size_runs_a_task() {
         for threads in [None, Some(1), Some(3)] {
-            let runtime = build(threads).expect("runtime");
+            let runtime = build_runtime(threads).expect("runtime");
             let answer = runtime.block_on(async { tokio::spawn(async { 42 }).await.unwrap() });
             assert_eq!(answer, 42);
             let workers = runtime.metrics().num_workers();

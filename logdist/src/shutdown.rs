@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Returns a token cancelled on the first SIGINT (Ctrl-C) or SIGTERM. A second signal while
 /// shutting down exits the process at once with status 130, for an operator who cannot wait.
-pub fn on_signal() -> CancellationToken {
+pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {

@@ -5,7 +5,9 @@
 use async_nats::jetstream::kv;
 use futures::TryStreamExt;
 
-use crate::stats::{AnalyzerStats, DistributorStats, ANALYZER_KEY_PREFIX, DISTRIBUTOR_KEY_PREFIX};
+use crate::protocol::stats::{
+    AnalyzerStats, DistributorStats, ANALYZER_KEY_PREFIX, DISTRIBUTOR_KEY_PREFIX,
+};
 
 /// Why the stats bucket could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -557,7 +557,7 @@ pub async fn wait_for_members(url: &str, n: usize, timeout: Duration) {
     wait_until(&format!("{n} analyzers in KV analyzers"), timeout, || {
         let js = js.clone();
         async move {
-            kv_keys(&js, crate::names::DEFAULT_MEMBERSHIP_BUCKET)
+            kv_keys(&js, crate::protocol::names::DEFAULT_MEMBERSHIP_BUCKET)
                 .await
                 .len()
                 == n

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use logdist::testing::{NatsCluster, NatsServer};
-use logdist::{buckets, connect, NatsArgs};
+use logdist::{connect, open_or_create_bucket, NatsArgs};
 use tokio_util::sync::CancellationToken;
 
 const STEP: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ async fn restart_keeps_port_and_store_and_clients_reconnect() {
         .await
         .unwrap();
     let js = async_nats::jetstream::new(conn.client.clone());
-    let kv = buckets::open_or_create(&js, "harness", "harness self-test")
+    let kv = open_or_create_bucket(&js, "harness", "harness self-test")
         .await
         .unwrap();
     kv.put("k", "before restart".into()).await.unwrap();

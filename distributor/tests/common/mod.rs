@@ -11,8 +11,8 @@ use async_nats::jetstream::{self, kv};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt;
-use logdist::control::{ControlMessage, Heartbeat, Withdraw};
-use logdist::stats::{distributor_key, DistributorStats, MemberRecord};
+use logdist::protocol::control::{ControlMessage, Heartbeat, Withdraw};
+use logdist::protocol::stats::{distributor_key, DistributorStats, MemberRecord};
 use logdist::testing::{wait_until, NatsServer, Process};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -191,13 +191,13 @@ impl SimAnalyzer {
                 let count: u64 = msg
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get(logdist::headers::COUNT))
+                    .and_then(|h| h.get(logdist::protocol::headers::COUNT))
                     .map(|v| v.as_str().parse().expect("numeric Logdist-Count"))
                     .expect("every forwarded packet has Logdist-Count");
                 let seq = msg
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get(logdist::headers::SEQ))
+                    .and_then(|h| h.get(logdist::protocol::headers::SEQ))
                     .and_then(|v| v.as_str().parse().ok());
                 let packets = {
                     let mut r = sink.lock().unwrap();
@@ -313,8 +313,8 @@ pub fn total(analyzers: &[&SimAnalyzer], f: impl Fn(&SimAnalyzer) -> u64) -> u64
 /// Headers carrying a `Logdist-Seq` (and an agent id), to check order and uniqueness.
 pub fn seq_headers(seq: u64) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(logdist::headers::AGENT, "test-agent");
-    h.insert(logdist::headers::SEQ, seq.to_string().as_str());
+    h.insert(logdist::protocol::headers::AGENT, "test-agent");
+    h.insert(logdist::protocol::headers::SEQ, seq.to_string().as_str());
     h
 }
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use logdist::stats::{AnalyzerStats, DistributorStats};
+use logdist::protocol::stats::{AnalyzerStats, DistributorStats};
 use logdist::testing::{kv_keys, wait_until, Process};
 
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -163,7 +163,7 @@ pub async fn stats_bucket(js: &jetstream::Context) -> kv::Store {
 
 pub async fn distributor_stats(stats: &kv::Store, replica: &str) -> Option<DistributorStats> {
     let value = stats
-        .get(logdist::stats::distributor_key(replica))
+        .get(logdist::protocol::stats::distributor_key(replica))
         .await
         .ok()??;
     serde_json::from_slice(&value).ok()
@@ -171,7 +171,10 @@ pub async fn distributor_stats(stats: &kv::Store, replica: &str) -> Option<Distr
 
 pub async fn analyzer_stats(stats: &kv::Store, id: &str) -> Option<AnalyzerStats> {
     let value = stats
-        .get(logdist::stats::analyzer_key(id, &format!("i{id}")))
+        .get(logdist::protocol::stats::analyzer_key(
+            id,
+            &format!("i{id}"),
+        ))
         .await
         .ok()??;
     serde_json::from_slice(&value).ok()

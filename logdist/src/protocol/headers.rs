@@ -1,4 +1,5 @@
-//! Names of the NATS headers in the wire contract (see `docs/protocol.md`).
+//! Names of the NATS headers in the wire contract (see `docs/protocol.md`), as strings and as
+//! typed [`name`] constants.
 //!
 //! Agents may set the `Logdist-Agent`/`-Seq`/`-Sent-At` headers; nothing requires them (a plain
 //! `nats pub` sends none). The distributor adds `Logdist-Count` and `Logdist-Distributor` when it
@@ -25,6 +26,23 @@ pub const ERROR_CODE: &str = "Logdist-Error-Code";
 pub const SUBJECT: &str = "Logdist-Subject";
 /// Dead letters: position of the rejected message inside its packet (absent for whole payloads).
 pub const INDEX: &str = "Logdist-Index";
+
+/// The same names as typed [`HeaderName`](async_nats::header::HeaderName) constants, so a hot
+/// path that sets them does not parse them per message.
+pub mod name {
+    use async_nats::header::HeaderName;
+
+    pub const AGENT: HeaderName = HeaderName::from_static(super::AGENT);
+    pub const SEQ: HeaderName = HeaderName::from_static(super::SEQ);
+    pub const SENT_AT: HeaderName = HeaderName::from_static(super::SENT_AT);
+    pub const COUNT: HeaderName = HeaderName::from_static(super::COUNT);
+    pub const DISTRIBUTOR: HeaderName = HeaderName::from_static(super::DISTRIBUTOR);
+    pub const PACKET_ID: HeaderName = HeaderName::from_static(super::PACKET_ID);
+    pub const ERROR: HeaderName = HeaderName::from_static(super::ERROR);
+    pub const ERROR_CODE: HeaderName = HeaderName::from_static(super::ERROR_CODE);
+    pub const SUBJECT: HeaderName = HeaderName::from_static(super::SUBJECT);
+    pub const INDEX: HeaderName = HeaderName::from_static(super::INDEX);
+}
 
 /// Current time as unix nanoseconds, the unit of [`SENT_AT`].
 pub fn unix_nanos_now() -> u128 {

@@ -1,0 +1,334 @@
+//! At-most-once delivery (`--delivery at-most-once`, the default): a packet is published once to
+//! one analyzer and forgotten. See `docs/delivery.md` for what this mode can lose.
+//!
+//! Packets come from two core-NATS queue subscriptions (`<ingest>` and `<ingest>.>`, queue group
+//! `distributors`) on an ingest connection of its own. The loop is the core's ([`CoreSources`]
+//! first: shutdown, control, expiry, stats), then the two ingest subscriptions. Per packet:
+//! validate in the core (what is invalid is dead-lettered), then publish to the analyzer the
+//! selector picks; while no analyzer is online, hold it in a bounded FIFO ([`HoldQueue`]) and
+//! publish it once one is (a routing change, [`DeliveryMode::routing_changed`]); when the hold
+//! queue is full, dead-letter it (`no_analyzer_online`). Publishing is buffered by the client;
+//! the loop never flushes per packet.
+//!
+//! Shutdown (SIGINT/SIGTERM): the ingest subscriptions are drained (unsubscribed, then what the
+//! client already buffered is still routed), packets still held are dead-lettered
+//! (`no_analyzer_online`); the caller flushes and writes the final stats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, Message, Subscriber};
+use futures::StreamExt;
+use logdist::protocol::deadletter::{Reason, NO_ANALYZER_ONLINE};
+use logdist::protocol::names::DISTRIBUTOR_QUEUE_GROUP;
+use logdist::{ConnectError, ConnectionEvents};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RunArgs;
+use crate::core::{
+    CoreSources, DeliveryMode, Distributor, ModeStats, RunError, FINAL_WRITE_TIMEOUT,
+};
+use crate::hold_queue::HoldQueue;
+use crate::outgoing::Outgoing;
+use crate::stats_publisher::StatsPublisher;
+
+/// How long shutdown waits for the drained subscriptions to hand over their last messages.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The at-most-once ingest connection (see [`run`]), and what it takes to count the packets it
+/// dropped: its client counts every message it reads, the router counts what it takes, and the
+/// difference was dropped or still waits in one of the two subscription buffers.
+struct IngestConnection {
+    client: Client,
+    events: Arc<ConnectionEvents>,
+    /// `--ingest-buffer`: the most packets each of the two subscriptions can hold.
+    buffer: usize,
+    /// Packets the router took from the ingest subscriptions.
+    taken: u64,
+    /// Both subscriptions ended: nothing waits in their buffers any more.
+    drained: bool,
+    /// Dropped packets as last reported (never decreases).
+    dropped: u64,
+}
+
+impl IngestConnection {
+    fn new(connection: logdist::Connection, buffer: usize) -> Self {
+        IngestConnection {
+            client: connection.client,
+            events: connection.events,
+            buffer,
+            taken: 0,
+            drained: false,
+            dropped: 0,
+        }
+    }
+
+    /// Packets dropped so far: a lower bound until the subscriptions are drained (up to
+    /// 2 × `buffer` may still be waiting), then exact; never decreases.
+    fn dropped(&mut self) -> u64 {
+        let read = self
+            .client
+            .statistics()
+            .in_messages
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let waiting = if self.drained {
+            0
+        } else {
+            2 * self.buffer as u64
+        };
+        let dropped = read.saturating_sub(self.taken).saturating_sub(waiting);
+        self.dropped = self.dropped.max(dropped);
+        self.dropped
+    }
+}
+
+/// What at-most-once delivery keeps beside the core: the ingest connection and the packets held
+/// while no analyzer is online.
+struct AtMostOnce {
+    ingest: IngestConnection,
+    hold: HoldQueue<Outgoing>,
+    held_total: u64,
+    held_overflow: u64,
+}
+
+/// Runs at-most-once delivery until `shutdown`, then drains the ingest subscriptions and
+/// dead-letters what is still held. Returns the mode's part of the final stats.
+pub(crate) async fn run(
+    args: &RunArgs,
+    core: &mut Distributor,
+    control: &mut Subscriber,
+    publisher: &StatsPublisher,
+    shutdown: &CancellationToken,
+) -> Result<ModeStats, RunError> {
+    let names = &args.names;
+    // The ingest subscriptions get a connection of their own, with a bounded buffer: under a
+    // flood its client task reads and drops what the router cannot take, while the main
+    // connection's task keeps sending the routed packets (on one connection the incoming flood
+    // starves the outgoing publishes), and the two connections' work runs on two threads.
+    let name = format!("distributor {} ingest", core.replica());
+    let connection =
+        match logdist::connect_with_capacity(&args.nats, &name, args.ingest_buffer, shutdown).await
+        {
+            Ok(c) => c,
+            Err(ConnectError::Cancelled { .. }) => return Ok(ModeStats::default()),
+            Err(e) => return Err(e.into()),
+        };
+    let client = connection.client.clone();
+    let mut mode = AtMostOnce {
+        ingest: IngestConnection::new(connection, args.ingest_buffer),
+        hold: HoldQueue::new(args.hold_max_packets, args.hold_max_bytes),
+        held_total: 0,
+        held_overflow: 0,
+    };
+    let subscribe_err = |subject: &str, e: async_nats::SubscribeError| RunError::Subscribe {
+        subject: subject.to_string(),
+        detail: e.to_string(),
+    };
+    let wildcard = names.ingest_wildcard();
+    let mut ingest = client
+        .queue_subscribe(names.ingest_subject.clone(), DISTRIBUTOR_QUEUE_GROUP.into())
+        .await
+        .map_err(|e| subscribe_err(&names.ingest_subject, e))?;
+    let mut ingest_agents = client
+        .queue_subscribe(wildcard.clone(), DISTRIBUTOR_QUEUE_GROUP.into())
+        .await
+        .map_err(|e| subscribe_err(&wildcard, e))?;
+    tracing::info!(
+        replica = %core.replica(),
+        ingest = %names.ingest_subject,
+        delivery = args.delivery.as_str(),
+        analyzers_online = core.analyzers_online(),
+        "distributor running"
+    );
+    let mut sources = CoreSources::new(core, control, publisher, args.stats_interval, shutdown);
+    mode.event_loop(core, &mut sources, &mut ingest, &mut ingest_agents)
+        .await;
+
+    // Shutdown: take no new packets, route what is in hand. Every step is bounded: with the
+    // server gone (a node going down with us) an unsubscribe or a publish can wait forever for
+    // room in the client's command queue.
+    tracing::info!("draining the ingest subscriptions");
+    let drained = tokio::time::timeout(
+        DRAIN_TIMEOUT,
+        mode.drain(core, &mut sources, &mut ingest, &mut ingest_agents),
+    )
+    .await;
+    match drained {
+        Ok(()) => mode.ingest.drained = true,
+        Err(_) => {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "ingest subscriptions did not drain in time")
+        }
+    }
+    let dropped = mode.ingest.dropped();
+    if dropped > 0 {
+        tracing::warn!(
+            packets = dropped,
+            ingest_buffer = args.ingest_buffer,
+            "the ingest connection dropped packets while the router was behind (add replicas or raise --ingest-buffer for bursts)"
+        );
+    }
+    if tokio::time::timeout(FINAL_WRITE_TIMEOUT, mode.deadletter_held(core))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            packets = mode.hold.len(),
+            "could not dead-letter the held packets in time (is NATS reachable?)"
+        );
+    }
+    Ok(mode.stats())
+}
+
+impl AtMostOnce {
+    async fn event_loop(
+        &mut self,
+        core: &mut Distributor,
+        sources: &mut CoreSources<'_>,
+        ingest: &mut Subscriber,
+        ingest_agents: &mut Subscriber,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                event = sources.next() => {
+                    if core.on_event(event, sources, self).await.is_break() {
+                        return;
+                    }
+                }
+                Some(message) = ingest.next() => self.on_ingest(core, message).await,
+                Some(message) = ingest_agents.next() => self.on_ingest(core, message).await,
+            }
+        }
+    }
+
+    /// Unsubscribes the ingest subscriptions and routes what the client already received for
+    /// them, until both streams end (the caller bounds it by [`DRAIN_TIMEOUT`]).
+    async fn drain(
+        &mut self,
+        core: &mut Distributor,
+        sources: &mut CoreSources<'_>,
+        ingest: &mut Subscriber,
+        ingest_agents: &mut Subscriber,
+    ) {
+        for sub in [&mut *ingest, &mut *ingest_agents] {
+            if let Err(e) = sub.drain().await {
+                tracing::warn!(error = %e, "cannot drain an ingest subscription");
+            }
+        }
+        let (mut open, mut agents_open) = (true, true);
+        while open || agents_open {
+            tokio::select! {
+                biased;
+                Some(message) = sources.control().next() => core.on_control(&message.payload, self).await,
+                message = ingest.next(), if open => match message {
+                    Some(message) => self.on_ingest(core, message).await,
+                    None => open = false,
+                },
+                message = ingest_agents.next(), if agents_open => match message {
+                    Some(message) => self.on_ingest(core, message).await,
+                    None => agents_open = false,
+                },
+            }
+        }
+    }
+
+    /// One payload from an ingest subject: validate, then route, hold or dead-letter.
+    async fn on_ingest(&mut self, core: &mut Distributor, message: Message) {
+        let Message {
+            subject,
+            payload,
+            headers,
+            ..
+        } = message;
+        self.ingest.taken += 1;
+        if let Some(out) = core.validate(subject, headers, payload).await {
+            self.forward(core, out).await;
+        }
+    }
+
+    /// Routes a valid packet, or holds it while no analyzer is online, or dead-letters it when
+    /// the hold queue is full.
+    async fn forward(&mut self, core: &mut Distributor, out: Outgoing) {
+        if core.router().is_empty() {
+            let (bytes, messages) = (out.payload.len(), out.messages);
+            match self.hold.push(out, bytes, messages) {
+                Ok(()) => self.held_total += 1,
+                Err(out) => {
+                    self.held_overflow += 1;
+                    let reason = Reason {
+                        code: NO_ANALYZER_ONLINE,
+                        text: "no analyzer online and the hold queue is full",
+                    };
+                    core.deadletter_outgoing(out, reason).await;
+                }
+            }
+            return;
+        }
+        publish(core, out).await;
+    }
+
+    /// Packets still held when the distributor stops are dead-lettered, not dropped.
+    async fn deadletter_held(&mut self, core: &mut Distributor) {
+        if !self.hold.is_empty() {
+            tracing::warn!(
+                packets = self.hold.len(),
+                "stopping with packets held and no analyzer online: dead-lettering them"
+            );
+        }
+        while let Some(out) = self.hold.pop() {
+            let reason = Reason {
+                code: NO_ANALYZER_ONLINE,
+                text: "no analyzer online when the distributor stopped",
+            };
+            core.deadletter_outgoing(out, reason).await;
+        }
+    }
+}
+
+impl DeliveryMode for AtMostOnce {
+    /// Delivers held packets in arrival order once an analyzer is online.
+    async fn routing_changed(&mut self, core: &mut Distributor) {
+        if core.router().is_empty() || self.hold.is_empty() {
+            return;
+        }
+        tracing::info!(
+            packets = self.hold.len(),
+            "analyzer online: delivering held packets"
+        );
+        while !core.router().is_empty() {
+            let Some(out) = self.hold.pop() else { break };
+            publish(core, out).await;
+        }
+    }
+
+    fn stats(&mut self) -> ModeStats {
+        let events = &self.ingest.events;
+        ModeStats {
+            held_packets: self.hold.len() as u64,
+            held_messages: self.hold.messages(),
+            held_bytes: self.hold.bytes() as u64,
+            held_total: self.held_total,
+            held_overflow: self.held_overflow,
+            slow_consumer_events: events.slow_consumer_events(),
+            disconnects: events.disconnects(),
+            reconnects: events.reconnects(),
+            ingest_dropped_packets: self.ingest.dropped(),
+        }
+    }
+}
+
+/// Publishes to the analyzer the selector picks (the router is not empty).
+async fn publish(core: &mut Distributor, out: Outgoing) {
+    let Some(subject) = core.router_mut().route(out.messages, out.payload.len()) else {
+        unreachable!("publish is only called with an analyzer online");
+    };
+    let subject = subject.clone();
+    core.count_routed_packet();
+    if let Err(e) = core
+        .client()
+        .publish_with_headers(subject, out.headers, out.payload)
+        .await
+    {
+        tracing::error!(error = %e, "cannot publish a packet to an analyzer");
+    }
+}

@@ -1,0 +1,561 @@
+//! The core both delivery modes share: the routing state of one replica ([`Distributor`]) and
+//! what is done with it the same way in either mode — validating a payload and dead-lettering
+//! what is invalid, control messages and membership events, membership expiry, the stats
+//! snapshot — plus the event sources every mode's loop listens to first ([`CoreSources`]).
+//!
+//! One task, no locks: each mode runs one `tokio::select!` loop that owns the [`Distributor`].
+//! Its first branch is [`CoreSources::next`], which is `biased` in one fixed order — shutdown,
+//! control, membership expiry, stats tick — and only then come the mode's own sources (ingest
+//! subscriptions, or the JetStream consumer and requests in flight). So a control message is
+//! always handled before packets that arrived after it: a withdrawal stops traffic to that
+//! analyzer at once. The order is written here only, once for both modes.
+//!
+//! What differs between the modes (what happens to packets waiting for an analyzer when the
+//! routing table changes, and the mode's part of the stats) a mode supplies as a
+//! [`DeliveryMode`]. The modes themselves are the siblings [`crate::at_most_once`] and
+//! [`crate::at_least_once`]; neither imports the other.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::header::HeaderValue;
+use async_nats::{Client, Message, Subject, Subscriber};
+use bytes::Bytes;
+use futures::StreamExt;
+use logdist::protocol::control::{ControlMessage, Withdraw, WithdrawalConfirmed};
+use logdist::protocol::deadletter::Reason;
+use logdist::protocol::stats::{unix_millis_now, DistributorStats, MemberRecord};
+use logdist::{BucketError, ConnectError, ConnectionEvents, PacketValidator};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Delivery, RunArgs};
+use crate::membership::{Membership, MembershipEvent};
+use crate::membership_mirror::MembershipMirror;
+use crate::outgoing::{self, Outgoing};
+use crate::router::Router;
+use crate::stats_publisher::StatsPublisher;
+
+/// How long shutdown waits for the flush and the final KV writes.
+pub(crate) const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the distributor could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+    #[error("cannot subscribe to {subject}: {detail}")]
+    Subscribe { subject: String, detail: String },
+    #[error(transparent)]
+    Http(#[from] logdist_http::StartError),
+}
+
+/// What a delivery mode adds to the core.
+pub(crate) trait DeliveryMode {
+    /// Runs after every change of the routing table (a new epoch), before a withdrawal is
+    /// confirmed: packets the mode holds for want of an analyzer can go now.
+    async fn routing_changed(&mut self, core: &mut Distributor);
+
+    /// The mode's part of the stats record now.
+    fn stats(&mut self) -> ModeStats;
+}
+
+/// The part of a [`DistributorStats`] record that belongs to a delivery mode: its hold queue
+/// and its own connections. Zero where a mode has none.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ModeStats {
+    pub(crate) held_packets: u64,
+    pub(crate) held_messages: u64,
+    pub(crate) held_bytes: u64,
+    pub(crate) held_total: u64,
+    pub(crate) held_overflow: u64,
+    pub(crate) ingest_dropped_packets: u64,
+    /// Client events of the mode's own connections (added to the main connection's).
+    pub(crate) slow_consumer_events: u64,
+    pub(crate) disconnects: u64,
+    pub(crate) reconnects: u64,
+}
+
+/// An event of the sources every mode listens to first.
+pub(crate) enum CoreEvent {
+    Shutdown,
+    Control(Message),
+    Expiry,
+    StatsTick,
+}
+
+/// The event sources both modes share: shutdown, the control subscription, the membership
+/// expiry timer and the stats ticker, polled in one `biased` order by [`CoreSources::next`].
+pub(crate) struct CoreSources<'a> {
+    shutdown: &'a CancellationToken,
+    control: &'a mut Subscriber,
+    publisher: &'a StatsPublisher,
+    expiry: Pin<Box<tokio::time::Sleep>>,
+    stats_tick: tokio::time::Interval,
+}
+
+impl<'a> CoreSources<'a> {
+    pub(crate) fn new(
+        core: &Distributor,
+        control: &'a mut Subscriber,
+        publisher: &'a StatsPublisher,
+        stats_interval: Duration,
+        shutdown: &'a CancellationToken,
+    ) -> Self {
+        let mut stats_tick = tokio::time::interval(stats_interval);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        CoreSources {
+            shutdown,
+            control,
+            publisher,
+            expiry: Box::pin(tokio::time::sleep_until(core.expiry_deadline())),
+            stats_tick,
+        }
+    }
+
+    /// The next core event, in priority order: shutdown, control, expiry, stats. Cancel-safe, so
+    /// a mode's `select!` can put it first and its own sources after it.
+    pub(crate) async fn next(&mut self) -> CoreEvent {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => CoreEvent::Shutdown,
+            Some(message) = self.control.next() => CoreEvent::Control(message),
+            () = &mut self.expiry => CoreEvent::Expiry,
+            _ = self.stats_tick.tick() => CoreEvent::StatsTick,
+        }
+    }
+
+    /// The control subscription, for a mode's drain at shutdown (control still goes first).
+    pub(crate) fn control(&mut self) -> &mut Subscriber {
+        self.control
+    }
+
+    fn reset_expiry(&mut self, deadline: tokio::time::Instant) {
+        self.expiry.as_mut().reset(deadline);
+    }
+}
+
+/// Counters owned by the event loop (plain integers: one task owns them).
+#[derive(Debug, Default)]
+struct Counters {
+    received_packets: u64,
+    received_messages: u64,
+    received_bytes: u64,
+    routed_packets: u64,
+    deadletter_packets: u64,
+    deadletter_messages: u64,
+    deadletter_reasons: BTreeMap<&'static str, u64>,
+    redelivered: u64,
+}
+
+/// All routing state of one replica, owned by the event loop.
+pub(crate) struct Distributor {
+    client: Client,
+    delivery: Delivery,
+    validator: PacketValidator,
+    deadletter_subject: Subject,
+    names: logdist::Names,
+    replica: String,
+    replica_header: HeaderValue,
+    membership: Membership,
+    router: Router,
+    counters: Counters,
+    events: Arc<ConnectionEvents>,
+    mirror: Option<MembershipMirror>,
+    started_at_ms: u64,
+    rate_mark: (Instant, u64),
+    messages_per_sec: f64,
+}
+
+impl Distributor {
+    pub(crate) fn new(
+        args: &RunArgs,
+        replica: &str,
+        client: Client,
+        events: Arc<ConnectionEvents>,
+    ) -> Self {
+        Distributor {
+            client,
+            delivery: args.delivery,
+            validator: PacketValidator::new(args.max_packet_bytes),
+            deadletter_subject: Subject::from(args.names.deadletter_subject.clone()),
+            names: args.names.clone(),
+            replica: replica.to_string(),
+            replica_header: HeaderValue::from(replica),
+            membership: Membership::new(args.heartbeat_timeout_factor),
+            router: Router::new(&args.names.analyzer_prefix),
+            counters: Counters::default(),
+            events,
+            mirror: None,
+            started_at_ms: unix_millis_now(),
+            rate_mark: (Instant::now(), 0),
+            messages_per_sec: 0.0,
+        }
+    }
+
+    /// Starts from the analyzers in the membership bucket (provisional until they heartbeat).
+    pub(crate) fn seed_members(&mut self, records: &[MemberRecord]) {
+        let events = self.membership.seed(records, Instant::now());
+        for event in &events {
+            if let MembershipEvent::Joined { id, weight } = event {
+                tracing::info!(analyzer_id = %id, weight, "analyzer from the membership bucket (provisional until it heartbeats)");
+            }
+        }
+        self.sync_routes();
+    }
+
+    /// From now on, membership changes are mirrored to the membership bucket.
+    pub(crate) fn set_mirror(&mut self, mirror: MembershipMirror) {
+        self.mirror = Some(mirror);
+    }
+
+    pub(crate) fn take_mirror(&mut self) -> Option<MembershipMirror> {
+        self.mirror.take()
+    }
+
+    pub(crate) fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    pub(crate) fn analyzers_online(&self) -> usize {
+        self.membership.len()
+    }
+
+    /// The main connection: routed packets, dead letters and confirmations go out on it.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub(crate) fn router_mut(&mut self) -> &mut Router {
+        &mut self.router
+    }
+
+    /// A packet reached an analyzer (published, or acknowledged in at-least-once mode).
+    pub(crate) fn count_routed_packet(&mut self) {
+        self.counters.routed_packets += 1;
+    }
+
+    /// A packet goes round again (at-least-once: retried or back to the stream).
+    pub(crate) fn count_redelivered(&mut self) {
+        self.counters.redelivered += 1;
+    }
+
+    /// Handles one event of the [`CoreSources`]; `Break` at shutdown.
+    pub(crate) async fn on_event(
+        &mut self,
+        event: CoreEvent,
+        sources: &mut CoreSources<'_>,
+        mode: &mut impl DeliveryMode,
+    ) -> ControlFlow<()> {
+        match event {
+            CoreEvent::Shutdown => return ControlFlow::Break(()),
+            CoreEvent::Control(message) => {
+                self.on_control(&message.payload, mode).await;
+                sources.reset_expiry(self.expiry_deadline());
+            }
+            CoreEvent::Expiry => {
+                let events = self.membership.expire(Instant::now());
+                self.apply_events(events, mode).await;
+                sources.reset_expiry(self.expiry_deadline());
+            }
+            CoreEvent::StatsTick => sources.publisher.offer(self.snapshot(&mode.stats())),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn expiry_deadline(&self) -> tokio::time::Instant {
+        let next = self
+            .membership
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::time::Instant::from_std(next)
+    }
+
+    /// Validates one payload taken from an ingest subject and dead-letters what is invalid.
+    /// Returns what is left to forward (the whole payload, or the valid elements of a mixed
+    /// packet), with the forwarding headers, or `None` when nothing is valid.
+    pub(crate) async fn validate(
+        &mut self,
+        subject: Subject,
+        headers: Option<async_nats::HeaderMap>,
+        payload: Bytes,
+    ) -> Option<Outgoing> {
+        self.counters.received_packets += 1;
+        self.counters.received_bytes += payload.len() as u64;
+        let validator = self.validator;
+        // The common case in one pass that builds nothing; anything else takes the careful path,
+        // which finds each invalid element and its reason.
+        if let Some(messages) = validator.count_if_valid(&payload) {
+            let messages = messages as u64;
+            self.counters.received_messages += messages;
+            let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
+            return Some(Outgoing {
+                subject,
+                headers,
+                payload,
+                messages,
+            });
+        }
+        match validator.parse(&payload) {
+            Ok(packet) if packet.is_fully_valid() => {
+                let messages = packet.len() as u64;
+                self.counters.received_messages += messages;
+                drop(packet);
+                let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
+                Some(Outgoing {
+                    subject,
+                    headers,
+                    payload,
+                    messages,
+                })
+            }
+            Ok(packet) => {
+                self.counters.received_messages += packet.len() as u64;
+                for invalid in &packet.invalid {
+                    let text = invalid.error.to_string();
+                    let reason = Reason {
+                        code: invalid.error.code(),
+                        text: &text,
+                    };
+                    let element = payload.slice_ref(invalid.raw.as_bytes());
+                    self.deadletter(
+                        &subject,
+                        headers.as_ref(),
+                        element,
+                        1,
+                        reason,
+                        Some(invalid.index),
+                    )
+                    .await;
+                }
+                if packet.records.is_empty() {
+                    return None;
+                }
+                let messages = packet.records.len() as u64;
+                let valid = Bytes::from(packet.valid_json_array());
+                let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
+                Some(Outgoing {
+                    subject,
+                    headers,
+                    payload: valid,
+                    messages,
+                })
+            }
+            Err(error) => {
+                let text = error.to_string();
+                let reason = Reason {
+                    code: error.code(),
+                    text: &text,
+                };
+                self.deadletter(&subject, headers.as_ref(), payload.clone(), 1, reason, None)
+                    .await;
+                None
+            }
+        }
+    }
+
+    pub(crate) async fn deadletter_outgoing(&mut self, out: Outgoing, reason: Reason<'_>) {
+        let Outgoing {
+            subject,
+            headers,
+            payload,
+            messages,
+        } = out;
+        self.deadletter(&subject, Some(&headers), payload, messages, reason, None)
+            .await;
+    }
+
+    /// Publishes rejected bytes to the dead-letter subject with the contract's headers.
+    async fn deadletter(
+        &mut self,
+        subject: &Subject,
+        original: Option<&async_nats::HeaderMap>,
+        payload: Bytes,
+        messages: u64,
+        reason: Reason<'_>,
+        index: Option<usize>,
+    ) {
+        self.counters.deadletter_packets += 1;
+        self.counters.deadletter_messages += messages;
+        *self
+            .counters
+            .deadletter_reasons
+            .entry(reason.code)
+            .or_insert(0) += 1;
+        tracing::debug!(code = reason.code, reason = reason.text, subject = %subject, ?index, "dead letter");
+        let headers = logdist::protocol::deadletter::deadletter_headers(
+            original,
+            reason,
+            subject,
+            index,
+            &self.replica_header,
+        );
+        if let Err(e) = self
+            .client
+            .publish_with_headers(self.deadletter_subject.clone(), headers, payload)
+            .await
+        {
+            tracing::error!(error = %e, "cannot publish a dead letter");
+        }
+    }
+
+    pub(crate) async fn on_control(&mut self, payload: &[u8], mode: &mut impl DeliveryMode) {
+        let message = match self.membership.parse_payload(payload) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!(
+                    code = e.code(),
+                    error = %e,
+                    payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]),
+                    "rejected control message"
+                );
+                return;
+            }
+        };
+        let withdrawn = match &message {
+            ControlMessage::Down(withdraw) => Some(withdraw.clone()),
+            ControlMessage::Up(_) => None,
+        };
+        let events = self.membership.apply(message, Instant::now());
+        self.apply_events(events, mode).await;
+        if let Some(withdraw) = withdrawn {
+            self.confirm_withdrawal(withdraw).await;
+        }
+    }
+
+    /// Tells the withdrawing instance that this replica will route nothing more to it. Published
+    /// on the connection that routes packets, after every packet routed to it so far, so the
+    /// instance has them all once it has this (see `WithdrawalConfirmed`). Sent for every
+    /// withdrawal, known instance or not: the instance may have been dropped by a timeout first.
+    async fn confirm_withdrawal(&mut self, withdraw: Withdraw) {
+        let confirmation = WithdrawalConfirmed {
+            distributor: self.replica.clone(),
+            id: withdraw.id,
+            instance: withdraw.instance,
+        };
+        let subject = self.names.withdrawn_subject(&confirmation.id);
+        let payload = serde_json::to_vec(&confirmation).expect("plain strings serialize");
+        if let Err(e) = self.client.publish(subject, payload.into()).await {
+            tracing::warn!(analyzer_id = %confirmation.id, instance = %confirmation.instance,
+                error = %e, "cannot confirm the withdrawal; the instance waits for its timeout");
+        }
+    }
+
+    /// Logs membership events, mirrors them to KV, and on a routing change starts a new epoch
+    /// and lets the mode release what it holds.
+    async fn apply_events(&mut self, events: Vec<MembershipEvent>, mode: &mut impl DeliveryMode) {
+        let mut routing_changed = false;
+        for event in &events {
+            routing_changed |= event.changes_routing();
+            match event {
+                MembershipEvent::Joined { id, weight } => {
+                    tracing::info!(analyzer_id = %id, weight, "analyzer joined");
+                    self.mirror_put(id);
+                }
+                MembershipEvent::WeightChanged { id, from, to } => {
+                    tracing::info!(analyzer_id = %id, from, to, "analyzer weight changed");
+                    self.mirror_put(id);
+                }
+                MembershipEvent::InstancesChanged { id } => {
+                    tracing::debug!(analyzer_id = %id, "analyzer instances changed");
+                    self.mirror_put(id);
+                }
+                MembershipEvent::Left { id, reason } => {
+                    tracing::info!(analyzer_id = %id, reason = reason.as_str(), "analyzer left");
+                    if let Some(mirror) = &self.mirror {
+                        mirror.delete(id);
+                    }
+                }
+                MembershipEvent::WeightConflict {
+                    id,
+                    chosen,
+                    chosen_instance,
+                    other,
+                    other_instance,
+                } => tracing::warn!(
+                    analyzer_id = %id,
+                    weight = chosen,
+                    instance = %chosen_instance,
+                    other_weight = other,
+                    other_instance = %other_instance,
+                    "instances of one analyzer announce different weights; using the newest instance's"
+                ),
+            }
+        }
+        if routing_changed {
+            self.sync_routes();
+            mode.routing_changed(self).await;
+        }
+    }
+
+    fn mirror_put(&self, id: &str) {
+        if let (Some(mirror), Some(record)) = (&self.mirror, self.membership.record(id)) {
+            mirror.put(record);
+        }
+    }
+
+    /// Rebuilds the routing table from the membership (a new epoch).
+    fn sync_routes(&mut self) {
+        self.router.set_members(self.membership.online());
+        tracing::debug!(
+            epoch = self.router.epoch(),
+            analyzers = self.membership.len(),
+            "new routing epoch"
+        );
+    }
+
+    /// The replica's stats now, with the mode's part.
+    pub(crate) fn snapshot(&mut self, mode: &ModeStats) -> DistributorStats {
+        let now = Instant::now();
+        let routed = self.router.routed_messages();
+        let (mark, mark_routed) = self.rate_mark;
+        let elapsed = now.duration_since(mark).as_secs_f64();
+        if elapsed >= 0.05 {
+            self.messages_per_sec = (routed - mark_routed) as f64 / elapsed;
+            self.rate_mark = (now, routed);
+        }
+        let c = &self.counters;
+        DistributorStats {
+            replica: self.replica.clone(),
+            delivery: self.delivery.as_str().to_string(),
+            started_at_ms: self.started_at_ms,
+            updated_at_ms: unix_millis_now(),
+            received_packets: c.received_packets,
+            received_messages: c.received_messages,
+            received_bytes: c.received_bytes,
+            routed_packets: c.routed_packets,
+            routed_messages: routed,
+            deadletter_packets: c.deadletter_packets,
+            deadletter_messages: c.deadletter_messages,
+            deadletter_reasons: c
+                .deadletter_reasons
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            held_packets: mode.held_packets,
+            held_messages: mode.held_messages,
+            held_bytes: mode.held_bytes,
+            held_total: mode.held_total,
+            held_overflow: mode.held_overflow,
+            redelivered: c.redelivered,
+            ingest_dropped_packets: mode.ingest_dropped_packets,
+            // Client events of the main connection and of the mode's own.
+            slow_consumer_events: self.events.slow_consumer_events() + mode.slow_consumer_events,
+            disconnects: self.events.disconnects() + mode.disconnects,
+            reconnects: self.events.reconnects() + mode.reconnects,
+            bad_heartbeats: self.membership.bad_heartbeats(),
+            messages_per_sec: self.messages_per_sec,
+            epoch: self.router.epoch(),
+            epoch_started_ms: self.router.epoch_started_ms(),
+            analyzers: self.router.route_stats(),
+        }
+    }
+}
