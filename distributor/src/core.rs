@@ -12,8 +12,8 @@
 //!
 //! What differs between the modes (what happens to packets waiting for an analyzer when the
 //! routing table changes, and the mode's part of the stats) a mode supplies as a
-//! [`DeliveryMode`]. The modes themselves are the siblings [`crate::at_most_once`] and
-//! [`crate::at_least_once`]; neither imports the other.
+//! [`DeliveryMode`]. The modes themselves are the siblings `at_most_once.rs` and
+//! `at_least_once.rs`; neither imports the other, and the core imports neither.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
