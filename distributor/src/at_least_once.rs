@@ -97,12 +97,40 @@ type Delivery = Pin<
     Box<dyn Future<Output = (Packet, Reservation, Result<Message, RequestError>)> + Send + 'static>,
 >;
 
+/// Why the consumer's message stream could not be opened (the loop retries with a back-off).
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("cannot get or create stream {stream:?}")]
+    Stream {
+        stream: String,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("cannot get or create consumer {consumer:?} on stream {stream:?}")]
+    Consumer {
+        consumer: String,
+        stream: String,
+        #[source]
+        source: jetstream::stream::ConsumerError,
+    },
+    #[error("cannot pull from consumer {consumer:?}")]
+    Pull {
+        consumer: String,
+        #[source]
+        source: jetstream::consumer::StreamError,
+    },
+    #[error("JetStream did not answer within {0:?}")]
+    TimedOut(Duration),
+    #[error("consumer set-up task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// Gets (or creates) the stream and the durable consumer.
 pub async fn open_consumer(
     js: &jetstream::Context,
     names: &Names,
     args: &AtLeastOnceArgs,
-) -> Result<jetstream::consumer::PullConsumer, String> {
+) -> Result<jetstream::consumer::PullConsumer, ConsumerError> {
     let stream = js
         .get_or_create_stream(stream::Config {
             name: args.stream.clone(),
@@ -120,7 +148,10 @@ pub async fn open_consumer(
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("cannot get or create stream {:?}: {e}", args.stream))?;
+        .map_err(|source| ConsumerError::Stream {
+            stream: args.stream.clone(),
+            source,
+        })?;
     stream
         .get_or_create_consumer(
             &args.consumer,
@@ -137,11 +168,10 @@ pub async fn open_consumer(
             },
         )
         .await
-        .map_err(|e| {
-            format!(
-                "cannot get or create consumer {:?} on stream {:?}: {e}",
-                args.consumer, args.stream
-            )
+        .map_err(|source| ConsumerError::Consumer {
+            consumer: args.consumer.clone(),
+            stream: args.stream.clone(),
+            source,
         })
 }
 
@@ -151,7 +181,7 @@ fn open(
     js: jetstream::Context,
     names: Names,
     args: AtLeastOnceArgs,
-) -> JoinHandle<Result<pull::Stream, String>> {
+) -> JoinHandle<Result<pull::Stream, ConsumerError>> {
     tokio::spawn(async move {
         let opening = async {
             let consumer = open_consumer(&js, &names, &args).await?;
@@ -162,21 +192,22 @@ fn open(
                 .expires(PULL_EXPIRES)
                 .messages()
                 .await
-                .map_err(|e| format!("cannot pull from consumer {:?}: {e}", args.consumer))
+                .map_err(|source| ConsumerError::Pull {
+                    consumer: args.consumer.clone(),
+                    source,
+                })
         };
         tokio::time::timeout(OPEN_TIMEOUT, opening)
             .await
-            .unwrap_or_else(|_| Err(format!("JetStream did not answer within {OPEN_TIMEOUT:?}")))
+            .unwrap_or(Err(ConsumerError::TimedOut(OPEN_TIMEOUT)))
     })
 }
 
 async fn join(
-    opening: &mut Option<JoinHandle<Result<pull::Stream, String>>>,
-) -> Result<pull::Stream, String> {
+    opening: &mut Option<JoinHandle<Result<pull::Stream, ConsumerError>>>,
+) -> Result<pull::Stream, ConsumerError> {
     match opening {
-        Some(task) => task
-            .await
-            .unwrap_or_else(|e| Err(format!("consumer set-up task failed: {e}"))),
+        Some(task) => task.await.unwrap_or_else(|e| Err(ConsumerError::Task(e))),
         None => std::future::pending().await,
     }
 }
@@ -285,7 +316,7 @@ pub(crate) async fn run(
                         p.consumer_up_at = Instant::now();
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "JetStream consumer not available");
+                        tracing::warn!(error = &e as &dyn std::error::Error, retry_in = ?backoff, "JetStream consumer not available");
                         retry.as_mut().reset(tokio::time::Instant::now() + backoff);
                         retry_armed = true;
                         backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -122,7 +122,7 @@ pub(crate) async fn run(
     };
     let subscribe_err = |subject: &str, e: async_nats::SubscribeError| RunError::Subscribe {
         subject: subject.to_string(),
-        detail: e.to_string(),
+        source: e,
     };
     let wildcard = names.ingest_wildcard();
     let mut ingest = client

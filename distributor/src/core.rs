@@ -48,8 +48,12 @@ pub enum RunError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Bucket(#[from] BucketError),
-    #[error("cannot subscribe to {subject}: {detail}")]
-    Subscribe { subject: String, detail: String },
+    #[error("cannot subscribe to {subject}")]
+    Subscribe {
+        subject: String,
+        #[source]
+        source: async_nats::SubscribeError,
+    },
     #[error(transparent)]
     Http(#[from] logdist_http::StartError),
 }

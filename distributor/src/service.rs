@@ -47,7 +47,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     // Control first, so no heartbeat falls between reading the bucket and listening.
     let subscribe_err = |subject: &str, e: async_nats::SubscribeError| RunError::Subscribe {
         subject: subject.to_string(),
-        detail: e.to_string(),
+        source: e,
     };
     let mut control = client
         .subscribe(names.control_subject.clone())

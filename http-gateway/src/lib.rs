@@ -559,7 +559,7 @@ async fn analyzer_stats(State(gw): State<Arc<Gateway>>) -> Response {
             .map_err(|e| e.to_string())?;
         let snapshot = StatsSnapshot::read(&stats)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| with_causes(&e))?;
         let membership = gw
             .jetstream
             .get_key_value(&gw.names.membership_bucket)
@@ -567,7 +567,7 @@ async fn analyzer_stats(State(gw): State<Arc<Gateway>>) -> Response {
             .map_err(|e| e.to_string())?;
         let online = logdist::member_ids(&membership)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| with_causes(&e))?;
         let mut by_id: std::collections::BTreeMap<String, AnalyzerView> = Default::default();
         for a in snapshot.analyzers {
             let view = by_id.entry(a.id.clone()).or_insert_with(|| AnalyzerView {
@@ -591,6 +591,18 @@ async fn analyzer_stats(State(gw): State<Arc<Gateway>>) -> Response {
         )
         .into_response(),
     }
+}
+
+/// `error` and its causes, `: `-separated: a JSON error message carries no chain of its own.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {

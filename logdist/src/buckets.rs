@@ -5,10 +5,13 @@ use async_nats::jetstream::{self, kv};
 
 /// Why a bucket could not be opened or created.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open or create KV bucket {bucket:?}: {detail} (is JetStream enabled on the server? `nats-server -js` or `jetstream {{}}` in nats.conf)")]
+#[error("cannot open or create KV bucket {bucket:?} (is JetStream enabled on the server? `nats-server -js` or `jetstream {{}}` in nats.conf)")]
 pub struct BucketError {
     pub bucket: String,
-    pub detail: String,
+    /// Why the bucket could not be opened (the first attempt's error: it says more than the
+    /// create's when JetStream is off).
+    #[source]
+    pub source: jetstream::context::KeyValueError,
 }
 
 /// Opens `bucket`, creating it (history 1, file storage) if it does not exist yet.
@@ -17,10 +20,6 @@ pub async fn open_or_create_bucket(
     bucket: &str,
     description: &str,
 ) -> Result<kv::Store, BucketError> {
-    let err = |detail: String| BucketError {
-        bucket: bucket.to_string(),
-        detail,
-    };
     match js.get_key_value(bucket).await {
         Ok(store) => Ok(store),
         Err(get_err) => {
@@ -36,10 +35,10 @@ pub async fn open_or_create_bucket(
             match created {
                 Ok(store) => Ok(store),
                 // Another process created it between our two calls.
-                Err(_) => js
-                    .get_key_value(bucket)
-                    .await
-                    .map_err(|_| err(get_err.to_string())),
+                Err(_) => js.get_key_value(bucket).await.map_err(|_| BucketError {
+                    bucket: bucket.to_string(),
+                    source: get_err,
+                }),
             }
         }
     }

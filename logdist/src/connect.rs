@@ -100,10 +100,26 @@ pub enum ConnectError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("NATS refused the connection to {url}: {detail} (check --user/--password or --creds)")]
-    Auth { url: String, detail: String },
-    #[error("cannot connect to NATS at {url}: {detail} (check --nats-url / NATS_URL and the --tls-* flags)")]
-    Config { url: String, detail: String },
+    #[error("NATS refused the connection to {url} (check --user/--password or --creds)")]
+    Auth {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot connect to NATS at {url} (check --nats-url / NATS_URL and the --tls-* flags)")]
+    Config {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("{url:?} is not a NATS server URL (check --nats-url / NATS_URL)")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no NATS server URL given (check --nats-url / NATS_URL)")]
+    NoUrl,
     #[error("gave up connecting to NATS at {url}: shutdown requested")]
     Cancelled { url: String },
 }
@@ -205,19 +221,18 @@ pub async fn connect_with_capacity(
                 return Ok(Connection { client, events });
             }
             Err(e) => {
-                let detail = e.to_string();
                 use async_nats::ConnectErrorKind as Kind;
                 match e.kind() {
                     Kind::AuthorizationViolation | Kind::Authentication => {
                         return Err(ConnectError::Auth {
                             url: args.nats_url.clone(),
-                            detail,
+                            source: e,
                         })
                     }
                     Kind::ServerParse | Kind::Tls => {
                         return Err(ConnectError::Config {
                             url: args.nats_url.clone(),
-                            detail,
+                            source: e,
                         })
                     }
                     _ => {}
@@ -226,7 +241,7 @@ pub async fn connect_with_capacity(
                 tracing::warn!(
                     url = %args.nats_url,
                     attempt,
-                    error = %detail,
+                    error = %e,
                     "cannot reach NATS; retrying in 1 s (is nats-server running? set --nats-url / NATS_URL)"
                 );
                 tokio::select! {
@@ -248,18 +263,15 @@ pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectEr
         .filter(|u| !u.is_empty())
         .map(|u| {
             u.parse::<async_nats::ServerAddr>()
-                .map_err(|e| ConnectError::Config {
+                .map_err(|source| ConnectError::BadUrl {
                     url: u.to_string(),
-                    detail: e.to_string(),
+                    source,
                 })
         })
         .collect();
     let addrs = addrs?;
     if addrs.is_empty() {
-        return Err(ConnectError::Config {
-            url: urls.to_string(),
-            detail: "no server URL given".into(),
-        });
+        return Err(ConnectError::NoUrl);
     }
     Ok(addrs)
 }

@@ -9,10 +9,44 @@ use crate::protocol::stats::{
     AnalyzerStats, DistributorStats, ANALYZER_KEY_PREFIX, DISTRIBUTOR_KEY_PREFIX,
 };
 
-/// Why the stats bucket could not be read.
+/// Why a bucket could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read the stats bucket: {0}")]
-pub struct SnapshotError(String);
+pub enum SnapshotError {
+    #[error("cannot list the keys of KV bucket {bucket:?}")]
+    Keys {
+        bucket: String,
+        #[source]
+        source: kv::HistoryError,
+    },
+    #[error("cannot list the keys of KV bucket {bucket:?}")]
+    KeyList {
+        bucket: String,
+        #[source]
+        source: kv::WatcherError,
+    },
+    #[error("cannot read key {key:?} of KV bucket {bucket:?}")]
+    Get {
+        bucket: String,
+        key: String,
+        #[source]
+        source: kv::EntryError,
+    },
+}
+
+/// All keys of `store` now.
+async fn keys(store: &kv::Store) -> Result<Vec<String>, SnapshotError> {
+    let bucket = || store.name.clone();
+    let keys = store.keys().await.map_err(|source| SnapshotError::Keys {
+        bucket: bucket(),
+        source,
+    })?;
+    keys.try_collect()
+        .await
+        .map_err(|source| SnapshotError::KeyList {
+            bucket: bucket(),
+            source,
+        })
+}
 
 /// Every record in the stats bucket at one moment. Records that do not parse are counted, not
 /// fatal: a newer writer may have added fields an older reader ignores, but garbage is reported.
@@ -27,19 +61,14 @@ pub struct StatsSnapshot {
 impl StatsSnapshot {
     /// Reads all current keys of `store` (the `logdist_stats` bucket).
     pub async fn read(store: &kv::Store) -> Result<StatsSnapshot, SnapshotError> {
-        let keys: Vec<String> = match store.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| SnapshotError(e.to_string()))?,
-            Err(e) => return Err(SnapshotError(e.to_string())),
-        };
+        let keys = keys(store).await?;
         let mut snapshot = StatsSnapshot::default();
         for key in keys {
-            let Some(value) = store
-                .get(&key)
-                .await
-                .map_err(|e| SnapshotError(e.to_string()))?
+            let Some(value) = store.get(&key).await.map_err(|source| SnapshotError::Get {
+                bucket: store.name.clone(),
+                key: key.clone(),
+                source,
+            })?
             else {
                 continue; // deleted between listing and reading
             };
@@ -65,11 +94,5 @@ impl StatsSnapshot {
 pub async fn member_ids(
     membership: &kv::Store,
 ) -> Result<std::collections::BTreeSet<String>, SnapshotError> {
-    let keys = membership
-        .keys()
-        .await
-        .map_err(|e| SnapshotError(e.to_string()))?;
-    keys.try_collect()
-        .await
-        .map_err(|e| SnapshotError(e.to_string()))
+    Ok(keys(membership).await?.into_iter().collect())
 }
