@@ -7,56 +7,33 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use logdist::testing::{wait_for_members, wait_until, NatsServer, Process};
-
-const WAIT: Duration = Duration::from_secs(30);
+use logdist_testing::{
+    wait_for_members, wait_until, AgentSimOptions, AnalyzerOptions, Delivery, DistributorOptions,
+    NatsServer, Process, WAIT,
+};
 
 /// A distributor in at-least-once mode and one analyzer (so that every repeat of a packet reaches
 /// the instance that drops repeats by packet id: sent must equal counted exactly).
 fn start_pipeline(url: &str) -> (Process, Process) {
-    let distributor = Process::spawn(
-        "distributor",
-        &[
-            "run",
-            "--nats-url",
-            url,
-            "--replica-id",
-            "d1",
-            "--stats-interval",
-            "200ms",
-            "--delivery",
-            "at-least-once",
-            "--ack-wait",
-            "2s",
-            "--request-timeout",
-            "1s",
-        ],
-        &[],
-    );
-    let analyzer = Process::spawn(
-        "analyzer",
-        &[
-            "--nats-url",
-            url,
-            "--id",
-            "1",
-            "--weight",
-            "1",
-            "--instance",
-            "i1",
-            "--heartbeat-interval",
-            "500ms",
-            "--report-interval",
-            "200ms",
-        ],
-        &[],
-    );
+    let distributor = DistributorOptions::new(url)
+        .replica("d1")
+        .stats_interval(Duration::from_millis(200))
+        .delivery(Delivery::AtLeastOnce)
+        .args(&["--ack-wait", "2s", "--request-timeout", "1s"])
+        .spawn();
+    let analyzer = AnalyzerOptions::new(url, "1", 1.0)
+        .heartbeat_interval(Duration::from_millis(500))
+        .report_interval(Duration::from_millis(200))
+        .spawn();
     (distributor, analyzer)
 }
 
 /// Messages analyzer 1 (instance i1) has counted and checkpointed.
 async fn analyzed(js: &jetstream::Context) -> u64 {
-    let Ok(stats) = js.get_key_value("logdist_stats").await else {
+    let Ok(stats) = js
+        .get_key_value(logdist::protocol::names::DEFAULT_STATS_BUCKET)
+        .await
+    else {
         return 0;
     };
     let Ok(Some(value)) = stats
@@ -78,15 +55,12 @@ async fn jetstream_publishing_loses_nothing_while_the_server_is_down_and_restart
     let js = jetstream::new(async_nats::connect(&url).await.unwrap());
     let js_ref = &js;
     wait_until("stream LOGS", WAIT, || async move {
-        js_ref.get_stream("LOGS").await.is_ok()
+        js_ref.get_stream(logdist_testing::STREAM).await.is_ok()
     })
     .await;
 
-    let mut sim = Process::spawn(
-        "agent-sim",
-        &[
-            "--nats-url",
-            &url,
+    let mut sim = AgentSimOptions::new(&url)
+        .args(&[
             "--publish",
             "jetstream",
             "--ack-timeout",
@@ -99,18 +73,11 @@ async fn jetstream_publishing_loses_nothing_while_the_server_is_down_and_restart
             "20000",
             "--duration",
             "8s",
-            "--verify",
-            "--quiet-period",
-            "4s",
-            "--max-loss",
-            "0",
-            // One analyzer: the share is 100 %; this checks loss.
-            "--max-deviation",
-            "100",
-            "--json",
-        ],
-        &[],
-    );
+        ])
+        .verify(Duration::from_secs(4))
+        // One analyzer: the share is 100 %; this checks loss.
+        .max_deviation(100.0)
+        .spawn();
     wait_until("analyzer 1 to count 5,000 messages", WAIT, || async move {
         analyzed(js_ref).await >= 5_000
     })
@@ -171,7 +138,7 @@ async fn jetstream_publishing_without_a_stream_fails_at_once_and_says_what_to_ru
         &[],
     );
     let started = std::time::Instant::now();
-    let status = sim.wait(Duration::from_secs(30)).await;
+    let status = sim.wait(WAIT).await;
     assert_eq!(status.code(), Some(1), "{}", sim.stderr());
     assert!(
         started.elapsed() < Duration::from_secs(15),
@@ -194,8 +161,8 @@ async fn packets_never_stored_are_counted_as_failed_not_dropped() {
     let mut server = NatsServer::start();
     let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
     js.create_stream(jetstream::stream::Config {
-        name: "LOGS".into(),
-        subjects: vec!["logs.ingest.>".into()],
+        name: logdist_testing::STREAM.into(),
+        subjects: vec![logdist::Names::default().ingest_wildcard()],
         ..Default::default()
     })
     .await

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use logdist::testing::{wait_for_members, NatsServer, Process};
+use logdist_testing::{
+    agent_sim_report, wait_for_members, AgentSimOptions, AnalyzerOptions, DistributorOptions,
+    NatsServer, Process, THREE_ANALYZERS, WAIT,
+};
 
 struct Pipeline {
     server: NatsServer,
@@ -14,46 +17,23 @@ struct Pipeline {
 async fn start_pipeline() -> Pipeline {
     let server = NatsServer::start();
     let url = server.url();
-    let distributor = Process::spawn(
-        "distributor",
-        &[
-            "run",
-            "--nats-url",
-            &url,
-            "--replica-id",
-            "d1",
-            "--stats-interval",
-            "200ms",
-        ],
-        &[],
-    );
-    let analyzers = [("1", "0.5"), ("2", "0.3"), ("3", "0.2")]
+    let distributor = DistributorOptions::new(&url)
+        .replica("d1")
+        .stats_interval(Duration::from_millis(200))
+        .spawn();
+    let analyzers = THREE_ANALYZERS
         .iter()
         .map(|(id, weight)| {
-            Process::spawn(
-                "analyzer",
-                &[
-                    "--nats-url",
-                    &url,
-                    "--id",
-                    id,
-                    "--weight",
-                    weight,
-                    "--instance",
-                    &format!("i{id}"),
-                    // 500 ms (timeout 1.5 s): a debug build on 2 cores can stall a 100 ms heartbeat
-                    // past its 300 ms timeout, which drops the analyzer mid-run and skews the shares.
-                    "--heartbeat-interval",
-                    "500ms",
-                    "--report-interval",
-                    "200ms",
-                ],
-                &[],
-            )
+            AnalyzerOptions::new(&url, id, *weight)
+                // 500 ms (timeout 1.5 s): a debug build on 2 cores can stall a 100 ms heartbeat
+                // past its 300 ms timeout, which drops the analyzer mid-run and skews the shares.
+                .heartbeat_interval(Duration::from_millis(500))
+                .report_interval(Duration::from_millis(200))
+                .spawn()
         })
         .collect();
     // Ready when the distributor has mirrored all three analyzers into the membership bucket.
-    wait_for_members(&url, 3, Duration::from_secs(30)).await;
+    wait_for_members(&url, 3, WAIT).await;
     Pipeline {
         server,
         _distributor: distributor,
@@ -64,11 +44,8 @@ async fn start_pipeline() -> Pipeline {
 #[tokio::test]
 async fn verify_reports_no_loss_and_shares_within_a_tenth_of_a_point() {
     let pipeline = start_pipeline().await;
-    let mut sim = Process::spawn(
-        "agent-sim",
-        &[
-            "--nats-url",
-            &pipeline.server.url(),
+    let mut sim = AgentSimOptions::new(&pipeline.server.url())
+        .args(&[
             "--agents",
             "8",
             "--packet-size",
@@ -79,20 +56,11 @@ async fn verify_reports_no_loss_and_shares_within_a_tenth_of_a_point() {
             "300000",
             "--invalid-ratio",
             "0.01",
-            "--verify",
-            "--quiet-period",
-            "2s",
-            "--max-loss",
-            "0",
-            "--max-deviation",
-            "0.1",
-            "--json",
-        ],
-        &[],
-    );
-    let status = sim.wait(Duration::from_secs(90)).await;
-    let report: serde_json::Value = serde_json::from_str(&sim.stdout())
-        .unwrap_or_else(|e| panic!("JSON report ({e}); stderr:\n{}", sim.stderr()));
+        ])
+        .verify(Duration::from_secs(2))
+        .max_deviation(0.1)
+        .spawn();
+    let (status, report) = agent_sim_report(&mut sim, Duration::from_secs(90)).await;
     assert!(status.success(), "verify failed: {report:#}");
     let v = &report["verification"];
     assert_eq!(v["lost"], 0, "{v:#}");
@@ -163,9 +131,7 @@ async fn verify_fails_when_an_analyzer_is_killed_mid_run_at_most_once() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     pipeline.analyzers[1].kill().await; // SIGKILL: no withdraw, in-flight packets lost
-    let status = sim.wait(Duration::from_secs(90)).await;
-    let report: serde_json::Value = serde_json::from_str(&sim.stdout())
-        .unwrap_or_else(|e| panic!("JSON report ({e}); stderr:\n{}", sim.stderr()));
+    let (status, report) = agent_sim_report(&mut sim, Duration::from_secs(90)).await;
     assert_eq!(status.code(), Some(1), "the check must fail: {report:#}");
     let v = &report["verification"];
     assert!(v["lost"].as_u64().unwrap() > 0, "{v:#}");

@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use logdist::testing::{NatsServer, Process};
 use logdist::PacketValidator;
+use logdist_testing::{NatsServer, Process, WAIT};
 
 /// Receives everything on `logs.ingest.>` until `messages` log messages arrived (bounded), and
 /// returns every packet: with --rate 0 one agent can send dozens before the others start, so the
@@ -19,7 +19,7 @@ async fn collect(
     let validator = PacketValidator::default();
     let (mut valid, mut invalid, mut packets) = (0u64, 0u64, Vec::new());
     while valid < messages || invalid < invalid_packets {
-        let msg = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        let msg = tokio::time::timeout(WAIT, sub.next())
             .await
             .expect("agent-sim's packets arrive")
             .expect("subscription open");
@@ -36,7 +36,10 @@ async fn collect(
 async fn count_mode_sends_exactly_the_count_with_agent_headers() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
-    let mut sub = client.subscribe("logs.ingest.>").await.unwrap();
+    let mut sub = client
+        .subscribe(logdist::Names::default().ingest_wildcard())
+        .await
+        .unwrap();
     client.flush().await.unwrap();
 
     let mut sim = Process::spawn(
@@ -56,11 +59,7 @@ async fn count_mode_sends_exactly_the_count_with_agent_headers() {
         ],
         &[],
     );
-    assert!(
-        sim.wait(Duration::from_secs(30)).await.success(),
-        "{}",
-        sim.stderr()
-    );
+    assert!(sim.wait(WAIT).await.success(), "{}", sim.stderr());
     let (valid, invalid, sample) = collect(&mut sub, 5000, 0).await;
     assert_eq!((valid, invalid), (5000, 0));
 
@@ -76,7 +75,10 @@ async fn count_mode_sends_exactly_the_count_with_agent_headers() {
             .get(logdist::protocol::headers::AGENT)
             .unwrap()
             .to_string();
-        assert_eq!(msg.subject.as_str(), format!("logs.ingest.{agent}"));
+        assert_eq!(
+            msg.subject.as_str(),
+            logdist::Names::default().agent_ingest_subject(&agent)
+        );
         let sent_at: u128 = headers
             .get(logdist::protocol::headers::SENT_AT)
             .unwrap()
@@ -110,7 +112,10 @@ async fn count_mode_sends_exactly_the_count_with_agent_headers() {
 async fn invalid_ratio_sends_malformed_packets_and_rate_paces_the_send() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
-    let mut sub = client.subscribe("logs.ingest.>").await.unwrap();
+    let mut sub = client
+        .subscribe(logdist::Names::default().ingest_wildcard())
+        .await
+        .unwrap();
     client.flush().await.unwrap();
 
     let mut sim = Process::spawn(
@@ -132,11 +137,7 @@ async fn invalid_ratio_sends_malformed_packets_and_rate_paces_the_send() {
         ],
         &[],
     );
-    assert!(
-        sim.wait(Duration::from_secs(30)).await.success(),
-        "{}",
-        sim.stderr()
-    );
+    assert!(sim.wait(WAIT).await.success(), "{}", sim.stderr());
     let report: serde_json::Value = serde_json::from_str(&sim.stdout()).expect("JSON report");
     let sent = report["sent"]["messages"].as_u64().unwrap();
     let invalid = report["sent"]["invalid_packets"].as_u64().unwrap();

@@ -11,11 +11,10 @@ use futures::StreamExt;
 use logdist::protocol::control::{ControlMessage, Heartbeat, Withdraw};
 use logdist::protocol::headers;
 use logdist::protocol::stats::{analyzer_key, AnalyzerStats, SourceCount};
-use logdist::testing::{wait_until, NatsServer, Process};
+use logdist_testing::{wait_until, NatsServer, Process, WAIT};
 
-const CONTROL: &str = "logdist.control";
-const STATS_BUCKET: &str = "logdist_stats";
-const WAIT: Duration = Duration::from_secs(15);
+const CONTROL: &str = logdist::protocol::names::DEFAULT_CONTROL_SUBJECT;
+const STATS_BUCKET: &str = logdist::protocol::names::DEFAULT_STATS_BUCKET;
 const SEVERITY_SPELLINGS: [(&str, &str); 8] = [
     ("trace", "TRACE"),
     ("DEBUG", "DEBUG"),
@@ -298,7 +297,14 @@ async fn sigterm_right_after_publishing_counts_every_delivered_message() {
     wait_online(&mut control, "d1", &analyzer).await;
 
     let mut expected = Expected::new();
-    publish_packets(&client, "analyzer.drain", &mut expected, 3_000, 10).await;
+    publish_packets(
+        &client,
+        &logdist::Names::default().analyzer_subject("drain"),
+        &mut expected,
+        3_000,
+        10,
+    )
+    .await;
     let status = analyzer.terminate(WAIT).await;
     assert_eq!(status.code(), Some(0), "stderr:\n{}", analyzer.stderr());
 
@@ -346,8 +352,24 @@ async fn a_withdrawal_waits_until_each_replica_that_routed_here_confirms() {
 
     // Two replicas route here; "silent" will never confirm.
     let mut expected = Expected::new();
-    route_packets(&client, "analyzer.wc", Some("busy"), &mut expected, 10, 3).await;
-    route_packets(&client, "analyzer.wc", Some("silent"), &mut expected, 10, 3).await;
+    route_packets(
+        &client,
+        &logdist::Names::default().analyzer_subject("wc"),
+        Some("busy"),
+        &mut expected,
+        10,
+        3,
+    )
+    .await;
+    route_packets(
+        &client,
+        &logdist::Names::default().analyzer_subject("wc"),
+        Some("silent"),
+        &mut expected,
+        10,
+        3,
+    )
+    .await;
     let bucket = stats_bucket(&client).await;
     wait_until("20 packets analyzed", WAIT, || async {
         read_stats(&bucket, "wc", "wc-1")
@@ -364,7 +386,15 @@ async fn a_withdrawal_waits_until_each_replica_that_routed_here_confirms() {
     // "busy" takes half a second to get to the withdrawal, routing 50 more packets meanwhile,
     // then confirms.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    route_packets(&client, "analyzer.wc", Some("busy"), &mut expected, 50, 3).await;
+    route_packets(
+        &client,
+        &logdist::Names::default().analyzer_subject("wc"),
+        Some("busy"),
+        &mut expected,
+        50,
+        3,
+    )
+    .await;
     let confirmation = logdist::protocol::control::WithdrawalConfirmed {
         id: "wc".into(),
         instance: "wc-1".into(),
@@ -372,7 +402,7 @@ async fn a_withdrawal_waits_until_each_replica_that_routed_here_confirms() {
     };
     client
         .publish(
-            "analyzer.wc.withdrawn",
+            logdist::Names::default().withdrawn_subject("wc"),
             serde_json::to_vec(&confirmation).unwrap().into(),
         )
         .await
@@ -403,14 +433,30 @@ async fn live_kv_stats_equal_what_was_published() {
     wait_online(&mut control, "k1", &analyzer).await;
 
     let mut expected = Expected::new();
-    publish_packets(&client, "analyzer.kv", &mut expected, 40, 25).await;
+    publish_packets(
+        &client,
+        &logdist::Names::default().analyzer_subject("kv"),
+        &mut expected,
+        40,
+        25,
+    )
+    .await;
     // Single-object packets, and one payload that bypassed the distributor and is not a packet.
     for i in 40..60 {
         let payload = expected.packet(i, 1);
-        client.publish("analyzer.kv", payload.into()).await.unwrap();
+        client
+            .publish(
+                logdist::Names::default().analyzer_subject("kv"),
+                payload.into(),
+            )
+            .await
+            .unwrap();
     }
     client
-        .publish("analyzer.kv", "not a packet".into())
+        .publish(
+            logdist::Names::default().analyzer_subject("kv"),
+            "not a packet".into(),
+        )
         .await
         .unwrap();
     client.flush().await.unwrap();
@@ -452,7 +498,14 @@ async fn two_instances_of_one_id_share_its_traffic_without_duplicates() {
     wait_online(&mut control, "b", &second).await;
 
     let mut expected = Expected::new();
-    publish_packets(&client, "analyzer.shared", &mut expected, 600, 5).await;
+    publish_packets(
+        &client,
+        &logdist::Names::default().analyzer_subject("shared"),
+        &mut expected,
+        600,
+        5,
+    )
+    .await;
     assert_eq!(first.terminate(WAIT).await.code(), Some(0));
     assert_eq!(second.terminate(WAIT).await.code(), Some(0));
 
@@ -497,7 +550,11 @@ async fn latency_figures_are_plausible_when_sent_at_is_set() {
         let mut packet_headers = HeaderMap::new();
         packet_headers.insert(headers::SENT_AT, sent_at.to_string().as_str());
         client
-            .publish_with_headers("analyzer.lat", packet_headers, expected.packet(i, 3).into())
+            .publish_with_headers(
+                logdist::Names::default().analyzer_subject("lat"),
+                packet_headers,
+                expected.packet(i, 3).into(),
+            )
             .await
             .unwrap();
     }
@@ -544,7 +601,10 @@ async fn request_style_packets_are_acknowledged_after_analysis() {
     let sent = Instant::now();
     let reply = tokio::time::timeout(
         WAIT,
-        client.request("analyzer.ack", expected.packet(0, 5).into()),
+        client.request(
+            logdist::Names::default().analyzer_subject("ack"),
+            expected.packet(0, 5).into(),
+        ),
     )
     .await
     .expect("ack within the time limit")
@@ -580,7 +640,11 @@ async fn a_repeated_packet_id_is_counted_once_and_still_acknowledged() {
         packet_headers.insert(headers::PACKET_ID, id);
         let ack = tokio::time::timeout(
             WAIT,
-            client.request_with_headers("analyzer.dup", packet_headers, payload.clone().into()),
+            client.request_with_headers(
+                logdist::Names::default().analyzer_subject("dup"),
+                packet_headers,
+                payload.clone().into(),
+            ),
         )
         .await
         .expect("ack within the time limit")
@@ -616,7 +680,14 @@ async fn heartbeats_resume_and_packets_flow_after_the_server_restarts() {
     // The analyzer's subscription came back with its connection.
     let mut expected = Expected::new();
     let bucket = stats_bucket(&client).await;
-    publish_packets(&client, "analyzer.rc", &mut expected, 20, 5).await;
+    publish_packets(
+        &client,
+        &logdist::Names::default().analyzer_subject("rc"),
+        &mut expected,
+        20,
+        5,
+    )
+    .await;
     wait_until("packets after the restart to be counted", WAIT, || async {
         read_stats(&bucket, "rc", "c1")
             .await

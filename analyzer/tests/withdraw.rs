@@ -6,111 +6,67 @@
 
 use std::time::Duration;
 
-use logdist::testing::{wait_for_members, NatsServer, Process};
+use logdist_testing::{
+    agent_sim_report, wait_for_members, AgentSimOptions, AnalyzerOptions, DistributorOptions,
+    NatsServer, Process, THREE_ANALYZERS, WAIT,
+};
 
 /// Small packets at a high rate: many packets are in flight to the analyzer when it withdraws.
 const RATE: &str = "30000";
 const PACKET_SIZE: &str = "1..5";
 
-fn analyzer(url: &str, id: &str, weight: &str, grace: &str) -> Process {
-    Process::spawn(
-        "analyzer",
-        &[
-            "--nats-url",
-            url,
-            "--id",
-            id,
-            "--weight",
-            weight,
-            "--instance",
-            &format!("i{id}"),
-            "--heartbeat-interval",
-            "100ms",
-            "--report-interval",
-            "200ms",
-            "--withdraw-grace",
-            grace,
-        ],
-        &[],
-    )
+fn analyzer(url: &str, id: &str, weight: f64, grace: &str) -> Process {
+    AnalyzerOptions::new(url, id, weight)
+        .heartbeat_interval(Duration::from_millis(100))
+        .report_interval(Duration::from_millis(200))
+        .args(&["--withdraw-grace", grace])
+        .spawn()
 }
 
 /// Runs the scenario with `--withdraw-grace grace` and returns agent-sim's verification.
 async fn withdraw_mid_run(grace: &str) -> serde_json::Value {
     let server = NatsServer::start();
     let url = server.url();
-    let mut distributor = Process::spawn(
-        "distributor",
-        &[
-            "run",
-            "--nats-url",
-            &url,
-            "--replica-id",
-            "d1",
-            "--stats-interval",
-            "200ms",
-        ],
-        &[],
-    );
-    let mut analyzers: Vec<Process> = [("1", "0.5"), ("2", "0.3"), ("3", "0.2")]
+    let mut distributor = DistributorOptions::new(&url)
+        .replica("d1")
+        .stats_interval(Duration::from_millis(200))
+        .spawn();
+    let mut analyzers: Vec<Process> = THREE_ANALYZERS
         .iter()
-        .map(|(id, weight)| analyzer(&url, id, weight, grace))
+        .map(|(id, weight)| analyzer(&url, id, *weight, grace))
         .collect();
-    wait_for_members(&url, 3, Duration::from_secs(30)).await;
+    wait_for_members(&url, 3, WAIT).await;
 
     // agent-sim computes targets over the analyzers that took part, so the share check is off;
     // only loss is asserted.
-    let mut sim = Process::spawn(
-        "agent-sim",
-        &[
-            "--nats-url",
-            &url,
+    let mut sim = AgentSimOptions::new(&url)
+        .args(&[
             "--rate",
             RATE,
             "--duration",
             "4s",
             "--packet-size",
             PACKET_SIZE,
-            "--verify",
-            "--quiet-period",
-            "2s",
-            "--max-loss",
-            "0",
-            "--max-deviation",
-            "100",
-            "--json",
-        ],
-        &[],
-    );
+        ])
+        .verify(Duration::from_secs(2))
+        .max_deviation(100.0)
+        .spawn();
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    let status = analyzers[1].terminate(Duration::from_secs(20)).await;
+    let status = analyzers[1].terminate(WAIT).await;
     assert!(
         status.success(),
         "analyzer 2 exit: {status}\n{}",
         analyzers[1].stderr()
     );
-    sim.wait(Duration::from_secs(120)).await;
-    let report: serde_json::Value = serde_json::from_str(&sim.stdout()).unwrap_or_else(|e| {
-        panic!(
-            "agent-sim JSON report ({e}); stdout:\n{}\nstderr:\n{}",
-            sim.stdout(),
-            sim.stderr()
-        )
-    });
+    let (_, report) = agent_sim_report(&mut sim, Duration::from_secs(120)).await;
     let v = report["verification"].clone();
     eprintln!(
         "withdraw-grace {grace}: sent {} received {} lost {} deadlettered {}",
         v["sent"], v["received"], v["lost"], v["deadlettered"]
     );
-    assert!(distributor
-        .terminate(Duration::from_secs(20))
-        .await
-        .success());
+    assert!(distributor.terminate(WAIT).await.success());
     for i in [0, 2] {
-        assert!(analyzers[i]
-            .terminate(Duration::from_secs(20))
-            .await
-            .success());
+        assert!(analyzers[i].terminate(WAIT).await.success());
     }
     v
 }

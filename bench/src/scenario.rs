@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use logdist::testing::{NatsServer, Process};
 use logdist::StatsSnapshot;
+use logdist_testing::{NatsServer, Process};
 
 /// What routes the packets from agent-sim to the analyzers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +229,7 @@ pub async fn run(
             &[("RUST_LOG", "warn")],
         ));
     }
-    let http_addr = format!("127.0.0.1:{}", logdist::testing::free_port());
+    let http_addr = format!("127.0.0.1:{}", logdist_testing::free_port());
     let distributor = if scenario.has_distributor() {
         let delivery = match scenario {
             Scenario::LogdistAtLeastOnce => "at-least-once",
@@ -335,8 +335,14 @@ pub async fn run(
     .map(|s| s.to_string())
     .collect();
     match scenario {
-        Scenario::RawNats => args.extend(["--subject".into(), "analyzer.1".into()]),
-        Scenario::WeightedMapping => args.extend(["--subject".into(), "logs.ingest".into()]),
+        Scenario::RawNats => args.extend([
+            "--subject".into(),
+            logdist::Names::default().analyzer_subject("1"),
+        ]),
+        Scenario::WeightedMapping => args.extend([
+            "--subject".into(),
+            logdist::protocol::names::DEFAULT_INGEST_SUBJECT.into(),
+        ]),
         _ => {}
     }
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();

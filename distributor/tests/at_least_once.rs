@@ -9,7 +9,7 @@ mod pipeline;
 use std::time::Duration;
 
 use logdist::protocol::stats::unix_millis_now;
-use logdist::testing::{wait_until, NatsServer};
+use logdist_testing::{wait_until, NatsServer};
 use pipeline::*;
 
 /// Waits for the run to be acked everywhere, then for a stats write of `replica` made after
@@ -43,7 +43,7 @@ fn assert_no_loss(name: &str, report: &serde_json::Value) {
 async fn analyzer_killed_mid_run_loses_nothing() {
     let server = NatsServer::start();
     let url = server.url();
-    let mut d1 = distributor(&url, "d1", "at-least-once", &[]);
+    let mut d1 = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
     let mut analyzers = three_analyzers(&[&url]);
     let js = jetstream(&url).await;
     wait_members(&js, 3).await;
@@ -66,14 +66,14 @@ async fn analyzer_killed_mid_run_loses_nothing() {
     assert!(!last.analyzers["2"].online);
     // Since analyzer 2 left, 1 and 3 share by 0.5 : 0.2, counted from acknowledgements.
     assert_epoch_shares(&last, 0.5);
-    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+    assert!(d1.terminate(WAIT).await.success());
 }
 
 #[tokio::test]
 async fn analyzer_killed_mid_run_loses_messages_at_most_once() {
     let server = NatsServer::start();
     let url = server.url();
-    let _d1 = distributor(&url, "d1", "at-most-once", &[]);
+    let _d1 = distributor(&url, "d1", Delivery::AtMostOnce, &[]);
     let mut analyzers = three_analyzers(&[&url]);
     let js = jetstream(&url).await;
     wait_members(&js, 3).await;
@@ -93,8 +93,8 @@ async fn analyzer_killed_mid_run_loses_messages_at_most_once() {
 async fn distributor_replica_killed_mid_run_loses_nothing() {
     let server = NatsServer::start();
     let url = server.url();
-    let mut d1 = distributor(&url, "d1", "at-least-once", &[]);
-    let mut d2 = distributor(&url, "d2", "at-least-once", &[]);
+    let mut d1 = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
+    let mut d2 = distributor(&url, "d2", Delivery::AtLeastOnce, &[]);
     let _analyzers = three_analyzers(&[&url]);
     let js = jetstream(&url).await;
     wait_members(&js, 3).await;
@@ -104,7 +104,7 @@ async fn distributor_replica_killed_mid_run_loses_nothing() {
     let _load = LOAD.lock().await;
     // Shares are checked below from acknowledged counts: the analyzers' own counts include the
     // duplicates of d2's redelivered packets.
-    let mut sim = agent_sim_with(&url, "6s", "3s", "core", "100");
+    let mut sim = agent_sim_with(&url, "6s", Duration::from_secs(3), "core", 100.0);
     wait_until("replica d2 to route", WAIT, || async move {
         distributor_stats(stats_ref, "d2")
             .await
@@ -119,14 +119,14 @@ async fn distributor_replica_killed_mid_run_loses_nothing() {
     let last = settled_stats(&js, "d1").await;
     assert_eq!(last.deadletter_packets, 0, "{last:#?}");
     assert_epoch_shares(&last, 0.5);
-    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+    assert!(d1.terminate(WAIT).await.success());
 }
 
 #[tokio::test]
 async fn nats_server_restart_mid_run_loses_nothing() {
     let mut server = NatsServer::start();
     let url = server.url();
-    let mut d1 = distributor(&url, "d1", "at-least-once", &[]);
+    let mut d1 = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
     let _analyzers = three_analyzers(&[&url]);
     let js = jetstream(&url).await;
     wait_members(&js, 3).await;
@@ -138,7 +138,7 @@ async fn nats_server_restart_mid_run_loses_nothing() {
     // must lose nothing publish with acknowledgements and retry, as this one does.
     // Shares are checked below from acknowledged counts: the analyzers' own counts include the
     // duplicates of packets whose ack the restart lost (0.54 pp off in one run).
-    let mut sim = agent_sim_with(&url, "6s", "3s", "jetstream", "100");
+    let mut sim = agent_sim_with(&url, "6s", Duration::from_secs(3), "jetstream", 100.0);
     wait_analyzed(&stats, "3", 5_000).await;
     server.restart(); // SIGKILL, then the same port and store
     let (status, report) = report(&mut sim).await;
@@ -150,14 +150,14 @@ async fn nats_server_restart_mid_run_loses_nothing() {
     assert!(last.reconnects > 0, "{last:#?}");
     assert_eq!(last.deadletter_packets, 0, "{last:#?}");
     assert_epoch_shares(&last, 0.5);
-    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+    assert!(d1.terminate(WAIT).await.success());
 }
 
 #[tokio::test]
 async fn analyzer_withdrawn_mid_run_loses_nothing() {
     let server = NatsServer::start();
     let url = server.url();
-    let mut d1 = distributor(&url, "d1", "at-least-once", &[]);
+    let mut d1 = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
     let mut analyzers = three_analyzers(&[&url]);
     let js = jetstream(&url).await;
     wait_members(&js, 3).await;
@@ -166,7 +166,7 @@ async fn analyzer_withdrawn_mid_run_loses_nothing() {
     let _load = LOAD.lock().await;
     let mut sim = agent_sim(&url);
     wait_analyzed(&stats, "1", 10_000).await;
-    let status = analyzers[0].terminate(Duration::from_secs(20)).await;
+    let status = analyzers[0].terminate(WAIT).await;
     assert!(status.success(), "{}", analyzers[0].stderr());
     let (_, report) = report(&mut sim).await;
     assert_no_loss("analyzer withdrawn", &report);
@@ -175,7 +175,7 @@ async fn analyzer_withdrawn_mid_run_loses_nothing() {
     assert!(!last.analyzers["1"].online);
     // Since analyzer 1 left, 2 and 3 share by 0.3 : 0.2.
     assert_epoch_shares(&last, 0.5);
-    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+    assert!(d1.terminate(WAIT).await.success());
 }
 
 /// No analyzer online: packets stay in the stream (nothing dead-lettered) and are delivered once
@@ -184,18 +184,21 @@ async fn analyzer_withdrawn_mid_run_loses_nothing() {
 async fn packets_wait_in_the_stream_until_an_analyzer_is_online() {
     let server = NatsServer::start();
     let url = server.url();
-    let mut d1 = distributor(&url, "d1", "at-least-once", &[]);
+    let mut d1 = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
     let js = jetstream(&url).await;
     let js_ref = &js;
     wait_until("the stream", WAIT, || async move {
-        js_ref.get_stream("LOGS").await.is_ok()
+        js_ref.get_stream(logdist_testing::STREAM).await.is_ok()
     })
     .await;
     let client = async_nats::connect(&url).await.unwrap();
     let packet = r#"[{"timestamp":1,"severity":"INFO","source":"t","message":"a"},{"timestamp":2,"severity":"WARN","source":"t","message":"b"}]"#;
     for i in 0..50 {
         client
-            .publish(format!("logs.ingest.a{}", i % 3), packet.into())
+            .publish(
+                logdist::Names::default().agent_ingest_subject(&format!("a{}", i % 3)),
+                packet.into(),
+            )
             .await
             .unwrap();
     }
@@ -203,19 +206,19 @@ async fn packets_wait_in_the_stream_until_an_analyzer_is_online() {
     // With no analyzer online the replica does not fetch: the stream holds every packet.
     let stats = stats_bucket(&js).await;
     wait_until("the stream to hold the 50 packets", WAIT, || async move {
-        match js_ref.get_stream("LOGS").await {
+        match js_ref.get_stream(logdist_testing::STREAM).await {
             Ok(mut stream) => stream.info().await.is_ok_and(|i| i.state.messages == 50),
             Err(_) => false,
         }
     })
     .await;
 
-    let _analyzer = analyzer(&url, "1", "1");
+    let _analyzer = analyzer(&url, "1", 1.0);
     wait_analyzed(&stats, "1", 100).await;
     wait_consumer_drained(&js).await;
     let s = distributor_stats(&stats, "d1").await.unwrap();
     assert_eq!(s.deadletter_packets, 0, "{s:#?}");
-    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+    assert!(d1.terminate(WAIT).await.success());
     let a = analyzer_stats(&stats, "1").await.unwrap();
     assert_eq!(a.messages, 100, "each packet analyzed once: {a:#?}");
 }
@@ -228,8 +231,14 @@ async fn a_packet_no_analyzer_acknowledges_is_dead_lettered_after_max_attempts()
     let url = server.url();
     let client = async_nats::connect(&url).await.unwrap();
     // A silent analyzer: it heartbeats and subscribes, but never replies.
-    let mut silent = client.subscribe("analyzer.mute").await.unwrap();
-    let mut deadletters = client.subscribe("logs.deadletter").await.unwrap();
+    let mut silent = client
+        .subscribe(logdist::Names::default().analyzer_subject("mute"))
+        .await
+        .unwrap();
+    let mut deadletters = client
+        .subscribe(logdist::protocol::names::DEFAULT_DEADLETTER_SUBJECT)
+        .await
+        .unwrap();
     let heartbeat =
         logdist::protocol::control::ControlMessage::Up(logdist::protocol::control::Heartbeat {
             id: "mute".into(),
@@ -241,7 +250,10 @@ async fn a_packet_no_analyzer_acknowledges_is_dead_lettered_after_max_attempts()
     let beats = tokio::spawn(async move {
         loop {
             let _ = beat_client
-                .publish("logdist.control", heartbeat.to_json().into())
+                .publish(
+                    logdist::protocol::names::DEFAULT_CONTROL_SUBJECT,
+                    heartbeat.to_json().into(),
+                )
                 .await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -249,14 +261,14 @@ async fn a_packet_no_analyzer_acknowledges_is_dead_lettered_after_max_attempts()
     let _d1 = distributor(
         &url,
         "d1",
-        "at-least-once",
+        Delivery::AtLeastOnce,
         &["--request-timeout", "100ms", "--max-attempts", "3"],
     );
     let js = jetstream(&url).await;
     wait_members(&js, 1).await;
     client
         .publish(
-            "logs.ingest",
+            logdist::protocol::names::DEFAULT_INGEST_SUBJECT,
             r#"{"timestamp":1,"severity":"INFO","source":"t","message":"x"}"#.into(),
         )
         .await
@@ -303,12 +315,17 @@ async fn a_byte_bound_below_one_packet_still_delivers_every_packet() {
     const PACKETS: u64 = 20;
     let server = NatsServer::start();
     let url = server.url();
-    let mut d1 = distributor(&url, "d1", "at-least-once", &["--max-in-flight-bytes", "1"]);
+    let mut d1 = distributor(
+        &url,
+        "d1",
+        Delivery::AtLeastOnce,
+        &["--max-in-flight-bytes", "1"],
+    );
     let _analyzers = three_analyzers(&[&url]);
     let js = jetstream(&url).await;
     wait_members(&js, 3).await;
     wait_until("the LOGS stream", WAIT, || async {
-        js.get_stream("LOGS").await.is_ok()
+        js.get_stream(logdist_testing::STREAM).await.is_ok()
     })
     .await;
 
@@ -322,11 +339,14 @@ async fn a_byte_bound_below_one_packet_still_delivers_every_packet() {
             .join(",")
     );
     for _ in 0..PACKETS {
-        js.publish("logs.ingest", packet.clone().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored in LOGS");
+        js.publish(
+            logdist::protocol::names::DEFAULT_INGEST_SUBJECT,
+            packet.clone().into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored in LOGS");
     }
     let (captured, _) = wait_consumer_drained(&js).await;
     assert_eq!(captured, PACKETS);
@@ -343,5 +363,5 @@ async fn a_byte_bound_below_one_packet_still_delivers_every_packet() {
     let last = settled_stats(&js, "d1").await;
     assert_eq!(last.routed_packets, PACKETS);
     assert_eq!(last.deadletter_packets, 0);
-    assert!(d1.terminate(Duration::from_secs(20)).await.success());
+    assert!(d1.terminate(WAIT).await.success());
 }

@@ -11,7 +11,7 @@ mod pipeline;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use logdist::testing::{wait_until, NatsCluster, Process};
+use logdist_testing::{wait_until, NatsCluster, Process};
 use pipeline::*;
 
 /// The node made leader of everything, then killed.
@@ -42,7 +42,10 @@ async fn start(analyzer_flags: &[&str], stats_leader_dies: bool) -> Cluster {
     // The buckets are created with 1 replica by whichever process comes first; here they are
     // made with 3 first, so losing a node cannot take the stats (the test's measure) with it.
     let js = jetstream(&cluster.url(0)).await;
-    for bucket in ["analyzers", "logdist_stats"] {
+    for bucket in [
+        logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET,
+        logdist::protocol::names::DEFAULT_STATS_BUCKET,
+    ] {
         js.create_key_value(kv::Config {
             bucket: bucket.to_string(),
             history: 1,
@@ -56,18 +59,18 @@ async fn start(analyzer_flags: &[&str], stats_leader_dies: bool) -> Cluster {
 
     let replicas = ["--stream-replicas", "3"];
     let distributors = vec![
-        distributor(&all_from(0), "d1", "at-least-once", &replicas),
-        distributor(&all_from(1), "d2", "at-least-once", &replicas),
+        distributor(&all_from(0), "d1", Delivery::AtLeastOnce, &replicas),
+        distributor(&all_from(1), "d2", Delivery::AtLeastOnce, &replicas),
     ];
-    let analyzers = [("1", "0.5"), ("2", "0.3"), ("3", "0.2")]
+    let analyzers = logdist_testing::THREE_ANALYZERS
         .iter()
         .enumerate()
-        .map(|(i, (id, weight))| analyzer_with(&all_from(i + 1), id, weight, analyzer_flags))
+        .map(|(i, (id, weight))| analyzer_with(&all_from(i + 1), id, *weight, analyzer_flags))
         .collect();
     wait_members(&js, 3).await;
     let js_ref = &js;
     wait_until("stream LOGS with 3 replicas", WAIT, || async move {
-        match js_ref.get_stream("LOGS").await {
+        match js_ref.get_stream(logdist_testing::STREAM).await {
             Ok(mut s) => s.info().await.is_ok_and(|i| {
                 i.config.num_replicas == 3 && i.cluster.as_ref().is_some_and(|c| c.leader.is_some())
             }),
@@ -120,7 +123,11 @@ async fn start(analyzer_flags: &[&str], stats_leader_dies: bool) -> Cluster {
 /// The leader of "stream X" or "consumer distributors" (of stream LOGS).
 async fn leader(js: &jetstream::Context, what: &str) -> Option<String> {
     let (kind, name) = what.split_once(' ')?;
-    let stream_name = if kind == "stream" { name } else { "LOGS" };
+    let stream_name = if kind == "stream" {
+        name
+    } else {
+        logdist_testing::STREAM
+    };
     let mut stream = js.get_stream(stream_name).await.ok()?;
     if kind == "stream" {
         return stream.info().await.ok()?.cluster.clone()?.leader;
@@ -179,7 +186,7 @@ impl Cluster {
         let (captured, _) = wait_consumer_drained(&js).await;
         eprintln!("  stream captured {captured} packets, all acked");
         for d in &mut self.distributors {
-            assert!(d.terminate(Duration::from_secs(20)).await.success());
+            assert!(d.terminate(WAIT).await.success());
         }
         // Over the whole run the cumulative shares need not match the weights: an analyzer
         // whose client was on the killed node may miss heartbeats and be dropped until it is
@@ -252,16 +259,19 @@ async fn killing_the_leader_node_mid_delivery_loses_nothing() {
         vec![element; PER_PACKET as usize].join(",")
     ));
     for i in 0..PACKETS {
-        c.js.publish(format!("logs.ingest.t{}", i % 10), payload.clone())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored in the stream");
+        c.js.publish(
+            logdist::Names::default().agent_ingest_subject(&format!("t{}", i % 10)),
+            payload.clone(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored in the stream");
     }
     let sent = PACKETS * PER_PACKET;
     wait_analyzed(&c.stats, "1", 3_000).await;
     let backlog =
-        c.js.get_stream("LOGS")
+        c.js.get_stream(logdist_testing::STREAM)
             .await
             .unwrap()
             .info()
@@ -323,7 +333,7 @@ async fn killing_the_leader_node_mid_delivery_loses_nothing() {
     eprintln!("  {captured} packets captured, all acked; {redelivered} redelivered");
     assert_eq!(deadlettered, 0, "dead-lettered packets");
     for d in &mut c.distributors {
-        assert!(d.terminate(Duration::from_secs(20)).await.success());
+        assert!(d.terminate(WAIT).await.success());
     }
     // Shares are printed, not checked, here: in this backlog run the analyzers are throttled
     // (300 µs/message) and the fail-over reroutes thousands of timed-out requests away from the
@@ -349,7 +359,13 @@ async fn killing_the_leader_node_while_agents_publish_loses_nothing() {
     // published again with the same `Nats-Msg-Id`. Duplicates after the fail-over skew the
     // analyzers' own counts, so agent-sim checks loss only; the shares are checked from the
     // distributors' acknowledged counts.
-    let mut sim = agent_sim_with(&c.cluster.urls(), "6s", "12s", "jetstream", "100");
+    let mut sim = agent_sim_with(
+        &c.cluster.urls(),
+        "6s",
+        Duration::from_secs(12),
+        "jetstream",
+        100.0,
+    );
     wait_analyzed(&c.stats, "1", 10_000).await;
     eprintln!("killing node {DOOMED}, the leader");
     c.cluster.kill(DOOMED);

@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use logdist::protocol::headers;
-use logdist::testing::NatsServer;
+use logdist_testing::NatsServer;
 
 #[tokio::test]
 async fn every_bad_input_is_dead_lettered_with_its_reason() {
@@ -59,7 +59,7 @@ async fn every_bad_input_is_dead_lettered_with_its_reason() {
     for (i, (_, payload)) in whole.iter().enumerate() {
         client
             .publish_with_headers(
-                "logs.ingest.bad",
+                logdist::Names::default().agent_ingest_subject("bad"),
                 seq_headers(i as u64),
                 Bytes::from(payload.clone()),
             )
@@ -75,7 +75,10 @@ async fn every_bad_input_is_dead_lettered_with_its_reason() {
             !header(h, headers::ERROR).is_empty(),
             "case {i} has a reason for people"
         );
-        assert_eq!(header(h, headers::SUBJECT), "logs.ingest.bad");
+        assert_eq!(
+            header(h, headers::SUBJECT),
+            logdist::Names::default().agent_ingest_subject("bad")
+        );
         assert_eq!(header(h, headers::DISTRIBUTOR), "r1");
         assert_eq!(
             header(h, headers::SEQ),
@@ -117,7 +120,7 @@ async fn every_bad_input_is_dead_lettered_with_its_reason() {
     client.publish(INGEST, ok.clone().into()).await.unwrap();
     client.flush().await.unwrap();
     a.wait_packets(2).await;
-    let s = wait_stats(&stats, "r1", "dead-letter counters", |s| {
+    let s = wait_distributor_stats(&stats, "r1", "dead-letter counters", |s| {
         s.routed_packets == 2
     })
     .await;

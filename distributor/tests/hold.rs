@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use logdist::protocol::headers;
-use logdist::testing::NatsServer;
+use logdist_testing::NatsServer;
 
 #[tokio::test]
 async fn held_then_delivered_in_order_and_overflow_dead_lettered() {
@@ -34,7 +34,7 @@ async fn held_then_delivered_in_order_and_overflow_dead_lettered() {
         );
         assert_eq!(p, &payload);
     }
-    let s = wait_stats(&stats, "r1", "20 packets held", |s| s.held_packets == 20).await;
+    let s = wait_distributor_stats(&stats, "r1", "20 packets held", |s| s.held_packets == 20).await;
     assert_eq!(
         (s.held_messages, s.held_total, s.held_overflow),
         (60, 20, 5)
@@ -50,7 +50,7 @@ async fn held_then_delivered_in_order_and_overflow_dead_lettered() {
         "delivered in order"
     );
     assert_eq!(a.messages(), 60);
-    wait_stats(&stats, "r1", "hold queue empty", |s| {
+    wait_distributor_stats(&stats, "r1", "hold queue empty", |s| {
         s.held_packets == 0 && s.routed_packets == 20
     })
     .await;
@@ -75,7 +75,7 @@ async fn byte_limit_applies_too() {
     client.flush().await.unwrap();
     let letters = dead.wait(1).await;
     assert_eq!(header(&letters[0].0, headers::SEQ), "2");
-    wait_stats(&stats, "r1", "2 held, 1 overflow", |s| {
+    wait_distributor_stats(&stats, "r1", "2 held, 1 overflow", |s| {
         s.held_packets == 2 && s.held_overflow == 1
     })
     .await;

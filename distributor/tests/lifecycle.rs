@@ -6,7 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use logdist::testing::{free_port, NatsServer, Process};
+use logdist_testing::{free_port, NatsServer, Process};
 
 #[tokio::test]
 async fn sigterm_routes_what_is_in_hand_and_writes_final_stats() {
@@ -29,7 +29,7 @@ async fn sigterm_routes_what_is_in_hand_and_writes_final_stats() {
         "exit status {status:?}\n{}",
         distributor.stderr()
     );
-    let s = read_stats(&stats, "r1").await.expect("final stats");
+    let s = distributor_stats(&stats, "r1").await.expect("final stats");
     assert_eq!(
         s.received_packets, s.routed_packets,
         "everything received was routed"
@@ -72,7 +72,7 @@ async fn bad_usage_exits_2() {
 async fn missing_nats_is_retried_with_a_clear_message() {
     let url = format!("nats://127.0.0.1:{}", free_port());
     let mut p = Process::spawn("distributor", &["--nats-url", &url], &[]);
-    logdist::testing::wait_until("a retry warning", WAIT, || async {
+    logdist_testing::wait_until("a retry warning", WAIT, || async {
         p.stderr().contains("cannot reach NATS")
     })
     .await;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::*;
 use futures::{FutureExt, StreamExt};
 use logdist::protocol::stats::MemberRecord;
-use logdist::testing::NatsServer;
+use logdist_testing::NatsServer;
 
 /// Publishes `count` packets of `size` messages and flushes.
 async fn send(client: &async_nats::Client, count: usize, size: usize) {
@@ -23,7 +23,7 @@ async fn send(client: &async_nats::Client, count: usize, size: usize) {
 /// Replica `r1` routing to analyzers `a` and `b` (instance `i1`, weight 1 each), both online.
 struct AAndB {
     client: async_nats::Client,
-    distributor: logdist::testing::Process,
+    distributor: logdist_testing::Process,
     members: async_nats::jetstream::kv::Store,
     stats: async_nats::jetstream::kv::Store,
     a: SimAnalyzer,
@@ -63,8 +63,14 @@ async fn a_withdrawal_is_confirmed_after_every_packet_routed_before_it() {
     } = replica_with_a_and_b(&server).await;
     // What the withdrawing instance sees, on a connection of its own.
     let watcher = async_nats::connect(server.url()).await.unwrap();
-    let mut to_a = watcher.subscribe("analyzer.a").await.unwrap();
-    let mut confirmations = watcher.subscribe("analyzer.a.withdrawn").await.unwrap();
+    let mut to_a = watcher
+        .subscribe(logdist::Names::default().analyzer_subject("a"))
+        .await
+        .unwrap();
+    let mut confirmations = watcher
+        .subscribe(logdist::Names::default().withdrawn_subject("a"))
+        .await
+        .unwrap();
     watcher.flush().await.unwrap();
 
     // The withdrawal goes out while thousands of packets are still queued for the replica.
@@ -94,7 +100,7 @@ async fn a_withdrawal_is_confirmed_after_every_packet_routed_before_it() {
     while let Some(Some(_)) = tokio::task::unconstrained(to_a.next()).now_or_never() {
         before += 1;
     }
-    let done = wait_stats(&stats, "r1", "all 4000 packets routed", |s| {
+    let done = wait_distributor_stats(&stats, "r1", "all 4000 packets routed", |s| {
         s.routed_packets == 4000
     })
     .await;
@@ -119,7 +125,7 @@ async fn withdraw_newcomer_and_silent_death_reshape_the_shares() {
         mut a,
         b,
     } = replica_with_a_and_b(&server).await;
-    let record = read_member(&members, "a").await.unwrap();
+    let record = member_record(&members, "a").await.unwrap();
     assert_eq!(
         (record.weight, record.instances.clone()),
         (1.0, vec!["i1".to_string()])
@@ -168,7 +174,7 @@ async fn withdraw_newcomer_and_silent_death_reshape_the_shares() {
         (500, 3500, 3000)
     );
 
-    let s = wait_stats(&stats, "r1", "stats after the changes", |s| {
+    let s = wait_distributor_stats(&stats, "r1", "stats after the changes", |s| {
         s.routed_messages == 7000
     })
     .await;
@@ -195,16 +201,16 @@ async fn weight_change_and_conflicting_instances_use_the_newest() {
     // A second instance of x announces 4.0: being the newest, its weight is in force.
     let mut new = SimAnalyzer::start(&client, "x", "new", 4.0).await;
     let members_ref = &members;
-    logdist::testing::wait_until("x at weight 4 with two instances", WAIT, || async move {
-        read_member(members_ref, "x")
+    logdist_testing::wait_until("x at weight 4 with two instances", WAIT, || async move {
+        member_record(members_ref, "x")
             .await
             .is_some_and(|r| r.weight == 4.0 && r.instances.len() == 2)
     })
     .await;
     // The newest withdraws: back to the older instance's weight, x stays online.
     new.withdraw().await;
-    logdist::testing::wait_until("x back at weight 1", WAIT, || async move {
-        read_member(members_ref, "x")
+    logdist_testing::wait_until("x back at weight 1", WAIT, || async move {
+        member_record(members_ref, "x")
             .await
             .is_some_and(|r| r.weight == 1.0 && r.instances == vec!["old".to_string()])
     })
@@ -223,9 +229,13 @@ async fn a_starting_replica_routes_to_the_bucket_members_then_confirms_them() {
     // A membership record left by an earlier replica; the analyzer listens but has not
     // heartbeated to this replica yet.
     let js = async_nats::jetstream::new(client.clone());
-    let members = logdist::open_or_create_bucket(&js, "analyzers", "test")
-        .await
-        .unwrap();
+    let members = logdist::open_or_create_bucket(
+        &js,
+        logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET,
+        "test",
+    )
+    .await
+    .unwrap();
     let record = MemberRecord {
         id: "k".into(),
         weight: 1.0,
@@ -246,7 +256,7 @@ async fn a_starting_replica_routes_to_the_bucket_members_then_confirms_them() {
     // Confirmed by heartbeats, it stays past the provisional deadline (3 × 200 ms).
     k.resume_heartbeats();
     tokio::time::sleep(Duration::from_millis(900)).await;
-    assert!(read_member(&members, "k").await.is_some());
+    assert!(member_record(&members, "k").await.is_some());
     // Silent again: dropped, and the key deleted.
     k.go_silent();
     wait_member(&members, "k", false).await;
@@ -258,9 +268,13 @@ async fn an_unconfirmed_bucket_member_expires() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    let members = logdist::open_or_create_bucket(&js, "analyzers", "test")
-        .await
-        .unwrap();
+    let members = logdist::open_or_create_bucket(
+        &js,
+        logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET,
+        "test",
+    )
+    .await
+    .unwrap();
     let record = MemberRecord {
         id: "ghost".into(),
         weight: 1.0,
@@ -295,9 +309,10 @@ async fn bad_control_messages_are_counted_and_ignored() {
         client.publish(CONTROL, bad.into()).await.unwrap();
     }
     client.flush().await.unwrap();
-    let s = wait_stats(&stats, "r1", "6 bad heartbeats", |s| s.bad_heartbeats == 6).await;
+    let s =
+        wait_distributor_stats(&stats, "r1", "6 bad heartbeats", |s| s.bad_heartbeats == 6).await;
     assert!(s.analyzers.is_empty());
-    assert!(read_member(&members, "z").await.is_none());
+    assert!(member_record(&members, "z").await.is_none());
     assert!(distributor.stderr().contains("rejected control message"));
     // Still running and routing.
     let a = SimAnalyzer::start(&client, "a", "i", 1.0).await;

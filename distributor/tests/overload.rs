@@ -6,7 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use logdist::testing::NatsServer;
+use logdist_testing::NatsServer;
 
 const PACKETS: u64 = 5000;
 
@@ -27,14 +27,14 @@ async fn a_flood_past_the_ingest_buffer_is_counted_packet_by_packet() {
     }
     client.flush().await.unwrap();
     // Every packet has reached the replica: taken, dropped, or (at most 2 × 16) still buffered.
-    wait_stats(&stats, "r1", "every packet taken or dropped", |s| {
+    wait_distributor_stats(&stats, "r1", "every packet taken or dropped", |s| {
         s.received_packets + s.ingest_dropped_packets + 32 >= PACKETS
     })
     .await;
 
     let status = distributor.terminate(WAIT).await;
     assert!(status.success(), "{status:?}\n{}", distributor.stderr());
-    let s = read_stats(&stats, "r1").await.expect("final stats");
+    let s = distributor_stats(&stats, "r1").await.expect("final stats");
     assert!(
         s.ingest_dropped_packets > 0,
         "a 16-packet buffer overflowed: {s:?}"
@@ -76,14 +76,14 @@ async fn a_replica_that_keeps_up_drops_nothing() {
             client.publish(INGEST, payload.clone()).await.unwrap();
         }
         client.flush().await.unwrap();
-        wait_stats(&stats, "r1", "the burst routed", |s| {
+        wait_distributor_stats(&stats, "r1", "the burst routed", |s| {
             s.routed_packets >= (burst + 1) * 500
         })
         .await;
     }
     let status = distributor.terminate(WAIT).await;
     assert!(status.success(), "{status:?}\n{}", distributor.stderr());
-    let s = read_stats(&stats, "r1").await.expect("final stats");
+    let s = distributor_stats(&stats, "r1").await.expect("final stats");
     assert_eq!((s.received_packets, s.ingest_dropped_packets), (PACKETS, 0));
     a.wait_packets(PACKETS).await;
     assert_eq!(a.messages(), PACKETS * 50);

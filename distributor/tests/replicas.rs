@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use logdist::testing::{NatsServer, Process};
+use logdist_testing::{NatsServer, Process};
 
 #[tokio::test]
 async fn two_replicas_lose_and_duplicate_nothing() {
@@ -20,7 +20,7 @@ async fn two_replicas_lose_and_duplicate_nothing() {
         SimAnalyzer::start(&client, "3", "i", 0.2).await,
     ];
     for replica in ["r1", "r2"] {
-        wait_stats(&stats, replica, "three analyzers online", |s| {
+        wait_distributor_stats(&stats, replica, "three analyzers online", |s| {
             s.analyzers.values().filter(|r| r.online).count() == 3
         })
         .await;
@@ -64,18 +64,18 @@ async fn two_replicas_lose_and_duplicate_nothing() {
 
     // Each replica wrote its own key; together they account for everything.
     let stats_ref = &stats;
-    logdist::testing::wait_until("both replicas' stats add up", WAIT, || async move {
-        let r1 = read_stats(stats_ref, "r1")
+    logdist_testing::wait_until("both replicas' stats add up", WAIT, || async move {
+        let r1 = distributor_stats(stats_ref, "r1")
             .await
             .map_or(0, |s| s.routed_messages);
-        let r2 = read_stats(stats_ref, "r2")
+        let r2 = distributor_stats(stats_ref, "r2")
             .await
             .map_or(0, |s| s.routed_messages);
         r1 + r2 == sent
     })
     .await;
-    let s1 = read_stats(&stats, "r1").await.unwrap();
-    let s2 = read_stats(&stats, "r2").await.unwrap();
+    let s1 = distributor_stats(&stats, "r1").await.unwrap();
+    let s2 = distributor_stats(&stats, "r2").await.unwrap();
     assert!(
         s1.received_packets > 0 && s2.received_packets > 0,
         "both replicas took traffic"

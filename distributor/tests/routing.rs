@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use logdist::protocol::headers;
-use logdist::testing::{NatsServer, Process};
+use logdist_testing::{NatsServer, Process};
 
 #[tokio::test]
 async fn raw_publish_without_headers_reaches_exactly_one_analyzer() {
@@ -29,7 +29,11 @@ async fn raw_publish_without_headers_reaches_exactly_one_analyzer() {
     // duplicate of the first would have arrived already.
     let second = Bytes::from(format!("  {}  ", packet(3)));
     client
-        .publish_with_headers("logs.ingest.web-1", seq_headers(42), second.clone())
+        .publish_with_headers(
+            logdist::Names::default().agent_ingest_subject("web-1"),
+            seq_headers(42),
+            second.clone(),
+        )
         .await
         .unwrap();
     client.flush().await.unwrap();
@@ -103,7 +107,7 @@ async fn weighted_shares_over_ten_thousand_packets() {
     }
 
     // The replica's stats say the same.
-    let s = wait_stats(&stats, "r1", "stats with every message routed", |s| {
+    let s = wait_distributor_stats(&stats, "r1", "stats with every message routed", |s| {
         s.routed_messages == sent_messages
     })
     .await;

@@ -16,9 +16,9 @@ use serde_yaml::Value;
 /// read as one.
 fn help(command: &[&str]) -> String {
     let bin = if command[0] == "nats-server" {
-        logdist::testing::nats_server_bin()
+        logdist_testing::nats_server_bin()
     } else {
-        logdist::testing::binary(command[0])
+        logdist_testing::binary(command[0])
     };
     let out = Command::new(&bin)
         .args(&command[1..])

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use logdist::protocol::stats::{analyzer_key, AnalyzerStats};
-use logdist::testing::{free_port, wait_until, workspace_root, NatsServer, Process};
+use logdist_testing::{free_port, wait_until, workspace_root, NatsServer, Process};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -205,18 +205,25 @@ async fn analyzer_metrics_parse_match_its_kv_record_and_readyz_follows_nats() {
             r#"[{{"timestamp":1,"severity":"{severity}","source":"s","message":"a"}},{{"timestamp":2,"severity":"{severity}","source":"s","message":"b"}}]"#
         );
         client
-            .publish_with_headers("analyzer.7", headers, payload.into())
+            .publish_with_headers(
+                logdist::Names::default().analyzer_subject("7"),
+                headers,
+                payload.into(),
+            )
             .await
             .unwrap();
     }
     client
-        .publish("analyzer.7", "not json".into())
+        .publish(
+            logdist::Names::default().analyzer_subject("7"),
+            "not json".into(),
+        )
         .await
         .unwrap();
     client.flush().await.unwrap();
 
     let kv = jetstream::new(client.clone())
-        .get_key_value("logdist_stats")
+        .get_key_value(logdist::protocol::names::DEFAULT_STATS_BUCKET)
         .await
         .unwrap();
     let key = analyzer_key("7", "m1");

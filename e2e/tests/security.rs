@@ -10,7 +10,9 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use common::{check_config, password_env, repo_file, Role, SecureServer};
 use futures::StreamExt;
-use logdist::testing::{kv_keys, wait_until, Process};
+use logdist_testing::{
+    agent_sim_report, kv_keys, wait_until, AgentSimOptions, Delivery, DistributorOptions, Process,
+};
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -495,15 +497,15 @@ async fn an_acked_agent_publishes_through_jetstream_on_an_inbox_of_its_own() {
 
 #[tokio::test]
 async fn the_pipeline_runs_with_each_role_and_loses_nothing() {
-    pipeline_with_roles("at-most-once").await;
+    pipeline_with_roles(Delivery::AtMostOnce).await;
 }
 
 #[tokio::test]
 async fn the_at_least_once_pipeline_runs_with_each_role_and_loses_nothing() {
-    pipeline_with_roles("at-least-once").await;
+    pipeline_with_roles(Delivery::AtLeastOnce).await;
 }
 
-async fn pipeline_with_roles(delivery: &str) {
+async fn pipeline_with_roles(delivery: Delivery) {
     let server = SecureServer::start();
     let url = server.url();
     let as_env = |role: Role| server.env(role);
@@ -511,21 +513,14 @@ async fn pipeline_with_roles(delivery: &str) {
         let env = as_env(role);
         Process::spawn(name, args, &[(env[0].0, &env[0].1), (env[1].0, &env[1].1)])
     };
-    let _distributor = spawn(
-        "distributor",
-        &[
-            "run",
-            "--nats-url",
-            &url,
-            "--replica-id",
-            "d1",
-            "--stats-interval",
-            "200ms",
-            "--delivery",
-            delivery,
-        ],
-        Role::Distributor,
-    );
+    let distributor_env = as_env(Role::Distributor);
+    let _distributor = DistributorOptions::new(&url)
+        .replica("d1")
+        .stats_interval(Duration::from_millis(200))
+        .delivery(delivery)
+        .env(distributor_env[0].0, &distributor_env[0].1)
+        .env(distributor_env[1].0, &distributor_env[1].1)
+        .spawn();
     // Analyzers may not create buckets: start them once the distributor has.
     let (viewer, _) = server.connect(Role::Viewer).await;
     let vjs = jetstream::new(viewer);
@@ -564,11 +559,9 @@ async fn pipeline_with_roles(delivery: &str) {
     })
     .await;
 
-    let mut sim = spawn(
-        "agent-sim",
-        &[
-            "--nats-url",
-            &url,
+    let loadtest_env = as_env(Role::Loadtest);
+    let mut sim = AgentSimOptions::new(&url)
+        .args(&[
             "--agents",
             "4",
             "--packet-size",
@@ -577,18 +570,12 @@ async fn pipeline_with_roles(delivery: &str) {
             "50000",
             "--count",
             "100000",
-            "--verify",
-            "--quiet-period",
-            "2s",
-            "--max-loss",
-            "0",
-            "--json",
-        ],
-        Role::Loadtest,
-    );
-    let status = sim.wait(Duration::from_secs(60)).await;
-    let report: serde_json::Value = serde_json::from_str(&sim.stdout())
-        .unwrap_or_else(|e| panic!("JSON report ({e}); stderr:\n{}", sim.stderr()));
+        ])
+        .verify(Duration::from_secs(2))
+        .env(loadtest_env[0].0, &loadtest_env[0].1)
+        .env(loadtest_env[1].0, &loadtest_env[1].1)
+        .spawn();
+    let (status, report) = agent_sim_report(&mut sim, Duration::from_secs(60)).await;
     assert!(status.success(), "verify failed: {report:#}");
     let verification = &report["verification"];
     assert_eq!(verification["lost"], 0, "{verification:#}");

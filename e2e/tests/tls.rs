@@ -8,9 +8,9 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use logdist::testing::NatsServer;
 use logdist::ConnectError;
 use logdist::NatsArgs;
+use logdist_testing::NatsServer;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };

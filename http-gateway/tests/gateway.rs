@@ -5,9 +5,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use futures::StreamExt;
-use logdist::testing::NatsServer;
 use logdist::Names;
 use logdist_http::{start, GatewayConfig};
+use logdist_testing::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 const HELLO: &str =
@@ -24,7 +24,10 @@ struct Fixture {
 async fn fixture(max_body_bytes: usize, acknowledged: bool) -> Fixture {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
-    let ingest = client.subscribe("logs.ingest.http").await.unwrap();
+    let ingest = client
+        .subscribe(logdist::Names::default().agent_ingest_subject("http"))
+        .await
+        .unwrap();
     client.flush().await.unwrap();
     let shutdown = CancellationToken::new();
     let running = start(
@@ -66,7 +69,7 @@ async fn nothing_more(sub: &mut async_nats::Subscriber) {
 /// Kills the fixture's nats-server and waits until the gateway's client notices.
 async fn stop_nats(server: &mut NatsServer, client: &async_nats::Client) {
     server.kill();
-    logdist::testing::wait_until(
+    logdist_testing::wait_until(
         "client sees the disconnect",
         Duration::from_secs(10),
         || {
@@ -304,8 +307,11 @@ async fn acknowledged_mode_answers_after_the_stream_stored_it() {
     let js = async_nats::jetstream::new(f.client.clone());
     let mut stream = js
         .create_stream(async_nats::jetstream::stream::Config {
-            name: "LOGS".into(),
-            subjects: vec!["logs.ingest".into(), "logs.ingest.>".into()],
+            name: logdist_testing::STREAM.into(),
+            subjects: vec![
+                logdist::protocol::names::DEFAULT_INGEST_SUBJECT.into(),
+                logdist::Names::default().ingest_wildcard(),
+            ],
             ..Default::default()
         })
         .await
@@ -326,12 +332,17 @@ async fn acknowledged_mode_answers_after_the_stream_stored_it() {
 async fn analyzer_stats_is_the_old_services_view() {
     let f = fixture(1 << 20, false).await;
     let js = async_nats::jetstream::new(f.client.clone());
-    let stats = logdist::open_or_create_bucket(&js, "logdist_stats", "")
-        .await
-        .unwrap();
-    let membership = logdist::open_or_create_bucket(&js, "analyzers", "")
-        .await
-        .unwrap();
+    let stats =
+        logdist::open_or_create_bucket(&js, logdist::protocol::names::DEFAULT_STATS_BUCKET, "")
+            .await
+            .unwrap();
+    let membership = logdist::open_or_create_bucket(
+        &js,
+        logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET,
+        "",
+    )
+    .await
+    .unwrap();
     for (id, instance, weight, messages) in [
         ("1", "a", 0.5, 100u64),
         ("1", "b", 0.5, 50),
@@ -429,8 +440,16 @@ mod otlp {
 
     async fn subscribe(f: &Fixture) -> Subjects {
         let subjects = Subjects {
-            ingest: f.client.subscribe("logs.ingest.otlp").await.unwrap(),
-            deadletter: f.client.subscribe("logs.deadletter").await.unwrap(),
+            ingest: f
+                .client
+                .subscribe(logdist::Names::default().agent_ingest_subject("otlp"))
+                .await
+                .unwrap(),
+            deadletter: f
+                .client
+                .subscribe(logdist::protocol::names::DEFAULT_DEADLETTER_SUBJECT)
+                .await
+                .unwrap(),
         };
         f.client.flush().await.unwrap();
         subjects
@@ -530,7 +549,7 @@ mod otlp {
         assert_eq!(header(&dead, logdist::protocol::headers::INDEX), "1");
         assert_eq!(
             header(&dead, logdist::protocol::headers::SUBJECT),
-            "logs.ingest.otlp"
+            logdist::Names::default().agent_ingest_subject("otlp")
         );
         let kept: LogRecord = serde_json::from_slice(&dead.payload).unwrap();
         assert_eq!(kept.severity_text, "LOUD");

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
-use logdist::testing::{free_port, wait_for_members, wait_until, NatsServer, Process};
 use logdist::StatsSnapshot;
+use logdist_testing::{
+    free_port, wait_for_members, wait_until, AnalyzerOptions, Delivery, DistributorOptions,
+    NatsServer, Process, WAIT,
+};
 
 fn packet(messages: usize, n: usize) -> String {
     let records: Vec<String> = (0..messages)
@@ -17,27 +20,14 @@ fn packet(messages: usize, n: usize) -> String {
     format!("[{}]", records.join(","))
 }
 
-fn analyzer(url: &str, id: &str, weight: &str) -> Process {
-    Process::spawn(
-        "analyzer",
-        &[
-            "--nats-url",
-            url,
-            "--id",
-            id,
-            "--weight",
-            weight,
-            "--instance",
-            &format!("h{id}"),
-            // 500 ms (timeout 1.5 s): a debug build on 2 cores can stall a 100 ms heartbeat
-            // past its 300 ms timeout, which drops the analyzer mid-run and skews the shares.
-            "--heartbeat-interval",
-            "500ms",
-            "--report-interval",
-            "200ms",
-        ],
-        &[],
-    )
+fn analyzer(url: &str, id: &str, weight: f64) -> Process {
+    AnalyzerOptions::new(url, id, weight)
+        .instance(&format!("h{id}"))
+        // 500 ms (timeout 1.5 s): a debug build on 2 cores can stall a 100 ms heartbeat past its
+        // 300 ms timeout, which drops the analyzer mid-run and skews the shares.
+        .heartbeat_interval(Duration::from_millis(500))
+        .report_interval(Duration::from_millis(200))
+        .spawn()
 }
 
 /// Waits until the analyzers' own counters add up to `expected` messages; returns them by id.
@@ -48,7 +38,10 @@ async fn analyzed(server: &NatsServer, expected: u64) -> Vec<(String, u64)> {
     let mut total = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while total < expected && std::time::Instant::now() < deadline {
-        if let Ok(kv) = js.get_key_value("logdist_stats").await {
+        if let Ok(kv) = js
+            .get_key_value(logdist::protocol::names::DEFAULT_STATS_BUCKET)
+            .await
+        {
             if let Ok(snapshot) = StatsSnapshot::read(&kv).await {
                 last = snapshot
                     .analyzers
@@ -67,7 +60,7 @@ async fn analyzed(server: &NatsServer, expected: u64) -> Vec<(String, u64)> {
 
 async fn healthy(base: &str) {
     let http = reqwest::Client::new();
-    wait_until("gateway healthy", Duration::from_secs(30), || {
+    wait_until("gateway healthy", WAIT, || {
         let request = http.get(format!("{base}/healthz")).send();
         async move { request.await.is_ok_and(|r| r.status() == 200) }
     })
@@ -85,29 +78,24 @@ async fn pipeline() -> Pipeline {
     let server = NatsServer::start();
     let url = server.url();
     let port = free_port();
-    let distributor = Process::spawn(
-        "distributor",
-        &[
-            "run",
-            "--nats-url",
-            &url,
+    let distributor = DistributorOptions::new(&url)
+        .args(&[
             "--http",
             &format!("127.0.0.1:{port}"),
             "--stats-interval",
             "200ms",
-        ],
-        &[],
-    );
+        ])
+        .spawn();
     let processes = vec![
         distributor,
-        analyzer(&url, "1", "0.5"),
-        analyzer(&url, "2", "0.3"),
-        analyzer(&url, "3", "0.2"),
+        analyzer(&url, "1", 0.5),
+        analyzer(&url, "2", 0.3),
+        analyzer(&url, "3", 0.2),
     ];
     let base = format!("http://127.0.0.1:{port}");
     healthy(&base).await;
     // Wait until the distributor knows all three analyzers.
-    wait_for_members(&url, 3, Duration::from_secs(30)).await;
+    wait_for_members(&url, 3, WAIT).await;
     Pipeline {
         server,
         base,
@@ -162,25 +150,16 @@ async fn at_least_once_200_survives_a_distributor_kill() {
     let server = NatsServer::start();
     let url = server.url();
     let port = free_port();
-    let mut first = Process::spawn(
-        "distributor",
-        &[
-            "run",
-            "--nats-url",
-            &url,
-            "--delivery",
-            "at-least-once",
-            "--http",
-            &format!("127.0.0.1:{port}"),
-        ],
-        &[],
-    );
+    let mut first = DistributorOptions::new(&url)
+        .delivery(Delivery::AtLeastOnce)
+        .args(&["--http", &format!("127.0.0.1:{port}")])
+        .spawn();
     let base = format!("http://127.0.0.1:{port}");
     healthy(&base).await;
     // No analyzer yet: every 200 is a promise held only by the stream.
     let http = reqwest::Client::new();
     let mut accepted = 0u64;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + WAIT;
     while accepted < 300 {
         let r = http
             .post(format!("{base}/message/send"))
@@ -207,12 +186,10 @@ async fn at_least_once_200_survives_a_distributor_kill() {
     }
     first.kill().await;
 
-    let _second = Process::spawn(
-        "distributor",
-        &["run", "--nats-url", &url, "--delivery", "at-least-once"],
-        &[],
-    );
-    let _analyzer = analyzer(&url, "1", "1");
+    let _second = DistributorOptions::new(&url)
+        .delivery(Delivery::AtLeastOnce)
+        .spawn();
+    let _analyzer = analyzer(&url, "1", 1.0);
     let counts = analyzed(&server, accepted).await;
     assert_eq!(counts, vec![("1".to_string(), accepted)]);
 }
@@ -221,7 +198,7 @@ async fn at_least_once_200_survives_a_distributor_kill() {
 fn python() -> std::path::PathBuf {
     std::env::var_os("LOGDIST_PYTHON")
         .map(Into::into)
-        .unwrap_or_else(|| logdist::testing::workspace_root().join(".tools/venv/bin/python"))
+        .unwrap_or_else(|| logdist_testing::workspace_root().join(".tools/venv/bin/python"))
 }
 
 /// The OpenTelemetry Python SDK, logging through Python's `logging`, exports to `/v1/logs`
@@ -233,10 +210,13 @@ async fn opentelemetry_python_sdk_logs_are_analyzed_by_severity_and_service() {
     const PER: u64 = 300; // records per service, level and encoding
     let Pipeline { server, base, .. } = &pipeline().await;
     let client = async_nats::connect(server.url()).await.unwrap();
-    let mut deadletters = client.subscribe("logs.deadletter").await.unwrap();
+    let mut deadletters = client
+        .subscribe(logdist::protocol::names::DEFAULT_DEADLETTER_SUBJECT)
+        .await
+        .unwrap();
     client.flush().await.unwrap();
 
-    let script = logdist::testing::workspace_root().join("http-gateway/tests/otel_sdk_logs.py");
+    let script = logdist_testing::workspace_root().join("http-gateway/tests/otel_sdk_logs.py");
     let run = tokio::process::Command::new(python())
         .arg(&script)
         .arg(base)
@@ -268,9 +248,13 @@ async fn opentelemetry_python_sdk_logs_are_analyzed_by_severity_and_service() {
         );
     }
     let js = async_nats::jetstream::new(client.clone());
-    let snapshot = StatsSnapshot::read(&js.get_key_value("logdist_stats").await.unwrap())
-        .await
-        .unwrap();
+    let snapshot = StatsSnapshot::read(
+        &js.get_key_value(logdist::protocol::names::DEFAULT_STATS_BUCKET)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let mut by_severity = std::collections::BTreeMap::<String, u64>::new();
     let mut by_source = std::collections::BTreeMap::<String, u64>::new();
     for a in &snapshot.analyzers {

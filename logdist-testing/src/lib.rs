@@ -1,9 +1,28 @@
-//! Test harness (feature `testing`): real `nats-server` processes on free loopback ports, a
-//! 3-node cluster, and the workspace's own binaries as child processes. Nothing is mocked.
+//! Test support of the logdist workspace, a dev-dependency of every crate's tests (never part of
+//! the production library): real `nats-server` processes on free loopback ports, a 3-node
+//! cluster, the workspace's own binaries as child processes ([`Process`], started with typed
+//! options: [`DistributorOptions`], [`AnalyzerOptions`]), packet builders ([`packet`],
+//! [`message`], [`seq_headers`]), readers of the stats and membership buckets
+//! ([`distributor_stats`], [`analyzer_stats`], [`member_record`]) and bounded waits. Nothing is
+//! mocked.
 //!
 //! The server binary is found through `NATS_SERVER_BIN`, then `<workspace>/.tools/bin/nats-server`
-//! (what `make tools` installs), then `PATH`. Every wait is bounded: a server that does not accept
-//! connections within [`START_TIMEOUT`] fails the test with the tail of its log.
+//! (what `make tools` installs), then `PATH`. Every wait is bounded, by [`WAIT`] unless a test
+//! says otherwise: a server that does not accept connections within it fails the test with the
+//! tail of its log.
+
+mod options;
+mod packets;
+mod stats;
+
+pub use options::{
+    agent_sim_report, AgentSimOptions, AnalyzerOptions, Delivery, DistributorOptions,
+};
+pub use packets::{message, packet, seq_headers};
+pub use stats::{
+    analyzer_stats, distributor_stats, member_record, membership_bucket, stats_bucket,
+    wait_distributor_stats,
+};
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
@@ -14,8 +33,18 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// How long a server may take to accept its first connection.
-pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// The bound of every wait in the tests (a server's start, a process's exit, a counter to reach
+/// a value) unless a test says otherwise: generous, because two shared cores running debug
+/// builds are slow, and a wait ends as soon as what it waits for happens.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Name of the at-least-once stream (`distributor run --stream`'s default).
+pub const STREAM: &str = "LOGS";
+/// Name of the at-least-once consumer (`distributor run --consumer`'s default).
+pub const CONSUMER: &str = "distributors";
+
+/// Analyzer ids and weights of the three-analyzer pipelines.
+pub const THREE_ANALYZERS: [(&str, f64); 3] = [("1", 0.5), ("2", 0.3), ("3", 0.2)];
 
 /// Path of the nats-server binary, or a panic that says how to get one.
 pub fn nats_server_bin() -> PathBuf {
@@ -50,7 +79,7 @@ pub fn nats_server_bin() -> PathBuf {
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("logdist crate sits inside the workspace")
+        .expect("logdist-testing crate sits inside the workspace")
         .to_path_buf()
 }
 
@@ -164,7 +193,7 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         // The old process has exited; its port may linger briefly in the kernel.
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + WAIT;
         loop {
             match self.spawn() {
                 Ok(()) => return,
@@ -222,7 +251,7 @@ fn spawn_server(conf: &Path, log: &Path) -> Result<Child, String> {
 
 /// Waits until the server on `port` sends its INFO line, or the process exits, or time runs out.
 fn wait_accepting(port: u16, child: &mut Child, log: &Path) -> Result<(), String> {
-    let deadline = Instant::now() + START_TIMEOUT;
+    let deadline = Instant::now() + WAIT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
@@ -240,7 +269,7 @@ fn wait_accepting(port: u16, child: &mut Child, log: &Path) -> Result<(), String
         if Instant::now() > deadline {
             let _ = child.kill();
             return Err(format!(
-                "nats-server did not accept connections on port {port} within {START_TIMEOUT:?}; log:\n{}",
+                "nats-server did not accept connections on port {port} within {WAIT:?}; log:\n{}",
                 tail(log)
             ));
         }
@@ -553,15 +582,19 @@ pub async fn kv_keys(js: &async_nats::jetstream::Context, bucket: &str) -> Vec<S
 /// i.e. a distributor has heard them and mirrored them: the pipeline is ready to route to them.
 pub async fn wait_for_members(url: &str, n: usize, timeout: Duration) {
     let client = async_nats::connect(url).await.expect("connect to NATS");
-    let js = async_nats::jetstream::new(client);
-    wait_until(&format!("{n} analyzers in KV analyzers"), timeout, || {
+    wait_members_within(&async_nats::jetstream::new(client), n, timeout).await;
+}
+
+/// [`wait_for_members`] on a JetStream context the test already has, bounded by [`WAIT`].
+pub async fn wait_members(js: &async_nats::jetstream::Context, n: usize) {
+    wait_members_within(js, n, WAIT).await;
+}
+
+async fn wait_members_within(js: &async_nats::jetstream::Context, n: usize, timeout: Duration) {
+    let bucket = logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET;
+    wait_until(&format!("{n} analyzers in KV {bucket}"), timeout, || {
         let js = js.clone();
-        async move {
-            kv_keys(&js, crate::protocol::names::DEFAULT_MEMBERSHIP_BUCKET)
-                .await
-                .len()
-                == n
-        }
+        async move { kv_keys(&js, bucket).await.len() == n }
     })
     .await;
 }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use logdist::testing::{NatsCluster, NatsServer};
 use logdist::{connect, open_or_create_bucket, NatsArgs};
+use logdist_testing::{NatsCluster, NatsServer};
 use tokio_util::sync::CancellationToken;
 
 const STEP: Duration = Duration::from_secs(10);
@@ -63,7 +63,7 @@ async fn restart_keeps_port_and_store_and_clients_reconnect() {
 
 #[tokio::test]
 async fn connect_gives_up_cleanly_on_shutdown_when_no_server() {
-    let port = logdist::testing::free_port();
+    let port = logdist_testing::free_port();
     let shutdown = CancellationToken::new();
     let cancel = shutdown.clone();
     tokio::spawn(async move {

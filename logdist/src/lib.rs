@@ -11,7 +11,7 @@
 //!   ([`init_logging`]) and the runtime ([`build_runtime`]); the Prometheus metrics ([`metrics`])
 //!   with the `--metrics` listener that serves them beside the health probes ([`telemetry`]).
 //!
-//! With the `testing` feature it also provides the real-nats-server test harness ([`testing`]).
+//! The test harness is a crate of its own, `logdist-testing` (a dev-dependency).
 
 mod buckets;
 mod connect;
@@ -22,9 +22,6 @@ mod runtime;
 mod shutdown;
 mod snapshot;
 pub mod telemetry;
-
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use buckets::{open_or_create_bucket, BucketError};
 pub use connect::{

@@ -1,6 +1,6 @@
-//! Shared pieces of the distributor's integration tests: a distributor process on a real
-//! nats-server, simulated analyzers (heartbeats on the control subject, a queue subscription on
-//! `analyzer.<id>`), packet builders and bounded waits.
+//! What the distributor's integration tests share beyond `logdist-testing`: a distributor
+//! process that is ready (its first stats written), simulated analyzers (heartbeats on the
+//! control subject, a queue subscription on `analyzer.<id>`) and a dead-letter collector.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -12,38 +12,26 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt;
 use logdist::protocol::control::{ControlMessage, Heartbeat, Withdraw};
-use logdist::protocol::stats::{distributor_key, DistributorStats, MemberRecord};
-use logdist::testing::{wait_until, NatsServer, Process};
+use logdist::protocol::names::{
+    DEFAULT_CONTROL_SUBJECT, DEFAULT_DEADLETTER_SUBJECT, DEFAULT_INGEST_SUBJECT,
+};
+use logdist::Names;
+#[allow(unused_imports)] // each test binary uses its own few
+pub use logdist_testing::{
+    distributor_stats, member_record, message, packet, seq_headers, wait_distributor_stats, WAIT,
+};
+use logdist_testing::{
+    membership_bucket, stats_bucket, wait_until, DistributorOptions, NatsServer, Process,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Every wait in these tests is bounded by this unless it says otherwise.
-pub const WAIT: Duration = Duration::from_secs(20);
 /// Heartbeat interval of the simulated analyzers: short so timeouts are fast to test.
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
 
-pub const CONTROL: &str = "logdist.control";
-pub const DEADLETTER: &str = "logs.deadletter";
-pub const INGEST: &str = "logs.ingest";
-
-/// One valid log message of the contract.
-pub fn message(i: usize) -> String {
-    format!(r#"{{"timestamp":{i},"severity":"INFO","source":"test","message":"m{i}"}}"#)
-}
-
-/// A packet (JSON array) of `n` valid messages.
-pub fn packet(n: usize) -> String {
-    let mut out = String::with_capacity(n * 64 + 2);
-    out.push('[');
-    for i in 0..n {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&message(i));
-    }
-    out.push(']');
-    out
-}
+pub const CONTROL: &str = DEFAULT_CONTROL_SUBJECT;
+pub const DEADLETTER: &str = DEFAULT_DEADLETTER_SUBJECT;
+pub const INGEST: &str = DEFAULT_INGEST_SUBJECT;
 
 /// A small deterministic pseudo-random sequence (xorshift), so runs are reproducible.
 pub struct Lcg(u64);
@@ -64,27 +52,20 @@ impl Lcg {
 /// Starts `distributor run` against `server` with replica id `replica` and a fast stats
 /// interval, and waits until it has written its first stats (so it is subscribed).
 pub async fn start_distributor(server: &NatsServer, replica: &str, extra: &[&str]) -> Process {
-    let url = server.url();
-    let mut args = vec![
-        "run",
-        "--nats-url",
-        &url,
-        "--replica-id",
-        replica,
-        "--stats-interval",
-        "100ms",
-    ];
-    args.extend_from_slice(extra);
-    let process = Process::spawn("distributor", &args, &[]);
+    let process = DistributorOptions::new(&server.url())
+        .replica(replica)
+        .stats_interval(Duration::from_millis(100))
+        .args(extra)
+        .spawn();
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = jetstream::new(client);
-    let key = distributor_key(replica);
+    let bucket = Names::default().stats_bucket;
     wait_until("the distributor's first stats", WAIT, || {
         let js = js.clone();
-        let key = key.clone();
+        let bucket = bucket.clone();
         async move {
-            match js.get_key_value("logdist_stats").await {
-                Ok(store) => matches!(store.get(&key).await, Ok(Some(_))),
+            match js.get_key_value(bucket).await {
+                Ok(store) => distributor_stats(&store, replica).await.is_some(),
                 Err(_) => false,
             }
         }
@@ -93,43 +74,10 @@ pub async fn start_distributor(server: &NatsServer, replica: &str, extra: &[&str
     process
 }
 
-/// The two KV buckets, once a distributor has created them.
+/// The two KV buckets (membership, stats), once a distributor has created them.
 pub async fn buckets(client: &Client) -> (kv::Store, kv::Store) {
     let js = jetstream::new(client.clone());
-    let members = js
-        .get_key_value("analyzers")
-        .await
-        .expect("analyzers bucket");
-    let stats = js
-        .get_key_value("logdist_stats")
-        .await
-        .expect("stats bucket");
-    (members, stats)
-}
-
-pub async fn read_stats(stats: &kv::Store, replica: &str) -> Option<DistributorStats> {
-    let value = stats.get(distributor_key(replica)).await.ok()??;
-    serde_json::from_slice(&value).ok()
-}
-
-pub async fn read_member(members: &kv::Store, id: &str) -> Option<MemberRecord> {
-    let value = members.get(id).await.ok()??;
-    serde_json::from_slice(&value).ok()
-}
-
-/// Waits until replica `replica`'s stats satisfy `check`, and returns them.
-pub async fn wait_stats(
-    stats: &kv::Store,
-    replica: &str,
-    what: &str,
-    check: impl Fn(&DistributorStats) -> bool,
-) -> DistributorStats {
-    let check = &check;
-    wait_until(what, WAIT, || async move {
-        read_stats(stats, replica).await.is_some_and(|s| check(&s))
-    })
-    .await;
-    read_stats(stats, replica).await.unwrap()
+    (membership_bucket(&js).await, stats_bucket(&js).await)
 }
 
 /// Waits until the membership bucket has (or has not) key `id`.
@@ -139,7 +87,7 @@ pub async fn wait_member(members: &kv::Store, id: &str, present: bool) {
         if present { "in" } else { "gone from" }
     );
     wait_until(&what, WAIT, || async move {
-        read_member(members, id).await.is_some() == present
+        member_record(members, id).await.is_some() == present
     })
     .await;
 }
@@ -177,7 +125,7 @@ impl SimAnalyzer {
 
     /// Subscribes without heartbeating (an analyzer known only from the membership bucket).
     pub async fn subscribe(client: &Client, id: &str, instance: &str, weight: f64) -> SimAnalyzer {
-        let subject = format!("analyzer.{id}");
+        let subject = Names::default().analyzer_subject(id);
         let mut sub = client
             .queue_subscribe(subject.clone(), subject)
             .await
@@ -308,14 +256,6 @@ impl Drop for SimAnalyzer {
 /// Sum of `f` over analyzers.
 pub fn total(analyzers: &[&SimAnalyzer], f: impl Fn(&SimAnalyzer) -> u64) -> u64 {
     analyzers.iter().map(|a| f(a)).sum()
-}
-
-/// Headers carrying a `Logdist-Seq` (and an agent id), to check order and uniqueness.
-pub fn seq_headers(seq: u64) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(logdist::protocol::headers::AGENT, "test-agent");
-    h.insert(logdist::protocol::headers::SEQ, seq.to_string().as_str());
-    h
 }
 
 /// Waits until `condition` holds over the analyzers, polling their counters.

@@ -5,11 +5,16 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
-use logdist::protocol::stats::{AnalyzerStats, DistributorStats};
-use logdist::testing::{kv_keys, wait_until, Process};
-
-pub const WAIT: Duration = Duration::from_secs(30);
+use async_nats::jetstream;
+use logdist::protocol::stats::DistributorStats;
+#[allow(unused_imports)] // each test binary uses its own few
+pub use logdist_testing::{
+    analyzer_stats, distributor_stats, stats_bucket, wait_members, Delivery, WAIT,
+};
+use logdist_testing::{
+    wait_until, AgentSimOptions, AnalyzerOptions, DistributorOptions, Process, CONSUMER, STREAM,
+    THREE_ANALYZERS,
+};
 
 /// Held by each test that runs agent-sim: several full pipelines in debug builds at once would
 /// starve two cores, and requests timing out for lack of CPU only measure the machine.
@@ -19,77 +24,57 @@ pub const ACK_WAIT: &str = "2s";
 /// Well above the analyzers' default 200 ms checkpoint interval.
 pub const REQUEST_TIMEOUT: &str = "1s";
 
-/// `distributor run` in `delivery` mode.
-pub fn distributor(urls: &str, replica: &str, delivery: &str, extra: &[&str]) -> Process {
-    let mut args = vec![
-        "run",
-        "--nats-url",
-        urls,
-        "--replica-id",
-        replica,
-        "--stats-interval",
-        "200ms",
-        "--delivery",
-        delivery,
-        "--ack-wait",
-        ACK_WAIT,
-    ];
+/// `distributor run` in `delivery` mode, with the ack wait and request time-out above.
+pub fn distributor(urls: &str, replica: &str, delivery: Delivery, extra: &[&str]) -> Process {
+    let mut args = vec!["--ack-wait", ACK_WAIT];
     if !extra.contains(&"--request-timeout") {
         args.extend_from_slice(&["--request-timeout", REQUEST_TIMEOUT]);
     }
     args.extend_from_slice(extra);
-    Process::spawn("distributor", &args, &[])
+    DistributorOptions::new(urls)
+        .replica(replica)
+        .delivery(delivery)
+        .args(&args)
+        .spawn()
 }
 
 /// A real analyzer with fast heartbeats and reports.
-pub fn analyzer(urls: &str, id: &str, weight: &str) -> Process {
+pub fn analyzer(urls: &str, id: &str, weight: f64) -> Process {
     analyzer_with(urls, id, weight, &[])
 }
 
 /// [`analyzer`] with extra flags.
-pub fn analyzer_with(urls: &str, id: &str, weight: &str, extra: &[&str]) -> Process {
-    let instance = format!("i{id}");
-    let mut args = vec![
-        "--nats-url",
-        urls,
-        "--id",
-        id,
-        "--weight",
-        weight,
-        "--instance",
-        &instance,
-        "--heartbeat-interval",
-        "100ms",
-        "--report-interval",
-        "200ms",
-    ];
-    args.extend_from_slice(extra);
-    Process::spawn("analyzer", &args, &[])
+pub fn analyzer_with(urls: &str, id: &str, weight: f64, extra: &[&str]) -> Process {
+    AnalyzerOptions::new(urls, id, weight)
+        .heartbeat_interval(Duration::from_millis(100))
+        .report_interval(Duration::from_millis(200))
+        .args(extra)
+        .spawn()
 }
 
 /// Analyzers 1, 2, 3 with weights 0.5, 0.3, 0.2.
 pub fn three_analyzers(urls: &[&str]) -> Vec<Process> {
-    [("1", "0.5"), ("2", "0.3"), ("3", "0.2")]
+    THREE_ANALYZERS
         .iter()
         .enumerate()
-        .map(|(i, (id, weight))| analyzer(urls[i % urls.len()], id, weight))
+        .map(|(i, (id, weight))| analyzer(urls[i % urls.len()], id, *weight))
         .collect()
 }
 
 /// agent-sim: 6 s of 20,000 messages/s in packets of 1–100, verified with no loss allowed.
 pub fn agent_sim(urls: &str) -> Process {
-    agent_sim_quiet(urls, "3s")
+    agent_sim_quiet(urls, Duration::from_secs(3))
 }
 
 /// [`agent_sim`] that waits for counters to stay still `quiet` before verifying (a cluster
 /// fail-over pauses the pipeline for several seconds).
-pub fn agent_sim_quiet(urls: &str, quiet: &str) -> Process {
+pub fn agent_sim_quiet(urls: &str, quiet: Duration) -> Process {
     agent_sim_for(urls, "6s", quiet)
 }
 
 /// [`agent_sim_quiet`] sending for `duration` (at 20,000 messages/s).
-pub fn agent_sim_for(urls: &str, duration: &str, quiet: &str) -> Process {
-    agent_sim_with(urls, duration, quiet, "core", "0.5")
+pub fn agent_sim_for(urls: &str, duration: &str, quiet: Duration) -> Process {
+    agent_sim_with(urls, duration, quiet, "core", 0.5)
 }
 
 /// agent-sim at 20,000 messages/s in packets of 1–100 for `duration`, publishing with `publish`
@@ -98,15 +83,12 @@ pub fn agent_sim_for(urls: &str, duration: &str, quiet: &str) -> Process {
 pub fn agent_sim_with(
     urls: &str,
     duration: &str,
-    quiet: &str,
+    quiet: Duration,
     publish: &str,
-    max_deviation: &str,
+    max_deviation: f64,
 ) -> Process {
-    Process::spawn(
-        "agent-sim",
-        &[
-            "--nats-url",
-            urls,
+    AgentSimOptions::new(urls)
+        .args(&[
             "--publish",
             publish,
             "--rate",
@@ -115,30 +97,15 @@ pub fn agent_sim_with(
             duration,
             "--packet-size",
             "1..100",
-            "--verify",
-            "--quiet-period",
-            quiet,
-            "--max-loss",
-            "0",
-            "--max-deviation",
-            max_deviation,
-            "--json",
-        ],
-        &[],
-    )
+        ])
+        .verify(quiet)
+        .max_deviation(max_deviation)
+        .spawn()
 }
 
 /// Waits for agent-sim and returns its JSON report (exit status and report).
 pub async fn report(sim: &mut Process) -> (std::process::ExitStatus, serde_json::Value) {
-    let status = sim.wait(Duration::from_secs(120)).await;
-    let report: serde_json::Value = serde_json::from_str(&sim.stdout()).unwrap_or_else(|e| {
-        panic!(
-            "agent-sim JSON report ({e}); stdout:\n{}\nstderr:\n{}",
-            sim.stdout(),
-            sim.stderr()
-        )
-    });
-    (status, report)
+    logdist_testing::agent_sim_report(sim, Duration::from_secs(120)).await
 }
 
 pub async fn jetstream(url: &str) -> jetstream::Context {
@@ -146,42 +113,8 @@ pub async fn jetstream(url: &str) -> jetstream::Context {
     jetstream::new(client)
 }
 
-/// Waits until `n` analyzers are in the membership bucket (a distributor mirrored them).
-pub async fn wait_members(js: &jetstream::Context, n: usize) {
-    wait_until(&format!("{n} analyzers in KV analyzers"), WAIT, || {
-        let js = js.clone();
-        async move { kv_keys(&js, "analyzers").await.len() == n }
-    })
-    .await;
-}
-
-pub async fn stats_bucket(js: &jetstream::Context) -> kv::Store {
-    js.get_key_value("logdist_stats")
-        .await
-        .expect("stats bucket")
-}
-
-pub async fn distributor_stats(stats: &kv::Store, replica: &str) -> Option<DistributorStats> {
-    let value = stats
-        .get(logdist::protocol::stats::distributor_key(replica))
-        .await
-        .ok()??;
-    serde_json::from_slice(&value).ok()
-}
-
-pub async fn analyzer_stats(stats: &kv::Store, id: &str) -> Option<AnalyzerStats> {
-    let value = stats
-        .get(logdist::protocol::stats::analyzer_key(
-            id,
-            &format!("i{id}"),
-        ))
-        .await
-        .ok()??;
-    serde_json::from_slice(&value).ok()
-}
-
 /// Waits until analyzer `id` has counted (and checkpointed) at least `messages` messages.
-pub async fn wait_analyzed(stats: &kv::Store, id: &str, messages: u64) {
+pub async fn wait_analyzed(stats: &async_nats::jetstream::kv::Store, id: &str, messages: u64) {
     wait_until(
         &format!("analyzer {id} to count {messages} messages"),
         WAIT,
@@ -201,14 +134,14 @@ pub async fn wait_consumer_drained(js: &jetstream::Context) -> (u64, u64) {
     let last = std::cell::Cell::new((0, 0));
     let last_ref = &last;
     wait_until("the consumer to have every packet acked", WAIT, || async {
-        let Ok(mut stream) = js.get_stream("LOGS").await else {
+        let Ok(mut stream) = js.get_stream(STREAM).await else {
             return false;
         };
         let Ok(info) = stream.info().await.cloned() else {
             return false;
         };
         let Ok(mut consumer) = stream
-            .get_consumer::<jetstream::consumer::pull::Config>("distributors")
+            .get_consumer::<jetstream::consumer::pull::Config>(CONSUMER)
             .await
         else {
             return false;

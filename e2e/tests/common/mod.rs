@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, ConnectOptions, Event, ServerError};
-use logdist::testing::{workspace_root, NatsServer};
+use logdist_testing::{workspace_root, NatsServer};
 
 /// The roles of `nats-secure.conf`: user name and the env variable its password comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,7 +232,7 @@ impl ServerErrors {
 
 /// Runs `nats-server -c <config> -t` with exactly `env` as the password variables.
 pub fn check_config(config: &Path, env: &[(String, String)]) -> std::process::Output {
-    let mut command = std::process::Command::new(logdist::testing::nats_server_bin());
+    let mut command = std::process::Command::new(logdist_testing::nats_server_bin());
     command.arg("-c").arg(config).arg("-t");
     for role in Role::ALL {
         command.env_remove(role.password_var());
