@@ -7,6 +7,8 @@
 //!
 //! Pure logic, unit-tested without NATS:
 //! - `selector`: [`WeightedSelector`], the deterministic message-weighted choice and its bound;
+//! - `affinity`: [`AffinityRule`], key affinity by weighted rendezvous hashing with bounded loads,
+//!   and [`KeyExtractor`], a packet's key as `--affinity` says;
 //! - `membership`: [`Membership`], analyzers online from heartbeats, withdrawals and timeouts;
 //! - `router`: [`Router`], the routing table, epochs and per-analyzer counters;
 //! - `hold_queue`: [`HoldQueue`], the bounded FIFO used while no analyzer is online;
@@ -24,6 +26,7 @@
 //! The async shell: `service` (the wiring of `distributor run` and the choice of mode, [`run`]),
 //! `stats_publisher` and `membership_mirror` (KV writers), `config` (the command line, [`Cli`]).
 
+mod affinity;
 mod at_least_once;
 mod at_most_once;
 mod config;
@@ -38,6 +41,10 @@ mod selector;
 mod service;
 mod stats_publisher;
 
+pub use affinity::{
+    AffinityKey, AffinityRule, Choice, KeyCensus, KeyExtractor, KeyHash, ParseAffinityKeyError,
+    DEFAULT_SLACK, MAX_COUNTED_KEYS,
+};
 pub use config::{Cli, Command, RunArgs, StatsArgs, DEFAULT_INGEST_BUFFER};
 pub use core::RunError;
 pub use hold_queue::HoldQueue;
