@@ -28,6 +28,12 @@ pub struct Config {
     #[arg(long, env = "SIM_AGENTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub agents: u32,
 
+    /// Skew of the agents' volumes: agent n (0, 1, …) sends a share of --rate proportional to
+    /// (n+1)^-S, a Zipf-like law (1.0: agent 0 sends twice agent 1's volume). 0, the default,
+    /// gives every agent the same rate. Needs --rate > 0.
+    #[arg(long, env = "SIM_AGENT_SKEW", value_name = "S", default_value_t = 0.0, value_parser = parse_skew)]
+    pub agent_skew: f64,
+
     /// Messages per packet: a number (`100`) or an inclusive range (`1..200`), drawn uniformly.
     #[arg(long, env = "SIM_PACKET_SIZE", default_value = "100")]
     pub packet_size: PacketSize,
@@ -118,11 +124,30 @@ pub struct Config {
     pub seed: u64,
 }
 
+fn parse_skew(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=10.0).contains(&v) => Ok(v),
+        _ => Err(format!("skew must be a number from 0 to 10, got {raw:?}")),
+    }
+}
+
 impl Config {
+    /// Each agent's share of --rate: (n+1)^-S normalised (equal shares without skew).
+    pub fn agent_shares(&self) -> Vec<f64> {
+        let volumes: Vec<f64> = (1..=self.agents)
+            .map(|r| f64::from(r).powf(-self.agent_skew))
+            .collect();
+        let sum: f64 = volumes.iter().sum();
+        volumes.into_iter().map(|v| v / sum).collect()
+    }
+
     /// Checks what clap cannot: the agent prefix becomes part of a subject.
     pub fn validate(&self) -> Result<(), String> {
         logdist::protocol::control::validate_name("agent prefix", &self.agent_prefix)
             .map_err(|e| format!("--agent-prefix: {e}"))?;
+        if self.agent_skew > 0.0 && self.rate == 0 {
+            return Err("--agent-skew needs a paced run: give --rate > 0".into());
+        }
         if self.count == Some(0) {
             return Err("--count must be at least 1".into());
         }
@@ -257,6 +282,22 @@ mod tests {
     }
 
     #[test]
+    fn agent_skew_gives_zipf_shares() {
+        let flat = Config::try_parse_from(["agent-sim", "--agents", "4"]).unwrap();
+        assert_eq!(flat.agent_shares(), vec![0.25; 4]);
+        let zipf =
+            Config::try_parse_from(["agent-sim", "--agents", "3", "--agent-skew", "1"]).unwrap();
+        zipf.validate().unwrap();
+        let shares = zipf.agent_shares();
+        // 1 : 1/2 : 1/3 over 11/6.
+        assert!((shares[0] - 6.0 / 11.0).abs() < 1e-12);
+        assert!((shares[2] - 2.0 / 11.0).abs() < 1e-12);
+        let unpaced =
+            Config::try_parse_from(["agent-sim", "--agent-skew", "1", "--rate", "0"]).unwrap();
+        assert!(unpaced.validate().unwrap_err().contains("--agent-skew"));
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         for args in [
             vec!["agent-sim", "--invalid-ratio", "1.5"],
@@ -265,6 +306,7 @@ mod tests {
             vec!["agent-sim", "--duration", "soon"],
             vec!["agent-sim", "--publish", "acked"],
             vec!["agent-sim", "--ack-window", "0"],
+            vec!["agent-sim", "--agent-skew", "-1"],
         ] {
             let err = Config::try_parse_from(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

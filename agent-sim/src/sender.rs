@@ -133,7 +133,10 @@ pub async fn send_all(
         Some(_) => None,
         None => Some(start + config.duration),
     };
-    let per_agent_rate = config.rate as f64 / config.agents as f64;
+    let shares = config.agent_shares();
+    // With skew, an agent starts at a random point of its first packet interval, so an agent
+    // slower than one packet per run does not send its first packet at once.
+    let mean_packet = f64::from(config.packet_size.min + config.packet_size.max) / 2.0;
     let acked = match config.publish {
         PublishMode::Core => None,
         PublishMode::Jetstream => Some(Arc::new(Acked::new(
@@ -165,7 +168,16 @@ pub async fn send_all(
             publisher,
             generator: LogGenerator::new(config.seed.wrapping_add(n as u64), config.packet_size),
             invalid_ratio: config.invalid_ratio,
-            per_agent_rate,
+            per_agent_rate: config.rate as f64 * shares[n as usize],
+            start_offset: if config.agent_skew > 0.0 {
+                let id = format!("{}-{n}", config.agent_prefix);
+                let roll = rand_roll(id.as_bytes()).wrapping_add(config.seed);
+                let phase =
+                    (roll.wrapping_mul(6364136223846793005) >> 11) as f64 / (1u64 << 53) as f64;
+                phase * mean_packet
+            } else {
+                0.0
+            },
             count: config.count,
             deadline,
             counters: counters.clone(),
@@ -445,6 +457,8 @@ struct Agent {
     generator: LogGenerator,
     invalid_ratio: f64,
     per_agent_rate: f64,
+    /// Messages' worth of pacing time before this agent's first packet (0 without skew).
+    start_offset: f64,
     count: Option<u64>,
     deadline: Option<Instant>,
     counters: Arc<SendCounters>,
@@ -486,7 +500,10 @@ impl Agent {
             }
             // Pace: this agent's n-th message is due at start + n / rate.
             if self.per_agent_rate > 0.0 {
-                let due = start + Duration::from_secs_f64(sent_here as f64 / self.per_agent_rate);
+                let due = start
+                    + Duration::from_secs_f64(
+                        (sent_here as f64 + self.start_offset) / self.per_agent_rate,
+                    );
                 if due > Instant::now() {
                     let wake = match self.deadline {
                         Some(d) if d < due => d,
