@@ -405,20 +405,21 @@ impl Pipeline<'_> {
     async fn dispatch_ready(&mut self) {
         while let Some(packet) = self.ready.pop_front() {
             let messages = packet.out.messages;
-            let Some(i) = self.d.router_mut().choose(messages, &packet.failed) else {
+            let key = packet.out.key;
+            let Some(pick) = self.d.router().choose(key, messages, &packet.failed) else {
                 self.nak_no_analyzer(packet).await;
                 continue;
             };
             let busy = self
                 .per_analyzer
-                .get(self.d.router().id(i))
+                .get(self.d.router().id(pick.index))
                 .is_some_and(|&n| n >= self.window);
             if busy {
                 self.ready.push_front(packet);
                 return;
             }
             self.idle_logged = false;
-            let reservation = self.d.router_mut().reserve(i, messages);
+            let reservation = self.d.router_mut().reserve(pick, key, messages);
             *self.per_analyzer.entry(reservation.id.clone()).or_insert(0) += 1;
             self.send(packet, reservation);
         }

@@ -319,7 +319,10 @@ impl DeliveryMode for AtMostOnce {
 
 /// Publishes to the analyzer the selector picks (the router is not empty).
 async fn publish(core: &mut Distributor, out: Outgoing) {
-    let Some(subject) = core.router_mut().route(out.messages, out.payload.len()) else {
+    let Some(subject) = core
+        .router_mut()
+        .route(out.key, out.messages, out.payload.len())
+    else {
         unreachable!("publish is only called with an analyzer online");
     };
     let subject = subject.clone();

@@ -9,6 +9,7 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use logdist::{Names, NatsArgs};
 
+use crate::affinity::AffinityKey;
 use crate::hold_queue::{DEFAULT_MAX_BYTES, DEFAULT_MAX_PACKETS};
 use crate::membership::DEFAULT_TIMEOUT_FACTOR;
 
@@ -108,6 +109,29 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub at_least_once: AtLeastOnceArgs,
+
+    /// Key affinity: send every packet of one key to the same analyzer while the shares still
+    /// follow the weights (see docs/distributor.md, "Affinity"). `none` (default): every packet
+    /// may go anywhere. `agent`: the `Logdist-Agent` header, else the agent token of the ingest
+    /// subject (`<ingest>.<agent>`). `header:NAME`: that header's value. `field:NAME`: that top-level field of the
+    /// packet's first record (for packets from one source). Packets without a key are balanced
+    /// as with `none`. Every replica must use the same setting.
+    #[arg(
+        long,
+        env = "DISTRIBUTOR_AFFINITY",
+        value_name = "MODE",
+        default_value = "none"
+    )]
+    pub affinity: AffinityKey,
+
+    /// With --affinity: how far (ε, relative) an analyzer may go above its target share of
+    /// messages before a key's packets spill to its next choice. Every share stays within
+    /// ε·max(p, 1−p) of its target p; larger values keep more packets on their key's first
+    /// choice. Default 0.01 (within 1 percentage point), measured with `cargo run -p
+    /// distributor --example affinity_slack`.
+    #[arg(long, env = "DISTRIBUTOR_AFFINITY_SLACK", value_name = "EPSILON",
+          default_value_t = crate::affinity::DEFAULT_SLACK, value_parser = parse_slack)]
+    pub affinity_slack: f64,
 
     /// Also serve the HTTP ingest gateway on this address (e.g. `127.0.0.1:3000`): the old
     /// service's `POST /message/send`, `POST /messages` (JSON array or NDJSON, optionally gzip),
@@ -305,6 +329,15 @@ fn parse_stats_interval(raw: &str) -> Result<Duration, String> {
     parse_duration_in(raw, Duration::from_millis(10), Duration::from_secs(1))
 }
 
+fn parse_slack(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=10.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "slack must be a number from 0 to 10 (e.g. 0.01 for 1 %), got {raw:?}"
+        )),
+    }
+}
+
 fn parse_js_name(raw: &str) -> Result<String, String> {
     // JetStream stream and consumer names become subject tokens.
     logdist::protocol::control::validate_name("name", raw)
@@ -342,6 +375,37 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn affinity_flags_parse_and_refuse_bad_values() {
+        let cli = Cli::try_parse_from([
+            "distributor",
+            "--affinity",
+            "header:Trace-Id",
+            "--affinity-slack",
+            "0.05",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.into_command() else {
+            panic!("run expected");
+        };
+        assert_eq!(args.affinity.to_string(), "header:Trace-Id");
+        assert_eq!(args.affinity_slack, 0.05);
+        let bad: [&[&str]; 3] = [
+            &["--affinity", "host"],
+            &["--affinity-slack=-1"],
+            &["--affinity-slack", "nan"],
+        ];
+        for args in bad {
+            let argv = std::iter::once("distributor").chain(args.iter().copied());
+            let e = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
     }
@@ -363,6 +427,8 @@ mod tests {
                 assert_eq!(args.stats_interval, Duration::from_secs(1));
                 assert_eq!(args.heartbeat_timeout_factor, 3);
                 assert_eq!(args.delivery, Delivery::AtMostOnce);
+                assert_eq!(args.affinity, AffinityKey::None);
+                assert_eq!(args.affinity_slack, 0.01);
                 let alo = &args.at_least_once;
                 assert_eq!(
                     (alo.stream.as_str(), alo.consumer.as_str()),

@@ -31,6 +31,7 @@ use logdist::protocol::stats::{unix_millis_now, DistributorStats, MemberRecord};
 use logdist::{BucketError, ConnectError, ConnectionEvents, PacketValidator};
 use tokio_util::sync::CancellationToken;
 
+use crate::affinity::KeyExtractor;
 use crate::config::{Delivery, RunArgs};
 use crate::membership::{Membership, MembershipEvent};
 use crate::membership_mirror::MembershipMirror;
@@ -161,6 +162,9 @@ pub(crate) struct Distributor {
     client: Client,
     delivery: Delivery,
     validator: PacketValidator,
+    /// Takes each packet's affinity key (`--affinity`).
+    affinity: KeyExtractor,
+    affinity_slack: f64,
     deadletter_subject: Subject,
     names: logdist::Names,
     replica: String,
@@ -186,12 +190,18 @@ impl Distributor {
             client,
             delivery: args.delivery,
             validator: PacketValidator::new(args.max_packet_bytes),
+            affinity: KeyExtractor::new(args.affinity.clone(), &args.names.ingest_subject),
+            affinity_slack: args.affinity_slack,
             deadletter_subject: Subject::from(args.names.deadletter_subject.clone()),
             names: args.names.clone(),
             replica: replica.to_string(),
             replica_header: HeaderValue::from(replica),
             membership: Membership::new(args.heartbeat_timeout_factor),
-            router: Router::new(&args.names.analyzer_prefix),
+            router: if args.affinity.is_none() {
+                Router::new(&args.names.analyzer_prefix)
+            } else {
+                Router::new(&args.names.analyzer_prefix).with_affinity(args.affinity_slack)
+            },
             counters: Counters::default(),
             events,
             mirror: None,
@@ -300,12 +310,14 @@ impl Distributor {
         if let Some(messages) = validator.count_if_valid(&payload) {
             let messages = messages as u64;
             self.counters.received_messages += messages;
+            let key = self.affinity.extract(&subject, headers.as_ref(), &payload);
             let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
             return Some(Outgoing {
                 subject,
                 headers,
                 payload,
                 messages,
+                key,
             });
         }
         match validator.parse(&payload) {
@@ -313,12 +325,14 @@ impl Distributor {
                 let messages = packet.len() as u64;
                 self.counters.received_messages += messages;
                 drop(packet);
+                let key = self.affinity.extract(&subject, headers.as_ref(), &payload);
                 let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
                 Some(Outgoing {
                     subject,
                     headers,
                     payload,
                     messages,
+                    key,
                 })
             }
             Ok(packet) => {
@@ -345,12 +359,14 @@ impl Distributor {
                 }
                 let messages = packet.records.len() as u64;
                 let valid = Bytes::from(packet.valid_json_array());
+                let key = self.affinity.extract(&subject, headers.as_ref(), &valid);
                 let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
                 Some(Outgoing {
                     subject,
                     headers,
                     payload: valid,
                     messages,
+                    key,
                 })
             }
             Err(error) => {
@@ -372,6 +388,7 @@ impl Distributor {
             headers,
             payload,
             messages,
+            ..
         } = out;
         self.deadletter(&subject, Some(&headers), payload, messages, reason, None)
             .await;
@@ -559,6 +576,14 @@ impl Distributor {
             messages_per_sec: self.messages_per_sec,
             epoch: self.router.epoch(),
             epoch_started_ms: self.router.epoch_started_ms(),
+            affinity: self.affinity.key().to_string(),
+            affinity_slack: if self.router.has_affinity() {
+                self.affinity_slack
+            } else {
+                0.0
+            },
+            keyless_packets: self.router.keyless_packets(),
+            keys_saturated: self.router.keys_saturated(),
             analyzers: self.router.route_stats(),
         }
     }

@@ -10,6 +10,8 @@ use async_nats::Subject;
 use bytes::Bytes;
 use logdist::protocol::headers::name::{COUNT, DISTRIBUTOR};
 
+use crate::affinity::KeyHash;
+
 /// A validated packet on its way to an analyzer (or held until one is online).
 #[derive(Debug)]
 pub struct Outgoing {
@@ -21,6 +23,8 @@ pub struct Outgoing {
     pub payload: Bytes,
     /// Log messages in `payload`.
     pub messages: u64,
+    /// The packet's affinity key (`None` without `--affinity` or without a key).
+    pub key: Option<KeyHash>,
 }
 
 /// The agent's headers (if any) plus `Logdist-Count` and `Logdist-Distributor`. Values the agent

@@ -4,6 +4,10 @@
 //! The *actual %* column is the share since the last membership change (the `epoch_messages` of
 //! the replicas that are live, i.e. wrote within [`LIVE_WITHIN_MS`]), because that is what the
 //! current targets promise; the all-time counts (of every replica that ever wrote) are shown too.
+//! When a replica routes with `--affinity`, two more columns: the keys each analyzer holds (the
+//! largest count among live replicas: each counts the keys it saw, and with several replicas
+//! most keys reach all of them) and *kept %*, the share of its keys' packets that reached it
+//! (all replicas, all-time).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -43,6 +47,8 @@ pub struct ReplicaRow {
     pub deadletter_packets: u64,
     pub held_packets: u64,
     pub messages_per_sec: f64,
+    /// `--affinity` of the replica (`none` when it has none, or an older version wrote).
+    pub affinity: String,
 }
 
 /// Sums over every replica (messages per second over live ones).
@@ -79,6 +85,12 @@ pub struct AnalyzerRow {
     pub messages: u64,
     /// Messages routed to it since each replica started (all replicas).
     pub total_messages: u64,
+    /// With affinity: distinct keys whose first choice it is, this epoch (the largest count
+    /// among live replicas).
+    pub keys_held: Option<u64>,
+    /// With affinity: of the packets whose key ranks it first, the share it got, in percent
+    /// (all replicas, all-time); `None` before any.
+    pub affinity_kept_pct: Option<f64>,
 }
 
 impl Report {
@@ -96,14 +108,28 @@ impl Report {
         }
         let mut epoch: BTreeMap<&str, u64> = BTreeMap::new();
         let mut all_time: BTreeMap<&str, u64> = BTreeMap::new();
+        // With affinity: keys held (max over live replicas), keyed and kept packets (sums).
+        let mut keys: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut keyed: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        let has_affinity = |d: &DistributorStats| !d.affinity.is_empty() && d.affinity != "none";
         for d in distributors {
             for (id, r) in &d.analyzers {
                 *all_time.entry(id).or_default() += r.messages;
                 if live(d) && r.online {
                     *epoch.entry(id).or_default() += r.epoch_messages;
                 }
+                if has_affinity(d) {
+                    if live(d) && r.online {
+                        let held = keys.entry(id).or_default();
+                        *held = (*held).max(r.keys_held);
+                    }
+                    let k = keyed.entry(id).or_default();
+                    k.0 += r.keyed_packets;
+                    k.1 += r.kept_packets;
+                }
             }
         }
+        let any_affinity = distributors.iter().any(has_affinity);
         let epoch_total: u64 = epoch.values().sum();
         let analyzers = ids
             .into_iter()
@@ -127,6 +153,11 @@ impl Report {
                     deviation_pp: actual_pct.map(|a| a - target_pct),
                     messages,
                     total_messages: all_time.get(id).copied().unwrap_or(0),
+                    keys_held: any_affinity.then(|| keys.get(id).copied().unwrap_or(0)),
+                    affinity_kept_pct: keyed
+                        .get(id)
+                        .filter(|(keyed, _)| *keyed > 0)
+                        .map(|(keyed, kept)| 100.0 * *kept as f64 / *keyed as f64),
                 }
             })
             .collect();
@@ -157,6 +188,11 @@ impl Report {
                 deadletter_packets: d.deadletter_packets,
                 held_packets: d.held_packets,
                 messages_per_sec: d.messages_per_sec,
+                affinity: if d.affinity.is_empty() {
+                    "none".to_string()
+                } else {
+                    d.affinity.clone()
+                },
             });
         }
         Report {
@@ -184,7 +220,8 @@ impl Report {
             t.held_packets,
             t.messages_per_sec
         );
-        let _ = writeln!(
+        let affinity = self.analyzers.iter().any(|a| a.keys_held.is_some());
+        let _ = write!(
             out,
             "{:<16} {:>6} {:>10} {:>9} {:>9} {:>8} {:>14} {:>14}",
             "analyzer",
@@ -196,13 +233,17 @@ impl Report {
             "messages",
             "all-time"
         );
+        if affinity {
+            let _ = write!(out, " {:>9} {:>7}", "keys", "kept %");
+        }
+        out.push('\n');
         for a in &self.analyzers {
             let pct = |v: Option<f64>, signed: bool| match v {
                 Some(v) if signed => format!("{v:+.3}"),
                 Some(v) => format!("{v:.3}"),
                 None => "-".to_string(),
             };
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "{:<16} {:>6} {:>10} {:>9.3} {:>9} {:>8} {:>14} {:>14}",
                 a.id,
@@ -218,6 +259,16 @@ impl Report {
                 a.messages,
                 a.total_messages
             );
+            if affinity {
+                let _ = write!(
+                    out,
+                    " {:>9} {:>7}",
+                    a.keys_held.unwrap_or(0),
+                    a.affinity_kept_pct
+                        .map_or("-".to_string(), |k| format!("{k:.1}"))
+                );
+            }
+            out.push('\n');
         }
         if self.analyzers.is_empty() {
             out.push_str("(no analyzers online and nothing routed yet)\n");
@@ -409,6 +460,41 @@ mod tests {
                 .any(|l| l.starts_with("1 ") && l.contains("50.000")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn affinity_columns_add_up_kept_and_take_the_largest_key_count() {
+        let now = 100_000;
+        let members = [member("1", 0.5), member("2", 0.5)];
+        let mut replicas = [
+            replica("a", now, &[("1", true, 60, 60), ("2", true, 40, 40)]),
+            replica("b", now, &[("1", true, 50, 50), ("2", true, 50, 50)]),
+        ];
+        for (d, held) in replicas.iter_mut().zip([7, 9]) {
+            d.affinity = "agent".into();
+            for r in d.analyzers.values_mut() {
+                r.keys_held = held;
+                r.keyed_packets = 10;
+                r.kept_packets = 9;
+            }
+        }
+        let r = Report::build(&members, &replicas, now);
+        let one = r.analyzers.iter().find(|a| a.id == "1").unwrap();
+        assert_eq!(one.keys_held, Some(9));
+        assert!((one.affinity_kept_pct.unwrap() - 90.0).abs() < 1e-9);
+        assert_eq!(r.replicas[0].affinity, "agent");
+        let text = r.render();
+        assert!(text.lines().next().is_some(), "{text}");
+        assert!(text.contains("kept %"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("1 ") && l.ends_with("9    90.0")),
+            "{text}"
+        );
+        // Without affinity, no such columns.
+        let plain = Report::build(&members, &[replica("a", now, &[("1", true, 1, 1)])], now);
+        assert!(plain.analyzers.iter().all(|a| a.keys_held.is_none()));
+        assert!(!plain.render().contains("kept %"));
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! Synchronous and allocation-free per packet: [`route`](Router::route) is one O(k) choice and a
 //! few counter increments, and hands back the pre-built subject to publish to.
 //!
+//! With key affinity ([`with_affinity`](Router::with_affinity)) a packet's key picks the analyzer
+//! through the [`AffinityRule`] over the same selector counts, and the router counts, per
+//! analyzer, the keyed packets whose key ranks it first, how many of them it got ("affinity
+//! kept") and the distinct keys it holds this epoch ([`KeyCensus`]).
+//!
 //! At-least-once delivery counts only what analyzers acknowledged: [`reserve`](Router::reserve)
 //! assigns a packet in the selector at once (so balancing sees packets in flight), then either
 //! [`confirm`](Router::confirm) counts it in the route counters when the analyzer acknowledged,
@@ -16,6 +21,7 @@ use std::sync::Arc;
 use async_nats::Subject;
 use logdist::protocol::stats::{unix_millis_now, RouteStats};
 
+use crate::affinity::{AffinityRule, KeyCensus, KeyHash};
 use crate::selector::WeightedSelector;
 
 /// Counters of what one replica routed to one analyzer.
@@ -26,6 +32,18 @@ pub struct RouteCounters {
     pub bytes: u64,
     pub epoch_messages: u64,
     pub epoch_packets: u64,
+    /// With affinity: packets (delivered anywhere) whose key ranks this analyzer first.
+    pub keyed_packets: u64,
+    /// With affinity: of [`keyed_packets`](Self::keyed_packets), those delivered here.
+    pub kept_packets: u64,
+}
+
+/// Where a packet goes: the analyzer's index and, for a packet with a key, its key's first
+/// choice (to count affinity kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    pub index: usize,
+    pub first_choice: Option<usize>,
 }
 
 /// One analyzer online now.
@@ -45,6 +63,8 @@ pub struct Reservation {
     /// Where to send the packet.
     pub subject: Subject,
     index: usize,
+    /// The key's first choice, for a packet with a key.
+    first_choice: Option<(usize, Arc<str>)>,
     epoch: u64,
     messages: u64,
 }
@@ -54,6 +74,12 @@ pub struct Reservation {
 pub struct Router {
     analyzer_prefix: String,
     selector: WeightedSelector,
+    /// With `--affinity`: the rule, over the same analyzers in the same order as the selector.
+    affinity: Option<AffinityRule>,
+    /// Distinct keys this epoch by first choice (empty without affinity).
+    census: KeyCensus,
+    /// With affinity: packets that had no key (balanced by the selector alone).
+    keyless_packets: u64,
     /// Online analyzers, in the selector's index order (sorted by id).
     routes: Vec<Route>,
     /// All-time counters of analyzers that went offline (kept so stats still add up).
@@ -69,12 +95,28 @@ impl Router {
         Router {
             analyzer_prefix: analyzer_prefix.to_string(),
             selector: WeightedSelector::new(),
+            affinity: None,
+            census: KeyCensus::default(),
+            keyless_packets: 0,
             routes: Vec::new(),
             departed: BTreeMap::new(),
             epoch: 0,
             epoch_started_ms: unix_millis_now(),
             routed_messages: 0,
         }
+    }
+
+    /// The same table with key affinity of slack `ε` (see [`AffinityRule`]).
+    pub fn with_affinity(mut self, slack: f64) -> Self {
+        let mut rule = AffinityRule::new(slack);
+        rule.set_analyzers(self.routes.iter().map(|r| (&*r.id, r.weight)));
+        self.affinity = Some(rule);
+        self
+    }
+
+    /// True when packets with a key are routed by affinity.
+    pub fn has_affinity(&self) -> bool {
+        self.affinity.is_some()
     }
 
     /// Replaces the online analyzers and their weights and starts a new epoch (shares restart,
@@ -107,6 +149,10 @@ impl Router {
         }
         let weights: Vec<f64> = self.routes.iter().map(|r| r.weight).collect();
         self.selector.set_weights(&weights);
+        if let Some(rule) = &mut self.affinity {
+            rule.set_analyzers(self.routes.iter().map(|r| (&*r.id, r.weight)));
+        }
+        self.census.reset(self.routes.len());
         self.epoch += 1;
         self.epoch_started_ms = unix_millis_now();
     }
@@ -116,12 +162,20 @@ impl Router {
         self.routes.is_empty()
     }
 
-    /// Picks the analyzer for a packet of `messages` messages and `bytes` bytes, counts it, and
-    /// returns the analyzer's subject; `None` when no analyzer is online.
+    /// Picks the analyzer for a packet of `messages` messages and `bytes` bytes with key `key`
+    /// (`None`: no key, or no affinity), counts it, and returns the analyzer's subject; `None`
+    /// when no analyzer is online.
     #[inline]
-    pub fn route(&mut self, messages: u64, bytes: usize) -> Option<&Subject> {
-        let i = self.selector.pick(messages)?;
-        let route = &mut self.routes[i];
+    pub fn route(&mut self, key: Option<KeyHash>, messages: u64, bytes: usize) -> Option<&Subject> {
+        let pick = self.choose(key, messages, &[])?;
+        self.selector.assign(pick.index, messages);
+        self.count_key(key, pick.first_choice);
+        if let Some(f) = pick.first_choice {
+            let c = &mut self.routes[f].counters;
+            c.keyed_packets += 1;
+            c.kept_packets += u64::from(f == pick.index);
+        }
+        let route = &mut self.routes[pick.index];
         let c = &mut route.counters;
         c.messages += messages;
         c.packets += 1;
@@ -132,20 +186,50 @@ impl Router {
         Some(&route.subject)
     }
 
-    /// Picks the analyzer for a packet of `messages` messages, skipping the analyzers in `exclude`
-    /// (ids that already failed this packet); when that leaves none, any analyzer online. Counts
-    /// nothing: call [`reserve`](Self::reserve) with the result. `None` when none is online.
-    pub fn choose(&self, messages: u64, exclude: &[Arc<str>]) -> Option<usize> {
-        if !exclude.is_empty() {
-            let excluded: Vec<usize> = exclude
-                .iter()
-                .filter_map(|id| self.routes.iter().position(|r| r.id == *id))
-                .collect();
-            if let Some(i) = self.selector.choose(messages, &excluded) {
-                return Some(i);
+    /// Counts a key (or its absence) seen while affinity is on.
+    fn count_key(&mut self, key: Option<KeyHash>, first_choice: Option<usize>) {
+        if self.affinity.is_none() {
+            return;
+        }
+        match (key, first_choice) {
+            (Some(key), Some(first)) => self.census.record(key, first),
+            _ => self.keyless_packets += 1,
+        }
+    }
+
+    /// Picks the analyzer for a packet of `messages` messages with key `key`, skipping the
+    /// analyzers in `exclude` (ids that already failed this packet); when that leaves none, any
+    /// analyzer online. Counts nothing: call [`reserve`](Self::reserve) with the result. `None`
+    /// when none is online.
+    pub fn choose(
+        &self,
+        key: Option<KeyHash>,
+        messages: u64,
+        exclude: &[Arc<str>],
+    ) -> Option<Pick> {
+        let excluded: Vec<usize> = exclude
+            .iter()
+            .filter_map(|id| self.routes.iter().position(|r| r.id == *id))
+            .collect();
+        let pick = |excluded: &[usize]| match (&self.affinity, key) {
+            (Some(rule), Some(key)) => {
+                rule.choose(key, messages, &self.selector, excluded)
+                    .map(|c| Pick {
+                        index: c.index,
+                        first_choice: Some(c.first_choice),
+                    })
+            }
+            _ => self.selector.choose(messages, excluded).map(|index| Pick {
+                index,
+                first_choice: None,
+            }),
+        };
+        if !excluded.is_empty() {
+            if let Some(p) = pick(&excluded) {
+                return Some(p);
             }
         }
-        self.selector.choose(messages, &[])
+        pick(&[])
     }
 
     /// Id of the analyzer at index `i` (as returned by [`choose`](Self::choose)).
@@ -153,17 +237,35 @@ impl Router {
         &self.routes[i].id
     }
 
-    /// Assigns a packet of `messages` messages to the analyzer at index `i` in the selector (so
-    /// the next choices account for it) without counting it as routed yet.
-    pub fn reserve(&mut self, i: usize, messages: u64) -> Reservation {
-        self.selector.assign(i, messages);
-        let route = &self.routes[i];
+    /// Assigns a packet of `messages` messages with key `key` to the analyzer `pick` names in
+    /// the selector (so the next choices account for it) without counting it as routed yet.
+    pub fn reserve(&mut self, pick: Pick, key: Option<KeyHash>, messages: u64) -> Reservation {
+        self.selector.assign(pick.index, messages);
+        self.count_key(key, pick.first_choice);
+        let route = &self.routes[pick.index];
         Reservation {
             id: route.id.clone(),
             subject: route.subject.clone(),
-            index: i,
+            index: pick.index,
+            first_choice: pick.first_choice.map(|f| (f, self.routes[f].id.clone())),
             epoch: self.epoch,
             messages,
+        }
+    }
+
+    /// Counters of an analyzer a reservation names, by index in its own epoch, else by id.
+    fn counters_mut(
+        &mut self,
+        same_epoch: bool,
+        index: usize,
+        id: &str,
+    ) -> Option<&mut RouteCounters> {
+        if same_epoch {
+            return Some(&mut self.routes[index].counters);
+        }
+        match self.routes.iter_mut().find(|r| &*r.id == id) {
+            Some(route) => Some(&mut route.counters),
+            None => self.departed.get_mut(id),
         }
     }
 
@@ -171,22 +273,21 @@ impl Router {
     /// counters count it only if it was reserved in the current epoch.
     pub fn confirm(&mut self, reservation: &Reservation, bytes: usize) {
         let same_epoch = reservation.epoch == self.epoch;
-        let counters = if same_epoch {
-            Some(&mut self.routes[reservation.index].counters)
-        } else {
-            match self.routes.iter_mut().find(|r| r.id == reservation.id) {
-                Some(route) => Some(&mut route.counters),
-                None => self.departed.get_mut(&*reservation.id),
-            }
-        };
         let n = reservation.messages;
-        if let Some(c) = counters {
+        if let Some(c) = self.counters_mut(same_epoch, reservation.index, &reservation.id) {
             c.messages += n;
             c.packets += 1;
             c.bytes += bytes as u64;
             if same_epoch {
                 c.epoch_messages += n;
                 c.epoch_packets += 1;
+            }
+        }
+        if let Some((f, id)) = &reservation.first_choice {
+            let kept = *id == reservation.id;
+            if let Some(c) = self.counters_mut(same_epoch, *f, id) {
+                c.keyed_packets += 1;
+                c.kept_packets += u64::from(kept);
             }
         }
         self.routed_messages += n;
@@ -214,6 +315,23 @@ impl Router {
     /// Messages routed since start.
     pub fn routed_messages(&self) -> u64 {
         self.routed_messages
+    }
+
+    /// With affinity: packets routed without a key since start.
+    pub fn keyless_packets(&self) -> u64 {
+        self.keyless_packets
+    }
+
+    /// With affinity: more distinct keys came this epoch than the census counts.
+    pub fn keys_saturated(&self) -> bool {
+        self.census.saturated()
+    }
+
+    /// With affinity: distinct keys seen this epoch whose first choice is analyzer `id`, and
+    /// whether the count stopped at [`KeyCensus`]'s limit.
+    pub fn keys_held(&self, id: &str) -> Option<(u64, bool)> {
+        let i = self.routes.iter().position(|r| &*r.id == id)?;
+        Some((self.census.held(i), self.census.saturated()))
     }
 
     /// Counters of analyzer `id` (online or departed).
@@ -252,6 +370,10 @@ impl Router {
                     epoch_messages: 0,
                     epoch_packets: 0,
                     epoch_share: 0.0,
+                    keys_held: 0,
+                    keyed_packets: c.keyed_packets,
+                    kept_packets: c.kept_packets,
+                    affinity_kept: affinity_kept(c),
                 },
             );
         }
@@ -270,11 +392,20 @@ impl Router {
                     epoch_messages: c.epoch_messages,
                     epoch_packets: c.epoch_packets,
                     epoch_share: c.epoch_messages as f64 / epoch_total,
+                    keys_held: self.census.held(i),
+                    keyed_packets: c.keyed_packets,
+                    kept_packets: c.kept_packets,
+                    affinity_kept: affinity_kept(c),
                 },
             );
         }
         out
     }
+}
+
+/// `kept / keyed`, or `None` before any keyed packet.
+fn affinity_kept(c: &RouteCounters) -> Option<f64> {
+    (c.keyed_packets > 0).then(|| c.kept_packets as f64 / c.keyed_packets as f64)
 }
 
 #[cfg(test)]
@@ -284,11 +415,11 @@ mod tests {
     #[test]
     fn routes_to_prefixed_subjects_by_weight() {
         let mut r = Router::new("analyzer");
-        assert!(r.route(1, 10).is_none());
+        assert!(r.route(None, 1, 10).is_none());
         r.set_members([("a", 3.0), ("b", 1.0)]);
         let mut hits = BTreeMap::new();
         for _ in 0..400 {
-            let s = r.route(1, 10).unwrap().to_string();
+            let s = r.route(None, 1, 10).unwrap().to_string();
             *hits.entry(s).or_insert(0) += 1;
         }
         assert_eq!(hits["analyzer.a"], 300);
@@ -304,7 +435,7 @@ mod tests {
         let mut r = Router::new("analyzer");
         r.set_members([("a", 1.0), ("b", 1.0)]);
         for _ in 0..10 {
-            r.route(5, 1);
+            r.route(None, 5, 1);
         }
         assert_eq!(r.epoch(), 1);
         r.set_members([("b", 1.0)]);
@@ -313,11 +444,11 @@ mod tests {
         assert!(!stats["a"].online);
         assert_eq!(stats["a"].messages, 25);
         assert_eq!(stats["b"].epoch_messages, 0);
-        r.route(5, 1);
+        r.route(None, 5, 1);
         assert_eq!(r.counters("b").unwrap().messages, 30);
         // a comes back: its all-time count resumes.
         r.set_members([("a", 1.0), ("b", 1.0)]);
-        r.route(5, 1);
+        r.route(None, 5, 1);
         assert_eq!(r.counters("a").unwrap().messages, 30);
         assert_eq!(r.routed_messages(), 60);
     }
@@ -326,29 +457,29 @@ mod tests {
     fn reservations_count_only_when_confirmed() {
         let mut r = Router::new("analyzer");
         r.set_members([("a", 1.0), ("b", 1.0)]);
-        let i = r.choose(10, &[]).unwrap();
-        assert_eq!(&**r.id(i), "a");
-        let first = r.reserve(i, 10);
+        let i = r.choose(None, 10, &[]).unwrap();
+        assert_eq!(&**r.id(i.index), "a");
+        let first = r.reserve(i, None, 10);
         assert_eq!(first.subject.as_str(), "analyzer.a");
         // The reservation steers the next choice although nothing is counted yet.
-        let j = r.choose(10, &[]).unwrap();
-        assert_eq!(&**r.id(j), "b");
-        let second = r.reserve(j, 10);
+        let j = r.choose(None, 10, &[]).unwrap();
+        assert_eq!(&**r.id(j.index), "b");
+        let second = r.reserve(j, None, 10);
         assert_eq!(r.routed_messages(), 0);
         r.confirm(&first, 100);
         assert_eq!(r.counters("a").unwrap().messages, 10);
         assert_eq!(r.counters("a").unwrap().bytes, 100);
         // b failed: its assignment is taken back, so b is chosen again, unless excluded.
         r.cancel(&second);
-        assert_eq!(&**r.id(r.choose(10, &[]).unwrap()), "b");
+        assert_eq!(&**r.id(r.choose(None, 10, &[]).unwrap().index), "b");
         let b: Arc<str> = Arc::from("b");
         assert_eq!(
-            &**r.id(r.choose(10, std::slice::from_ref(&b)).unwrap()),
+            &**r.id(r.choose(None, 10, std::slice::from_ref(&b)).unwrap().index),
             "a"
         );
         // Every analyzer excluded: any analyzer online rather than none.
         let a: Arc<str> = Arc::from("a");
-        assert!(r.choose(10, &[a, b]).is_some());
+        assert!(r.choose(None, 10, &[a, b]).is_some());
         assert_eq!(r.counters("b").unwrap().messages, 0);
         assert_eq!(r.route_stats()["a"].epoch_share, 1.0);
     }
@@ -357,13 +488,80 @@ mod tests {
     fn confirmation_after_an_epoch_change_counts_all_time_only() {
         let mut r = Router::new("analyzer");
         r.set_members([("a", 1.0), ("b", 1.0)]);
-        let i = r.choose(5, &[]).unwrap();
-        let res = r.reserve(i, 5);
+        let i = r.choose(None, 5, &[]).unwrap();
+        let res = r.reserve(i, None, 5);
         r.set_members([("b", 1.0)]);
         r.cancel(&res); // other epoch: no effect on the new selector
         r.confirm(&res, 1);
         let c = r.counters("a").unwrap();
         assert_eq!((c.messages, c.epoch_messages), (5, 0));
         assert_eq!(r.routed_messages(), 5);
+    }
+
+    #[test]
+    fn affinity_keeps_keys_on_their_first_choice_and_counts_it() {
+        let mut r = Router::new("analyzer").with_affinity(0.01);
+        r.set_members([("a", 0.5), ("b", 0.3), ("c", 0.2)]);
+        let keys: Vec<KeyHash> = (0..300)
+            .map(|i| KeyHash::of(format!("agent-{i}").as_bytes()))
+            .collect();
+        // Equal volumes per key: almost every packet stays on its key's first choice.
+        for round in 0..20 {
+            for k in &keys {
+                r.route(Some(*k), 10, 100).unwrap();
+            }
+            if round == 0 {
+                r.route(None, 10, 100).unwrap();
+            }
+        }
+        let (mut keyed, mut kept, mut held) = (0, 0, 0);
+        for id in ["a", "b", "c"] {
+            let c = r.counters(id).unwrap();
+            keyed += c.keyed_packets;
+            kept += c.kept_packets;
+            held += r.keys_held(id).unwrap().0;
+        }
+        assert_eq!(keyed, 300 * 20);
+        assert_eq!(held, 300);
+        assert_eq!(r.keyless_packets(), 1);
+        assert!(kept as f64 >= 0.8 * keyed as f64, "kept {kept} of {keyed}");
+        // Shares follow the weights within the bound.
+        let stats = r.route_stats();
+        for (id, target) in [("a", 0.5), ("b", 0.3), ("c", 0.2)] {
+            let share = stats[id].epoch_share;
+            assert!(
+                (share - target).abs() <= 0.01 * 0.8 + 0.001,
+                "{id}: {share}"
+            );
+        }
+        // A new epoch counts keys afresh.
+        r.set_members([("a", 0.5), ("b", 0.3)]);
+        assert_eq!(r.keys_held("a"), Some((0, false)));
+    }
+
+    #[test]
+    fn keyed_reservations_count_affinity_when_confirmed() {
+        let mut r = Router::new("analyzer").with_affinity(0.01);
+        r.set_members([("a", 1.0), ("b", 1.0)]);
+        let key = KeyHash::of(b"web-1");
+        let pick = r.choose(Some(key), 10, &[]).unwrap();
+        let first = pick.first_choice.unwrap();
+        assert_eq!(pick.index, first);
+        let res = r.reserve(pick, Some(key), 10);
+        let first_id = r.id(first).clone();
+        assert_eq!(r.counters(&first_id).unwrap().keyed_packets, 0);
+        r.confirm(&res, 1);
+        let c = r.counters(&first_id).unwrap();
+        assert_eq!((c.keyed_packets, c.kept_packets), (1, 1));
+        // Its first choice failed: the retry goes elsewhere and is not "kept".
+        let pick = r
+            .choose(Some(key), 10, std::slice::from_ref(&first_id))
+            .unwrap();
+        assert_ne!(pick.index, first);
+        let res = r.reserve(pick, Some(key), 10);
+        r.confirm(&res, 1);
+        let c = r.counters(&first_id).unwrap();
+        assert_eq!((c.keyed_packets, c.kept_packets), (2, 1));
+        assert_eq!(r.keys_held(&first_id), Some((1, false)));
     }
 }

@@ -341,7 +341,54 @@ fn encode_distributor(f: &mut Families, s: &DistributorStats) -> std::fmt::Resul
         "analyzer",
         all().map(|(id, r)| (id, r.bytes)),
     )?;
+    if !s.affinity.is_empty() && s.affinity != "none" {
+        encode_affinity(f, s)?;
+    }
     nats_event_counters(f, s.disconnects, s.reconnects, s.slow_consumer_events)?;
+    Ok(())
+}
+
+/// The families of `--affinity` (only rendered by a replica that routes with it).
+fn encode_affinity(f: &mut Families, s: &DistributorStats) -> std::fmt::Result {
+    const P: &str = "logdist_distributor";
+    f.info(
+        &format!("{P}_affinity_info"),
+        "Key affinity of this replica: where keys come from (--affinity) and the slack (--affinity-slack).",
+        &[
+            ("mode", &s.affinity),
+            ("slack", &s.affinity_slack.to_string()),
+        ],
+    )?;
+    f.counter(
+        &format!("{P}_keyless_packets"),
+        "Packets routed without an affinity key (balanced without affinity).",
+        s.keyless_packets,
+    )?;
+    let on = || s.analyzers.iter().filter(|(_, r)| r.online);
+    f.labelled_gauge(
+        &format!("{P}_analyzer_keys_held"),
+        "Distinct keys this epoch whose first choice is the analyzer (a lower bound when logdist_distributor_keys_saturated is 1).",
+        "analyzer",
+        on().map(|(id, r)| (id.as_str(), r.keys_held as f64)),
+    )?;
+    f.gauge(
+        &format!("{P}_keys_saturated"),
+        "1 when more distinct keys came this epoch than the replica counts (100,000).",
+        if s.keys_saturated { 1.0 } else { 0.0 },
+    )?;
+    let all = || s.analyzers.iter().map(|(id, r)| (id.as_str(), r));
+    f.labelled_counter(
+        &format!("{P}_analyzer_keyed_packets"),
+        "Packets (delivered anywhere) whose key ranks the analyzer first.",
+        "analyzer",
+        all().map(|(id, r)| (id, r.keyed_packets)),
+    )?;
+    f.labelled_counter(
+        &format!("{P}_analyzer_kept_packets"),
+        "Of the packets whose key ranks the analyzer first, those it received (affinity kept).",
+        "analyzer",
+        all().map(|(id, r)| (id, r.kept_packets)),
+    )?;
     Ok(())
 }
 
@@ -621,6 +668,53 @@ mod tests {
             1.0
         );
         assert_eq!(sample(&text, "logdist_nats_disconnects_total"), 2.0);
+        assert!(
+            !text.contains("affinity"),
+            "no affinity families without it"
+        );
+    }
+
+    #[test]
+    fn affinity_families_render_keys_and_kept_packets() {
+        let collector = DistributorCollector::default();
+        let mut stats = DistributorStats {
+            replica: "r1".into(),
+            affinity: "agent".into(),
+            affinity_slack: 0.01,
+            keyless_packets: 3,
+            ..Default::default()
+        };
+        stats.analyzers.insert(
+            "a".into(),
+            RouteStats {
+                online: true,
+                keys_held: 12,
+                keyed_packets: 100,
+                kept_packets: 93,
+                ..Default::default()
+            },
+        );
+        collector.latest.publish(stats);
+        let text = render(collector);
+        let value = |series: &str| sample(&text, series);
+        assert_eq!(
+            value(r#"logdist_distributor_affinity_info{mode="agent",slack="0.01"}"#),
+            1.0
+        );
+        assert_eq!(value("logdist_distributor_keyless_packets_total"), 3.0);
+        assert_eq!(
+            value(r#"logdist_distributor_analyzer_keys_held{analyzer="a"}"#),
+            12.0
+        );
+        assert_eq!(
+            value(r#"logdist_distributor_analyzer_kept_packets_total{analyzer="a"}"#),
+            93.0
+        );
+        assert_eq!(
+            value(r#"logdist_distributor_analyzer_keyed_packets_total{analyzer="a"}"#),
+            100.0
+        );
+        assert_eq!(value("logdist_distributor_keys_saturated"), 0.0);
     }
 
     #[test]

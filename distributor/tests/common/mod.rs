@@ -101,6 +101,8 @@ pub struct Received {
     pub seqs: Vec<u64>,
     /// Headers and payloads of the first 100 packets.
     pub first: Vec<(Option<HeaderMap>, Bytes)>,
+    /// Packets by `Logdist-Agent` header (when set).
+    pub agents: HashMap<String, u64>,
 }
 
 /// A simulated analyzer: queue-subscribes `analyzer.<id>` and heartbeats on the control subject.
@@ -153,6 +155,13 @@ impl SimAnalyzer {
                     r.messages += count;
                     if let Some(seq) = seq {
                         r.seqs.push(seq);
+                    }
+                    if let Some(agent) = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(logdist::protocol::headers::AGENT))
+                    {
+                        *r.agents.entry(agent.as_str().to_string()).or_default() += 1;
                     }
                     if r.first.len() < 100 {
                         r.first.push((msg.headers.clone(), msg.payload.clone()));

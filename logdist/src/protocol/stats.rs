@@ -110,6 +110,15 @@ pub struct DistributorStats {
     /// Membership changes seen since start; shares restart at each change.
     pub epoch: u64,
     pub epoch_started_ms: u64,
+    /// Key affinity (`--affinity`): `none`, `agent`, `header:NAME` or `field:NAME`.
+    pub affinity: String,
+    /// `--affinity-slack` (ε); 0 without affinity.
+    pub affinity_slack: f64,
+    /// With affinity: packets that had no key (balanced without affinity).
+    pub keyless_packets: u64,
+    /// With affinity: more distinct keys came this epoch than the replica counts (100,000), so
+    /// `keys_held` is a lower bound.
+    pub keys_saturated: bool,
     /// Per-analyzer routing counters of this replica, by analyzer id.
     pub analyzers: BTreeMap<String, RouteStats>,
 }
@@ -132,6 +141,15 @@ pub struct RouteStats {
     pub epoch_messages: u64,
     pub epoch_packets: u64,
     pub epoch_share: f64,
+    /// With affinity: distinct keys seen this epoch whose first choice is this analyzer.
+    pub keys_held: u64,
+    /// With affinity: packets (delivered anywhere) whose key ranks this analyzer first.
+    pub keyed_packets: u64,
+    /// With affinity: of `keyed_packets`, those delivered here.
+    pub kept_packets: u64,
+    /// With affinity: `kept_packets / keyed_packets` ("affinity kept"); absent before any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_kept: Option<f64>,
 }
 
 /// Live counters of one analyzer instance (bucket `logdist_stats`, key `analyzer.<id>.<instance>`):
