@@ -4,6 +4,7 @@
 //! the table to the terminal and to BENCHMARKS.md, and the share-over-time plot to
 //! docs/shares.png.
 
+mod affinity;
 mod plot;
 mod scenario;
 
@@ -25,7 +26,9 @@ struct Args {
     #[arg(long, env = "BENCH_REPETITIONS", default_value_t = 3)]
     repetitions: usize,
 
-    /// Only these scenarios (comma-separated: raw, mapping, logdist-amo, logdist-alo, logdist-http).
+    /// Only these scenarios (comma-separated: raw, mapping, logdist-amo, logdist-alo,
+    /// logdist-http, affinity). `affinity` is the pair of keyed runs (`--affinity agent` beside
+    /// the default). Default: all.
     #[arg(long, env = "BENCH_ONLY", value_delimiter = ',')]
     only: Vec<String>,
 
@@ -119,6 +122,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bins = Binaries::next_to_me()?;
     let root = scenario::workspace_root();
+    for name in &args.only {
+        if name != "affinity" && !Scenario::ALL.iter().any(|s| s.short() == name) {
+            anyhow::bail!(
+                "--only: unknown scenario {name:?} (raw, mapping, logdist-amo, logdist-alo, logdist-http, affinity)"
+            );
+        }
+    }
     let scenarios: Vec<Scenario> = Scenario::ALL
         .into_iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.short()))
@@ -184,6 +194,21 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut affinity_rows = Vec::new();
+    if args.only.is_empty() || args.only.iter().any(|o| o == "affinity") {
+        for mode in ["none", "agent"] {
+            eprintln!("bench: affinity {mode}, keyed skewed load");
+            let result = affinity::run(&bins, mode, args.seconds)
+                .await
+                .with_context(|| format!("the affinity run with --affinity {mode}"))?;
+            eprintln!(
+                "bench:   max share deviation {:.3} pp, {:.1} % on the key's usual analyzer",
+                result.max_deviation_pp, result.usual_pct
+            );
+            affinity_rows.push(result);
+        }
+    }
+
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let date = time::OffsetDateTime::now_utc().date();
     let command = format!(
@@ -192,7 +217,13 @@ async fn main() -> anyhow::Result<()> {
     );
     let validator = validator_cost();
     let table = render_table(&rows);
-    println!("{table}");
+    if !rows.is_empty() {
+        println!("{table}");
+    }
+    let affinity_table = affinity::render(&affinity_rows);
+    if !affinity_rows.is_empty() {
+        println!("{affinity_table}");
+    }
 
     let plot_path = root.join(&args.plot);
     let pick = |s: Scenario| {
@@ -225,6 +256,11 @@ async fn main() -> anyhow::Result<()> {
     let _ = writeln!(md, "Each scenario runs on a fresh nats-server (free loopback ports) with the same load (agent-sim, 4 agents over 2 connections, for {} s) and the same counting receivers (analyzer processes, which parse and analyze every message). Rates are log messages counted by the analyzers per second of delivery. *Flood*: agent-sim as fast as it can, median of {} runs (all listed): what gets through an overloaded pipeline, with slow-consumer drops (at-most-once) or a backlog left in the stream (at-least-once) in the loss column. *Sustained*: the fastest paced run that lost at most {SUSTAINED_MAX_LOSS_PCT} % and delivered 90–110 % of the offered rate, searched from the flood's rate up by 25 % or down by 20 % a step (at most {SUSTAINED_STEPS} runs): what the pipeline keeps up with. *vs mapping* is the ratio to nats-server's weighted mapping in the same run; CPU (per million messages, from the sustained run) and peak RSS (flood) are the distributor's; latency (agent send → analyzer) and the share deviation come from a run at half of the sustained rate.\n", args.seconds, args.repetitions);
     md.push_str(&table);
     let _ = writeln!(md, "\nValidation alone (in-process, one core, the same `PacketValidator` code the distributor and the analyzers run on every message): {validator}.");
+    if !affinity_rows.is_empty() {
+        let _ = writeln!(md, "\n## Affinity\n");
+        let _ = writeln!(md, "One distributor, three analyzers weighted 0.5 / 0.3 / 0.2, agent-sim with {} agents of Zipf-like volumes (`--agent-skew {}`: the heaviest sends 6.5 % of the messages), packets of 1–20 messages at {} messages/s for {} s; the same load with the default routing and with `--affinity agent`. *On key's usual analyzer*: packets that reached the analyzer that got most of their agent's packets (seen on the wire by the bench); *affinity kept*: the distributor's own count of packets on their key's first choice; the share deviation is agent-sim's `--verify`. See docs/distributor.md, \"Affinity\".\n", affinity::AGENTS, affinity::SKEW, affinity::RATE, args.seconds);
+        md.push_str(&affinity_table);
+    }
     let _ = writeln!(md, "\n![cumulative share over time](docs/shares.png)\n");
     let _ = writeln!(md, "*logdist via HTTP gateway* posts from 8 concurrent HTTP/1.1 clients inside the bench (`POST /message/send` for single messages, `POST /messages` for packets) to `distributor --http`. For comparison, the old HTTP + Redis service was measured at ~400 delivered messages/s (600–750 accepted requests/s) on this 2-core machine; it is not part of this repository, so that figure is quoted, not re-run.\n");
     let _ = writeln!(md, "The plot (`{}`) shows each analyzer's cumulative share of messages during the half-rate run with 100-message packets: the mapping picks a destination at random per packet, so its error shrinks like 1/√N; logdist balances message counts deterministically, so its error is bounded by a few packets at any time.", args.plot);

@@ -146,7 +146,7 @@ impl Binaries {
         Ok(Binaries { dir })
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 }
@@ -208,27 +208,7 @@ pub async fn run(
     )
     .await?;
 
-    let mut processes = Vec::new();
-    for (id, weight) in scenario.analyzers() {
-        processes.push(Process::spawn_at(
-            &bins.path("analyzer"),
-            &[
-                "--nats-url",
-                &url,
-                "--id",
-                id,
-                "--weight",
-                weight,
-                "--instance",
-                &format!("b{id}"),
-                "--heartbeat-interval",
-                "200ms",
-                "--report-interval",
-                "200ms",
-            ],
-            &[("RUST_LOG", "warn")],
-        ));
-    }
+    let processes = spawn_analyzers(bins, &url, scenario.analyzers());
     let http_addr = format!("127.0.0.1:{}", logdist_testing::free_port());
     let distributor = if scenario.has_distributor() {
         let delivery = match scenario {
@@ -256,31 +236,16 @@ pub async fn run(
         None
     };
 
-    // Ready: every analyzer wrote its stats, and the distributor (if any) mirrored them all.
     let wanted = scenario.analyzers().len();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let snapshot = StatsSnapshot::read(&stats).await?;
-        let mut ready = snapshot.analyzers.len() >= wanted;
-        if scenario.has_distributor() {
-            let members = match js
-                .get_key_value(logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET)
-                .await
-            {
-                Ok(kv) => logdist::member_ids(&kv).await?.len(),
-                Err(_) => 0,
-            };
-            ready &= members >= wanted;
-        }
-        if ready {
-            break;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = processes.iter().map(|p| p.stderr()).collect();
-            bail!("{} did not get ready in 30 s: {logs:?}", scenario.label());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(
+        &js,
+        &stats,
+        wanted,
+        scenario.has_distributor(),
+        &processes,
+        scenario.label(),
+    )
+    .await?;
 
     let observed: Arc<Vec<AtomicU64>> = Arc::new((0..wanted).map(|_| AtomicU64::new(0)).collect());
     let observer = if observe {
@@ -463,6 +428,71 @@ pub async fn run(
     drop(processes);
     drop(server);
     Ok(result)
+}
+
+/// Starts one analyzer process per `(id, weight)`, heartbeating and reporting every 200 ms.
+pub(crate) fn spawn_analyzers(
+    bins: &Binaries,
+    url: &str,
+    analyzers: &[(&str, &str)],
+) -> Vec<Process> {
+    let mut processes = Vec::new();
+    for (id, weight) in analyzers {
+        processes.push(Process::spawn_at(
+            &bins.path("analyzer"),
+            &[
+                "--nats-url",
+                url,
+                "--id",
+                id,
+                "--weight",
+                weight,
+                "--instance",
+                &format!("b{id}"),
+                "--heartbeat-interval",
+                "200ms",
+                "--report-interval",
+                "200ms",
+            ],
+            &[("RUST_LOG", "warn")],
+        ));
+    }
+    processes
+}
+
+/// Waits until every analyzer wrote its stats and, with a distributor, the membership bucket
+/// lists them all (at most 30 s).
+pub(crate) async fn wait_ready(
+    js: &async_nats::jetstream::Context,
+    stats: &async_nats::jetstream::kv::Store,
+    wanted: usize,
+    has_distributor: bool,
+    processes: &[Process],
+    label: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snapshot = StatsSnapshot::read(stats).await?;
+        let mut ready = snapshot.analyzers.len() >= wanted;
+        if has_distributor {
+            let members = match js
+                .get_key_value(logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET)
+                .await
+            {
+                Ok(kv) => logdist::member_ids(&kv).await?.len(),
+                Err(_) => 0,
+            };
+            ready &= members >= wanted;
+        }
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = processes.iter().map(|p| p.stderr()).collect();
+            bail!("{} did not get ready in 30 s: {logs:?}", label);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// What drives a run: agent-sim over NATS, or HTTP clients inside the bench.
