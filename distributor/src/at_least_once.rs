@@ -106,6 +106,18 @@ pub enum ConsumerError {
         #[source]
         source: jetstream::context::CreateStreamError,
     },
+    #[error("cannot add the --ingest-format subjects to stream {stream:?}")]
+    AddSubjects {
+        stream: String,
+        #[source]
+        source: jetstream::context::UpdateStreamError,
+    },
+    #[error("cannot get stream {stream:?}")]
+    GetStream {
+        stream: String,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
     #[error("cannot get or create consumer {consumer:?} on stream {stream:?}")]
     Consumer {
         consumer: String,
@@ -126,18 +138,23 @@ pub enum ConsumerError {
 }
 
 /// Gets (or creates) the stream and the durable consumer.
+/// `extra_subjects` are the `--ingest-format` patterns outside the ingest subjects: the stream
+/// captures them too, and a stream made before they were given is updated to.
 pub async fn open_consumer(
     js: &jetstream::Context,
     names: &Names,
     args: &AtLeastOnceArgs,
+    extra_subjects: &[String],
 ) -> Result<jetstream::consumer::PullConsumer, ConsumerError> {
-    let stream = js
+    let mut subjects = vec![names.ingest_subject.clone(), names.ingest_wildcard()];
+    subjects.extend_from_slice(extra_subjects);
+    let mut stream = js
         .get_or_create_stream(stream::Config {
             name: args.stream.clone(),
             description: Some(
                 "logdist: log packets from the ingest subjects (at-least-once delivery)".into(),
             ),
-            subjects: vec![names.ingest_subject.clone(), names.ingest_wildcard()],
+            subjects: subjects.clone(),
             // A packet leaves the stream once acked: the stream holds the backlog only.
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
@@ -152,6 +169,27 @@ pub async fn open_consumer(
             stream: args.stream.clone(),
             source,
         })?;
+    let mut config = stream.cached_info().config.clone();
+    let missing: Vec<String> = subjects
+        .into_iter()
+        .filter(|s| !config.subjects.contains(s))
+        .collect();
+    if !missing.is_empty() {
+        config.subjects.extend(missing);
+        js.update_stream(&config)
+            .await
+            .map_err(|source| ConsumerError::AddSubjects {
+                stream: args.stream.clone(),
+                source,
+            })?;
+        stream = js
+            .get_stream(&args.stream)
+            .await
+            .map_err(|source| ConsumerError::GetStream {
+                stream: args.stream.clone(),
+                source,
+            })?;
+    }
     stream
         .get_or_create_consumer(
             &args.consumer,
@@ -181,10 +219,11 @@ fn open(
     js: jetstream::Context,
     names: Names,
     args: AtLeastOnceArgs,
+    extra_subjects: Vec<String>,
 ) -> JoinHandle<Result<pull::Stream, ConsumerError>> {
     tokio::spawn(async move {
         let opening = async {
-            let consumer = open_consumer(&js, &names, &args).await?;
+            let consumer = open_consumer(&js, &names, &args, &extra_subjects).await?;
             consumer
                 .stream()
                 .max_messages_per_batch(args.fetch_batch)
@@ -281,7 +320,19 @@ pub(crate) async fn run(
         consumer_up_at: Instant::now(),
         outage_logged: false,
     };
-    let reopen = || open(js.clone(), args.names.clone(), alo.clone());
+    let extra_subjects = args
+        .formats
+        .mapping_and_subjects(&args.names)
+        .map(|(_, extra)| extra)
+        .unwrap_or_default();
+    let reopen = || {
+        open(
+            js.clone(),
+            args.names.clone(),
+            alo.clone(),
+            extra_subjects.clone(),
+        )
+    };
     let mut opening = Some(reopen());
     let mut messages: Option<pull::Stream> = None;
     let mut backoff = MIN_BACKOFF;

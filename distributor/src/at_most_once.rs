@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, Message, Subscriber};
+use futures::stream::SelectAll;
 use futures::StreamExt;
 use logdist::protocol::deadletter::{Reason, NO_ANALYZER_ONLINE};
 use logdist::protocol::names::DISTRIBUTOR_QUEUE_GROUP;
@@ -129,10 +130,20 @@ pub(crate) async fn run(
         .queue_subscribe(names.ingest_subject.clone(), DISTRIBUTOR_QUEUE_GROUP.into())
         .await
         .map_err(|e| subscribe_err(&names.ingest_subject, e))?;
-    let mut ingest_agents = client
-        .queue_subscribe(wildcard.clone(), DISTRIBUTOR_QUEUE_GROUP.into())
-        .await
-        .map_err(|e| subscribe_err(&wildcard, e))?;
+    // The per-agent wildcard, and the `--ingest-format` patterns outside the ingest subjects:
+    // one stream of messages, each taken in the same queue group.
+    let (_, extra) = args
+        .formats
+        .mapping_and_subjects(names)
+        .map_err(RunError::Config)?;
+    let mut ingest_agents = SelectAll::new();
+    for subject in std::iter::once(wildcard.clone()).chain(extra) {
+        let subscription = client
+            .queue_subscribe(subject.clone(), DISTRIBUTOR_QUEUE_GROUP.into())
+            .await
+            .map_err(|e| subscribe_err(&subject, e))?;
+        ingest_agents.push(subscription);
+    }
     tracing::info!(
         replica = %core.replica(),
         ingest = %names.ingest_subject,
@@ -185,7 +196,7 @@ impl AtMostOnce {
         core: &mut Distributor,
         sources: &mut CoreSources<'_>,
         ingest: &mut Subscriber,
-        ingest_agents: &mut Subscriber,
+        ingest_agents: &mut SelectAll<Subscriber>,
     ) {
         loop {
             tokio::select! {
@@ -208,9 +219,9 @@ impl AtMostOnce {
         core: &mut Distributor,
         sources: &mut CoreSources<'_>,
         ingest: &mut Subscriber,
-        ingest_agents: &mut Subscriber,
+        ingest_agents: &mut SelectAll<Subscriber>,
     ) {
-        for sub in [&mut *ingest, &mut *ingest_agents] {
+        for sub in std::iter::once(&mut *ingest).chain(ingest_agents.iter_mut()) {
             if let Err(e) = sub.drain().await {
                 tracing::warn!(error = %e, "cannot drain an ingest subscription");
             }

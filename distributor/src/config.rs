@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use logdist::{Names, NatsArgs};
+use logdist::ingest_format::{parse_severity, FieldAssignment, FormatRule, Mapping};
+use logdist::{Names, NatsArgs, Severity};
 
 use crate::affinity::AffinityKey;
 use crate::hold_queue::{DEFAULT_MAX_BYTES, DEFAULT_MAX_PACKETS};
@@ -133,9 +134,14 @@ pub struct RunArgs {
           default_value_t = crate::affinity::DEFAULT_SLACK, value_parser = parse_slack)]
     pub affinity_slack: f64,
 
+    #[command(flatten)]
+    pub formats: IngestFormatArgs,
+
     /// Also serve the HTTP ingest gateway on this address (e.g. `127.0.0.1:3000`): the old
-    /// service's `POST /message/send`, `POST /messages` (JSON array or NDJSON, optionally gzip),
-    /// `GET /analyzer/stats` and `GET /healthz`. Off by default. See docs/http.md.
+    /// service's `POST /message/send`, `POST /messages` (JSON array or NDJSON, optionally gzip;
+    /// `?format=fluent-bit|vector|fields` for shippers' records), OTLP/HTTP logs on
+    /// `POST /v1/logs`, `GET /analyzer/stats` and `GET /healthz`. Off by default. See
+    /// docs/http.md.
     #[arg(long, env = "DISTRIBUTOR_HTTP", value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
 
@@ -508,5 +514,72 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert!(id.ends_with(&std::process::id().to_string()));
+    }
+}
+
+/// The ingest-format flags of `distributor run` (the HTTP gateway's `/messages?format=` reads
+/// through the same mapping).
+#[derive(Debug, Clone, Default, Args)]
+pub struct IngestFormatArgs {
+    /// Read payloads on subjects matching PATTERN (`*` one token, a final `>` the rest) as
+    /// FORMAT: `logdist` (the wire contract, the default for every subject), `fluent-bit`
+    /// (Fluent Bit's NATS output), `vector` (Vector's NATS sink, JSON codec) or `fields` (any
+    /// JSON, read through --field). Repeat the flag (or separate with commas in the env
+    /// variable); the first matching pattern wins. Patterns outside the ingest subjects are
+    /// subscribed as well. See docs/agents.md.
+    #[arg(
+        long = "ingest-format",
+        env = "DISTRIBUTOR_INGEST_FORMAT",
+        value_name = "PATTERN=FORMAT",
+        value_delimiter = ','
+    )]
+    pub ingest_format: Vec<FormatRule>,
+
+    /// For the `fields` format: read the log field FIELD (timestamp, severity, source or
+    /// message) from the record's field PATH (a key, or a dotted path into nested objects), e.g.
+    /// `--field message=log --field source=kubernetes.pod_name`. A log field without --field is
+    /// read from the record field of its own name.
+    #[arg(
+        long = "field",
+        env = "DISTRIBUTOR_FIELD",
+        value_name = "FIELD=PATH",
+        value_delimiter = ','
+    )]
+    pub field: Vec<FieldAssignment>,
+
+    /// Severity of mapped records that carry none (every format but `logdist`). Without it,
+    /// `fluent-bit` and `vector` records default to INFO and `fields` records without their
+    /// severity field are dead-lettered.
+    #[arg(long, env = "DISTRIBUTOR_DEFAULT_SEVERITY", value_name = "SEVERITY", value_parser = parse_severity)]
+    pub default_severity: Option<Severity>,
+
+    /// Source of mapped records that carry none (every format but `logdist`). Without it such
+    /// records are dead-lettered (`missing_field`).
+    #[arg(long, env = "DISTRIBUTOR_DEFAULT_SOURCE", value_name = "SOURCE")]
+    pub default_source: Option<String>,
+}
+
+impl IngestFormatArgs {
+    /// The mapping these flags describe, and the subjects to subscribe to besides the ingest
+    /// subjects of `names`; an error says which flag is wrong and why.
+    pub fn mapping_and_subjects(&self, names: &Names) -> Result<(Mapping, Vec<String>), String> {
+        let mapping = self.mapping()?;
+        let extra = mapping.extra_subscriptions(&names.ingest_subject, &names.ingest_wildcard())?;
+        Ok((mapping, extra))
+    }
+
+    /// The mapping these flags describe.
+    pub fn mapping(&self) -> Result<Mapping, String> {
+        if let Some(source) = &self.default_source {
+            if source.trim().is_empty() {
+                return Err("--default-source must not be empty".into());
+            }
+        }
+        Ok(Mapping::new(
+            self.ingest_format.clone(),
+            &self.field,
+            self.default_severity,
+            self.default_source.clone(),
+        ))
     }
 }

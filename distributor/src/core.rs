@@ -25,6 +25,7 @@ use async_nats::header::HeaderValue;
 use async_nats::{Client, Message, Subject, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
+use logdist::ingest_format::{IngestFormat, Mapping};
 use logdist::protocol::control::{ControlMessage, Withdraw, WithdrawalConfirmed};
 use logdist::protocol::deadletter::Reason;
 use logdist::protocol::stats::{unix_millis_now, DistributorStats, MemberRecord};
@@ -57,6 +58,9 @@ pub enum RunError {
     },
     #[error(transparent)]
     Http(#[from] logdist_http::StartError),
+    /// Flags that do not work together (main checks them first; this is the library's guard).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// What a delivery mode adds to the core.
@@ -165,6 +169,11 @@ pub(crate) struct Distributor {
     /// Takes each packet's affinity key (`--affinity`).
     affinity: KeyExtractor,
     affinity_slack: f64,
+    /// `--ingest-format`: how payloads of each subject are read.
+    mapping: Mapping,
+    /// False when every subject is `logdist`, so the common path does not even look up the
+    /// subject.
+    mapped_formats: bool,
     deadletter_subject: Subject,
     names: logdist::Names,
     replica: String,
@@ -182,6 +191,7 @@ pub(crate) struct Distributor {
 impl Distributor {
     pub(crate) fn new(
         args: &RunArgs,
+        mapping: Mapping,
         replica: &str,
         client: Client,
         events: Arc<ConnectionEvents>,
@@ -192,6 +202,8 @@ impl Distributor {
             validator: PacketValidator::new(args.max_packet_bytes),
             affinity: KeyExtractor::new(args.affinity.clone(), &args.names.ingest_subject),
             affinity_slack: args.affinity_slack,
+            mapped_formats: !mapping.is_all_logdist(),
+            mapping,
             deadletter_subject: Subject::from(args.names.deadletter_subject.clone()),
             names: args.names.clone(),
             replica: replica.to_string(),
@@ -304,6 +316,12 @@ impl Distributor {
     ) -> Option<Outgoing> {
         self.counters.received_packets += 1;
         self.counters.received_bytes += payload.len() as u64;
+        if self.mapped_formats {
+            let format = self.mapping.format_for(&subject);
+            if format != IngestFormat::Logdist {
+                return self.map_ingest(format, subject, headers, payload).await;
+            }
+        }
         let validator = self.validator;
         // The common case in one pass that builds nothing; anything else takes the careful path,
         // which finds each invalid element and its reason.
@@ -380,6 +398,76 @@ impl Distributor {
                 None
             }
         }
+    }
+
+    /// [`validate`](Self::validate) for a subject of a shipper's format: maps the payload's
+    /// records to the canonical shape and dead-letters, one by one, those that cannot be mapped
+    /// (a payload that is not of the format at all, whole). Returns the mapped packet to forward.
+    async fn map_ingest(
+        &mut self,
+        format: IngestFormat,
+        subject: Subject,
+        headers: Option<async_nats::HeaderMap>,
+        payload: Bytes,
+    ) -> Option<Outgoing> {
+        let received_at = logdist::protocol::headers::unix_nanos_now() as i128;
+        let mapped = match self.mapping.map(format, &payload, received_at) {
+            Ok(mapped) => mapped,
+            Err(error) => {
+                let reason = Reason {
+                    code: error.code,
+                    text: &error.reason,
+                };
+                self.deadletter(&subject, headers.as_ref(), payload.clone(), 1, reason, None)
+                    .await;
+                return None;
+            }
+        };
+        self.counters.received_messages += (mapped.messages + mapped.invalid.len()) as u64;
+        for unmapped in &mapped.invalid {
+            let reason = Reason {
+                code: unmapped.code,
+                text: &unmapped.reason,
+            };
+            let element = payload.slice_ref(unmapped.raw.as_bytes());
+            self.deadletter(
+                &subject,
+                headers.as_ref(),
+                element,
+                1,
+                reason,
+                Some(unmapped.index),
+            )
+            .await;
+        }
+        let packet = mapped.packet?;
+        let messages = mapped.messages as u64;
+        if packet.len() > self.validator.max_bytes() {
+            let text = format!(
+                "the {messages} {format} records make a canonical packet of {} bytes, over the \
+                 limit of {} bytes (--max-packet-bytes); send smaller batches",
+                packet.len(),
+                self.validator.max_bytes()
+            );
+            let reason = Reason {
+                code: "too_large",
+                text: &text,
+            };
+            self.deadletter(&subject, headers.as_ref(), payload, messages, reason, None)
+                .await;
+            return None;
+        }
+        // The key is read from the canonical packet, so `field:NAME` sees the mapped fields.
+        let payload = Bytes::from(packet);
+        let key = self.affinity.extract(&subject, headers.as_ref(), &payload);
+        let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
+        Some(Outgoing {
+            subject,
+            headers,
+            payload,
+            messages,
+            key,
+        })
     }
 
     pub(crate) async fn deadletter_outgoing(&mut self, out: Outgoing, reason: Reason<'_>) {

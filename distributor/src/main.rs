@@ -4,13 +4,21 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use distributor::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = Cli::parse().into_command();
+    if let Command::Run(args) = &command {
+        // Flags that are valid alone but not together: bad usage, exit 2 like clap's own.
+        if let Err(e) = args.formats.mapping_and_subjects(&args.names) {
+            Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, e)
+                .exit();
+        }
+    }
     logdist::init_logging();
-    match run(cli.into_command()) {
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -21,6 +21,10 @@ use crate::{at_least_once, at_most_once};
 
 /// Runs the distributor until `shutdown` is cancelled, then shuts down cleanly.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
+    let (mapping, _) = args
+        .formats
+        .mapping_and_subjects(&args.names)
+        .map_err(RunError::Config)?;
     let replica = args.replica_id();
     let names = &args.names;
     let connection =
@@ -54,7 +58,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         .await
         .map_err(|e| subscribe_err(&names.control_subject, e))?;
 
-    let mut distributor = Distributor::new(&args, &replica, client.clone(), connection.events);
+    let mut distributor = Distributor::new(
+        &args,
+        mapping.clone(),
+        &replica,
+        client.clone(),
+        connection.events,
+    );
     match read_members(&members_kv).await {
         Ok(records) => distributor.seed_members(&records),
         Err(e) => tracing::warn!(bucket = %names.membership_bucket, error = %e,
@@ -71,6 +81,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
                     names: names.clone(),
                     max_body_bytes: args.http_max_body_bytes,
                     acknowledged: args.delivery == Delivery::AtLeastOnce,
+                    mapping,
                 },
                 client.clone(),
                 shutdown.child_token(),

@@ -5,7 +5,7 @@
 //! | endpoint | body |
 //! | --- | --- |
 //! | `POST /message/send` | one JSON log object (the old service's body) |
-//! | `POST /messages` | a JSON array (a packet), or NDJSON with `Content-Type: application/x-ndjson`; optionally `Content-Encoding: gzip` |
+//! | `POST /messages` | a JSON array (a packet), or NDJSON with `Content-Type: application/x-ndjson`; optionally `Content-Encoding: gzip`; `?format=fluent-bit\|vector\|fields` for shippers' records, mapped by [`Mapping`] |
 //! | `GET /analyzer/stats` | the old service's stats view: per analyzer `id`, `weight`, `messages` |
 //! | `POST /v1/logs` | OTLP/HTTP logs, protobuf or JSON ([`otlp`]: one export request, one packet) |
 //! | `GET /healthz` | 200 while connected to NATS, 503 otherwise |
@@ -27,16 +27,17 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use logdist::ingest_format::{IngestFormat, Mapping};
 use logdist::protocol::packet::{PacketForm, RecordError};
 use logdist::StatsSnapshot;
 use logdist::{Names, PacketError, PacketValidator};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// Default largest request body (after gzip decompression): 8 MiB, the distributor's default
@@ -52,6 +53,9 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Publish through JetStream and answer only after the stream's ack (at-least-once mode).
     pub acknowledged: bool,
+    /// How `POST /messages?format=…` maps shippers' records (the distributor's
+    /// `--ingest-format`, `--field`, `--default-*` flags).
+    pub mapping: Mapping,
 }
 
 /// Counters of what the gateway did, for the distributor's logs and tests.
@@ -74,6 +78,7 @@ struct Gateway {
     validator: PacketValidator,
     max_body_bytes: usize,
     acknowledged: bool,
+    mapping: Mapping,
     counters: Arc<GatewayCounters>,
 }
 
@@ -119,6 +124,7 @@ pub async fn start(
         validator: PacketValidator::new(config.max_body_bytes),
         max_body_bytes: config.max_body_bytes,
         acknowledged: config.acknowledged,
+        mapping: config.mapping,
         counters: counters.clone(),
     });
     let router = Router::new()
@@ -240,12 +246,26 @@ async fn send_one(
     gw.respond(result)
 }
 
+/// The query of `POST /messages`.
+#[derive(Debug, Deserialize)]
+struct MessagesQuery {
+    /// The ingest format of the body; the wire contract (`logdist`) when absent.
+    format: Option<String>,
+}
+
 async fn send_many(
     State(gw): State<Arc<Gateway>>,
+    Query(query): Query<MessagesQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
+        let format = match query.format {
+            None => IngestFormat::Logdist,
+            Some(name) => name
+                .parse()
+                .map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, "unknown_format", e))?,
+        };
         let body = gw.body(&headers, body)?;
         let ndjson = gw
             .require_content_type(&headers, &["application/json", "application/x-ndjson"])?
@@ -255,6 +275,9 @@ async fn send_many(
         } else {
             body
         };
+        if format != IngestFormat::Logdist {
+            return gw.send_mapped(format, payload).await;
+        }
         let packet = gw.validator.parse(&payload)?;
         if !packet.invalid.is_empty() {
             let mut api = ApiError::new(
@@ -467,6 +490,63 @@ impl Gateway {
             accepted: count,
             stored: self.acknowledged,
         })
+    }
+
+    /// `POST /messages?format=…`: maps the records to the canonical shape and publishes them as
+    /// one packet, or refuses the request whole (400) naming each record that cannot be mapped.
+    async fn send_mapped(
+        &self,
+        format: IngestFormat,
+        payload: Bytes,
+    ) -> Result<Accepted, ApiError> {
+        let received_at = logdist::protocol::headers::unix_nanos_now() as i128;
+        let mapped = self
+            .mapping
+            .map(format, &payload, received_at)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code, e.reason))?;
+        if !mapped.invalid.is_empty() {
+            let mut api = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_messages",
+                format!(
+                    "{} of {} {format} records cannot be mapped; nothing was accepted",
+                    mapped.invalid.len(),
+                    mapped.invalid.len() + mapped.messages
+                ),
+            );
+            api.body.invalid = mapped
+                .invalid
+                .into_iter()
+                .map(|i| InvalidMessage {
+                    index: i.index,
+                    error: i.code,
+                    reason: i.reason,
+                    field: None,
+                })
+                .collect();
+            return Err(api);
+        }
+        let packet = mapped.packet.unwrap_or_default();
+        if packet.len() > self.max_body_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the {} mapped records make a packet of {} bytes, over the limit of {} bytes \
+                     (--http-max-body-bytes)",
+                    mapped.messages,
+                    packet.len(),
+                    self.max_body_bytes
+                ),
+            ));
+        }
+        self.publish(
+            &self.subject,
+            "http",
+            Bytes::from(packet),
+            mapped.messages as u64,
+        )
+        .await
     }
 
     fn require_connected(&self) -> Result<(), ApiError> {

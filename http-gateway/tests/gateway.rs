@@ -36,6 +36,7 @@ async fn fixture(max_body_bytes: usize, acknowledged: bool) -> Fixture {
             names: Names::default(),
             max_body_bytes,
             acknowledged,
+            mapping: logdist::ingest_format::Mapping::default(),
         },
         client.clone(),
         shutdown.clone(),
@@ -169,6 +170,68 @@ async fn packets_ndjson_and_gzip() {
     let payload = next(&mut f.ingest).await.payload;
     let packet = logdist::PacketValidator::default().parse(&payload).unwrap();
     assert_eq!(packet.records.len(), 4);
+}
+
+#[tokio::test]
+async fn shippers_records_are_mapped_on_messages_with_format() {
+    let mut f = fixture(1 << 20, false).await;
+    let http = reqwest::Client::new();
+    let post = |query: &str, body: &str| {
+        http.post(format!("{}/messages{query}", f.base))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    // Fluent Bit's documented pairs, and a Vector event.
+    let r = post(
+        "?format=fluent-bit",
+        r#"[[1457108504,{"tag":"fluentbit","log":"one"}],[1457108505.5,{"tag":"web","log":"two","level":"crit"}]]"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["accepted"], 2);
+    let payload = next(&mut f.ingest).await.payload;
+    let packet = logdist::PacketValidator::default().parse(&payload).unwrap();
+    assert!(packet.is_fully_valid());
+    assert_eq!(packet.records[1].severity, logdist::Severity::Fatal);
+    assert_eq!(packet.records[1].source, "web");
+    let r = post(
+        "?format=vector",
+        r#"{"host":"h1","message":"m","timestamp":"2026-12-01T12:00:00Z","source_type":"stdin"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let payload = next(&mut f.ingest).await.payload;
+    assert_eq!(
+        logdist::PacketValidator::default().count_if_valid(&payload),
+        Some(1)
+    );
+
+    // A record that cannot be mapped refuses the request, naming the field and the format.
+    let r = post(
+        "?format=vector",
+        r#"[{"host":"h1","message":"m"},{"host":"h1"}]"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_messages");
+    assert_eq!(body["invalid"][0]["index"], 1);
+    assert_eq!(body["invalid"][0]["error"], "missing_field");
+    assert_eq!(
+        body["invalid"][0]["reason"],
+        "vector record has no `message` field"
+    );
+    let r = post("?format=yaml", "[]").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "unknown_format"
+    );
+    nothing_more(&mut f.ingest).await;
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! logdist: a weighted log distributor on NATS.
 //!
 //! This crate holds what the binaries (`distributor`, `analyzer`, `agent-sim`, the HTTP gateway)
-//! share. Two kinds of things, kept apart:
+//! share. Three kinds of things, kept apart:
 //!
 //! - the wire contract, [`protocol`]: packets, headers, dead letters, control messages, KV
 //!   values and the names of subjects and buckets (change it together with `docs/protocol.md`);
@@ -9,12 +9,14 @@
 //!   [`NatsArgs`]), opening the KV buckets ([`open_or_create_bucket`]), reading the stats bucket
 //!   back ([`StatsSnapshot`]), shutdown on a signal ([`shutdown_on_signal`]), logging
 //!   ([`init_logging`]) and the runtime ([`build_runtime`]); the Prometheus metrics ([`metrics`])
-//!   with the `--metrics` listener that serves them beside the health probes ([`telemetry`]).
+//!   with the `--metrics` listener that serves them beside the health probes ([`telemetry`]);
+//! - the ingest formats of common log shippers, mapped to the contract ([`ingest_format`]).
 //!
 //! The test harness is a crate of its own, `logdist-testing` (a dev-dependency).
 
 mod buckets;
 mod connect;
+pub mod ingest_format;
 mod logging;
 pub mod metrics;
 pub mod protocol;
