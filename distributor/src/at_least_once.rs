@@ -14,17 +14,18 @@
 //!    analyzer slows the pipeline instead of losing its share;
 //! 3. send it as a request with `Logdist-Packet-Id: <stream>:<stream sequence>`;
 //! 4. on the reply: count it as routed and ack it in the stream. On a failure, take the
-//!    reservation back and tell the two kinds apart ([`Pipeline::infrastructure_failure`]):
-//!    - the *infrastructure* failed (not connected to NATS, the consumer unavailable while the
-//!      request was out, or no analyzer answered anything since it was sent, e.g. while a
-//!      JetStream leader election holds every analyzer's checkpoint): nak the packet with a
-//!      growing delay, so it stays in the stream; it costs no attempt and is never dead-lettered
-//!      for that;
-//!    - *this analyzer* failed (no responders, a time-out while others answer, or a time-out
-//!      of an analyzer that never answered anything): send it to
-//!      another analyzer (excluding those that failed it) after telling JetStream the packet is
-//!      still being worked on; after `--max-attempts` such failures dead-letter it
-//!      (`undeliverable`) and ack it.
+//!    reservation back and ask the [`FaultJudge`] whose fault it was (`crate::redelivery`):
+//!    - the *infrastructure*'s (not connected to NATS, reconnected or the consumer back less
+//!      than `--reconnect-grace` ago, several analyzers failing with no acknowledgement in
+//!      between, nobody answering at all, e.g. while a JetStream leader election holds every
+//!      analyzer's checkpoint): nak the packet with a growing delay, so it stays in the stream;
+//!      it costs no attempt and is never dead-lettered for that;
+//!    - an analyzer that withdrew meanwhile: send it elsewhere at once, no attempt counted;
+//!    - *this analyzer*'s (no responders or a time-out while others answer, a time-out of an
+//!      analyzer that never answered anything): tell JetStream the packet is still being worked
+//!      on and keep it aside for the retry delay (`--retry-delay`, 100 ms doubling), then send
+//!      it to another analyzer (excluding those that failed it); after `--max-attempts` such
+//!      failures dead-letter it (`undeliverable`) and ack it.
 //!
 //! With no analyzer online, packets in hand are nak'ed with a growing delay and fetching pauses:
 //! they stay in the stream. Errors of the consumer (a server restart, a cluster node lost) drop
@@ -36,7 +37,8 @@
 //! requests in flight and ack those acknowledged; the rest JetStream redelivers after
 //! `--ack-wait`.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -51,13 +53,15 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use logdist::protocol::deadletter::{Reason, UNDELIVERABLE};
 use logdist::protocol::headers::name::PACKET_ID;
-use logdist::Names;
+use logdist::{ConnectionEvents, Names};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AtLeastOnceArgs, RunArgs};
 use crate::core::{CoreSources, DeliveryMode, Distributor, ModeStats};
+use crate::membership::{LeaveReason, MembershipEvent};
 use crate::outgoing::Outgoing;
+use crate::redelivery::{nak_delay, Failure, FailureKind, FaultJudge, RetryPolicy, Verdict};
 use crate::router::Reservation;
 use crate::stats_publisher::StatsPublisher;
 
@@ -74,13 +78,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// to a cluster without a leader would otherwise wait for the client's full request time-out.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How long JetStream should wait before redelivering a packet nak'ed because no analyzer is
-/// online, by how often it was delivered already: 250 ms, doubling, at most 5 s.
-pub fn nak_delay(delivered: i64) -> Duration {
-    let doublings = delivered.clamp(1, 6) - 1;
-    (Duration::from_millis(250) * (1u32 << doublings)).min(Duration::from_secs(5))
-}
-
 /// A packet taken from the stream and not yet acked there.
 struct Packet {
     message: jetstream::Message,
@@ -91,6 +88,32 @@ struct Packet {
     failed: Vec<Arc<str>>,
     /// When the current request was sent.
     sent: Instant,
+    /// Whether the client was connected to NATS when it was sent.
+    sent_connected: bool,
+}
+
+/// A packet waiting for its retry, ordered by when it is due (then by arrival).
+struct Waiting {
+    due: tokio::time::Instant,
+    order: u64,
+    packet: Packet,
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.order) == (other.due, other.order)
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.order).cmp(&(other.due, other.order))
+    }
 }
 
 type Delivery = Pin<
@@ -265,7 +288,7 @@ struct Pipeline<'a> {
     d: &'a mut Distributor,
     stream: String,
     request_timeout: Duration,
-    max_attempts: u32,
+    policy: RetryPolicy,
     window: usize,
     max_in_flight: usize,
     max_in_flight_bytes: usize,
@@ -276,17 +299,18 @@ struct Pipeline<'a> {
     per_analyzer: HashMap<Arc<str>, usize>,
     /// Packets to send (new, or to retry), oldest first.
     ready: VecDeque<Packet>,
+    /// Packets an analyzer failed, waiting for their retry delay, the soonest first.
+    waiting: BinaryHeap<Reverse<Waiting>>,
+    /// Payload bytes of the waiting packets.
+    waiting_bytes: usize,
+    /// Arrival order of the waiting packets (ties of `due`).
+    waiting_order: u64,
     /// Whether "no analyzer online" was logged since the last packet went out.
     idle_logged: bool,
-    /// When an analyzer last acknowledged a packet.
-    last_reply: Instant,
-    /// Analyzers that acknowledged at least one packet: one that never did is broken, not
-    /// stalled by an outage.
-    answered: std::collections::HashSet<Arc<str>>,
-    /// Since when the consumer is unavailable (`None` while its message stream is open).
-    consumer_down_since: Option<Instant>,
-    /// When the consumer last became available again.
-    consumer_up_at: Instant,
+    /// The mode's part of the core loop; holds the judge of failed deliveries.
+    mode: InStream,
+    /// The client's connection events (when it last reconnected).
+    events: Arc<ConnectionEvents>,
     /// Whether an infrastructure failure was logged since the last acknowledgement.
     outage_logged: bool,
 }
@@ -301,11 +325,17 @@ pub(crate) async fn run(
     shutdown: &CancellationToken,
 ) {
     let alo = &args.at_least_once;
+    let events = distributor.connection_events().clone();
     let mut p = Pipeline {
         d: distributor,
         stream: alo.stream.clone(),
         request_timeout: alo.request_timeout,
-        max_attempts: alo.max_attempts,
+        policy: RetryPolicy {
+            max_attempts: alo.max_attempts,
+            first_delay: alo.retry_delay,
+            // A packet waiting longer than --ack-wait would be redelivered by JetStream meanwhile.
+            max_delay: alo.retry_max_delay.min(alo.ack_wait / 2),
+        },
         window: alo.analyzer_window,
         max_in_flight: alo.max_in_flight,
         max_in_flight_bytes: alo.max_in_flight_bytes,
@@ -313,11 +343,14 @@ pub(crate) async fn run(
         in_flight_bytes: 0,
         per_analyzer: HashMap::new(),
         ready: VecDeque::new(),
+        waiting: BinaryHeap::new(),
+        waiting_bytes: 0,
+        waiting_order: 0,
         idle_logged: false,
-        last_reply: Instant::now(),
-        answered: Default::default(),
-        consumer_down_since: Some(Instant::now()),
-        consumer_up_at: Instant::now(),
+        mode: InStream {
+            judge: FaultJudge::new(alo.reconnect_grace, Instant::now()),
+        },
+        events,
         outage_logged: false,
     };
     let extra_subjects = args
@@ -340,22 +373,31 @@ pub(crate) async fn run(
     tokio::pin!(retry);
     let mut retry_armed = false;
     let mut sources = CoreSources::new(p.d, control, publisher, args.stats_interval, shutdown);
+    let retry_due = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(retry_due);
+    let mut retry_due_at = None;
 
     loop {
         p.dispatch_ready().await;
+        let next_retry = p.waiting.peek().map(|w| w.0.due);
+        if let Some(due) = next_retry.filter(|_| next_retry != retry_due_at) {
+            retry_due.as_mut().reset(due);
+        }
+        retry_due_at = next_retry;
         let room = p.ready.is_empty()
-            && p.in_flight.len() < p.max_in_flight
-            && p.in_flight_bytes < p.max_in_flight_bytes
+            && p.in_flight.len() + p.waiting.len() < p.max_in_flight
+            && p.in_flight_bytes + p.waiting_bytes < p.max_in_flight_bytes
             && !p.d.router().is_empty()
             && messages.is_some();
         tokio::select! {
             biased;
             event = sources.next() => {
-                if p.d.on_event(event, &mut sources, &mut InStream).await.is_break() {
+                if p.d.on_event(event, &mut sources, &mut p.mode).await.is_break() {
                     break;
                 }
             }
             Some(done) = p.in_flight.next() => p.on_done(done).await,
+            () = &mut retry_due, if retry_due_at.is_some() => p.retry_due().await,
             result = join(&mut opening) => {
                 opening = None;
                 match result {
@@ -363,8 +405,7 @@ pub(crate) async fn run(
                         tracing::info!(stream = %alo.stream, consumer = %alo.consumer, "consuming from JetStream");
                         messages = Some(stream);
                         backoff = MIN_BACKOFF;
-                        p.consumer_down_since = None;
-                        p.consumer_up_at = Instant::now();
+                        p.mode.judge.consumer_open(Instant::now());
                     }
                     Err(e) => {
                         tracing::warn!(error = &e as &dyn std::error::Error, retry_in = ?backoff, "JetStream consumer not available");
@@ -386,7 +427,7 @@ pub(crate) async fn run(
                         _ => tracing::warn!(retry_in = ?backoff, "JetStream message stream ended; getting the consumer again"),
                     }
                     messages = None;
-                    p.consumer_down_since.get_or_insert_with(Instant::now);
+                    p.mode.judge.consumer_lost(Instant::now());
                     retry.as_mut().reset(tokio::time::Instant::now() + backoff);
                     retry_armed = true;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -409,11 +450,27 @@ pub(crate) async fn run(
 
 /// At-least-once keeps the packets that wait for an analyzer in the stream, not in the replica:
 /// nothing to release when the routing table changes (the loop dispatches what is ready first
-/// thing every turn), and no hold queue or connection of its own to report.
-struct InStream;
+/// thing every turn), and no hold queue or connection of its own to report. What it takes from
+/// membership changes is who withdrew, for judging the failed deliveries.
+struct InStream {
+    judge: FaultJudge,
+}
 
 impl DeliveryMode for InStream {
     async fn routing_changed(&mut self, _core: &mut Distributor) {}
+
+    fn membership_changed(&mut self, events: &[MembershipEvent]) {
+        for event in events {
+            match event {
+                MembershipEvent::Left {
+                    id,
+                    reason: LeaveReason::Withdrawn,
+                } => self.judge.withdrawn(id, Instant::now()),
+                MembershipEvent::Joined { id, .. } => self.judge.joined(id),
+                _ => {}
+            }
+        }
+    }
 
     fn stats(&mut self) -> ModeStats {
         ModeStats::default()
@@ -445,6 +502,7 @@ impl Pipeline<'_> {
                     attempts: 0,
                     failed: Vec::new(),
                     sent: Instant::now(),
+                    sent_connected: true,
                 });
             }
             // Everything was dead-lettered (published before this ack, on the same connection).
@@ -478,6 +536,7 @@ impl Pipeline<'_> {
 
     fn send(&mut self, mut packet: Packet, reservation: Reservation) {
         packet.sent = Instant::now();
+        packet.sent_connected = self.d.client().connection_state() == State::Connected;
         self.in_flight_bytes += packet.out.payload.len();
         let request = Request::new()
             .headers(packet.out.headers.clone())
@@ -504,11 +563,8 @@ impl Pipeline<'_> {
         }
         let error = match result {
             Ok(_) => {
-                self.last_reply = Instant::now();
+                self.mode.judge.acked(&reservation.id, Instant::now());
                 self.outage_logged = false;
-                if !self.answered.contains(&reservation.id) {
-                    self.answered.insert(reservation.id.clone());
-                }
                 self.d
                     .router_mut()
                     .confirm(&reservation, packet.out.payload.len());
@@ -519,60 +575,91 @@ impl Pipeline<'_> {
             Err(e) => e,
         };
         self.d.router_mut().cancel(&reservation);
-        if let Some(cause) = self.infrastructure_failure(&error, &reservation.id, packet.sent) {
-            if !self.outage_logged {
-                tracing::warn!(analyzer_id = %reservation.id, error = %error, cause, "delivery failed for a reason outside the analyzer; packets go back to the stream (no attempt counted)");
-                self.outage_logged = true;
-            }
-            self.d.count_redelivered();
-            let delivered = packet.message.info().map_or(1, |i| i.delivered);
-            ack(&packet.message, AckKind::Nak(Some(nak_delay(delivered)))).await;
-            return;
+        if let Some(at) = self.events.last_reconnect() {
+            self.mode.judge.reconnected(at);
         }
-        packet.attempts += 1;
+        let verdict = self.mode.judge.judge(&Failure {
+            analyzer: &reservation.id,
+            kind: match error.kind() {
+                RequestErrorKind::NoResponders => FailureKind::NoResponders,
+                RequestErrorKind::TimedOut => FailureKind::TimedOut,
+                _ => FailureKind::NotSent,
+            },
+            sent: packet.sent,
+            sent_connected: packet.sent_connected,
+            connected: self.d.client().connection_state() == State::Connected,
+            now: Instant::now(),
+        });
         if !packet.failed.contains(&reservation.id) {
             packet.failed.push(reservation.id.clone());
         }
-        tracing::debug!(analyzer_id = %reservation.id, attempts = packet.attempts, error = %error, "delivery failed");
-        if packet.attempts >= self.max_attempts {
-            let text = format!(
-                "no analyzer acknowledged the packet in {} attempts (last: analyzer {}: {error})",
-                packet.attempts, reservation.id
-            );
-            tracing::warn!(reason = %text, "dead-lettering an undeliverable packet");
-            let Packet { message, out, .. } = packet;
-            self.d
-                .deadletter_outgoing(
-                    out,
-                    Reason {
-                        code: UNDELIVERABLE,
-                        text: &text,
-                    },
-                )
-                .await;
-            ack(&message, AckKind::Ack).await;
-            return;
+        match verdict {
+            Verdict::Infrastructure(cause) => {
+                if !self.outage_logged {
+                    tracing::warn!(analyzer_id = %reservation.id, error = %error, cause = cause.as_str(), "delivery failed for a reason outside the analyzer; packets go back to the stream (no attempt counted)");
+                    self.outage_logged = true;
+                }
+                self.d.count_redelivered();
+                let delivered = packet.message.info().map_or(1, |i| i.delivered);
+                ack(&packet.message, AckKind::Nak(Some(nak_delay(delivered)))).await;
+            }
+            Verdict::Withdrawn => {
+                self.d.count_redelivered();
+                tracing::debug!(analyzer_id = %reservation.id, error = %error, "delivery failed after the analyzer withdrew; sending the packet elsewhere (no attempt counted)");
+                self.ready.push_front(packet);
+            }
+            Verdict::Analyzer => {
+                packet.attempts += 1;
+                tracing::debug!(analyzer_id = %reservation.id, attempts = packet.attempts, error = %error, "delivery failed");
+                if self.policy.exhausted(packet.attempts) {
+                    let text = format!(
+                        "no analyzer acknowledged the packet in {} attempts (last: analyzer {}: {error})",
+                        packet.attempts, reservation.id
+                    );
+                    tracing::warn!(reason = %text, "dead-lettering an undeliverable packet");
+                    let Packet { message, out, .. } = packet;
+                    self.d
+                        .deadletter_outgoing(
+                            out,
+                            Reason {
+                                code: UNDELIVERABLE,
+                                text: &text,
+                            },
+                        )
+                        .await;
+                    ack(&message, AckKind::Ack).await;
+                    return;
+                }
+                self.d.count_redelivered();
+                // Restart JetStream's ack-wait clock: this replica is still working on the
+                // packet, and keeps it until its retry is due.
+                ack(&packet.message, AckKind::Progress).await;
+                let due = tokio::time::Instant::now() + self.policy.retry_delay(packet.attempts);
+                self.waiting_bytes += packet.out.payload.len();
+                self.waiting_order += 1;
+                self.waiting.push(Reverse(Waiting {
+                    due,
+                    order: self.waiting_order,
+                    packet,
+                }));
+            }
         }
-        self.d.count_redelivered();
-        // Restart JetStream's ack-wait clock: this replica is still working on the packet.
-        ack(&packet.message, AckKind::Progress).await;
-        self.ready.push_front(packet);
     }
 
-    /// Why a failed request is not the analyzer's fault, if it is not (see [`outage_cause`]).
-    fn infrastructure_failure(
-        &self,
-        error: &RequestError,
-        analyzer: &Arc<str>,
-        sent: Instant,
-    ) -> Option<&'static str> {
-        outage_cause(&RequestHealth {
-            connected: self.d.client().connection_state() == State::Connected,
-            kind: error.kind(),
-            consumer_unavailable: self.consumer_down_since.is_some() || self.consumer_up_at > sent,
-            replies_since_sent: self.last_reply >= sent,
-            answered_before: self.answered.contains(analyzer),
-        })
+    /// Retries whose delay is over go back to the front of the queue (oldest first), JetStream's
+    /// ack-wait clock restarted once more.
+    async fn retry_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let mut due = Vec::new();
+        while self.waiting.peek().is_some_and(|w| w.0.due <= now) {
+            let Reverse(w) = self.waiting.pop().expect("peeked");
+            self.waiting_bytes -= w.packet.out.payload.len();
+            due.push(w.packet);
+        }
+        for packet in due.into_iter().rev() {
+            ack(&packet.message, AckKind::Progress).await;
+            self.ready.push_front(packet);
+        }
     }
 
     /// No analyzer online: the packet goes back to the stream, to be redelivered later.
@@ -589,6 +676,9 @@ impl Pipeline<'_> {
     async fn finish(&mut self, timeout: Duration) {
         while let Some(packet) = self.ready.pop_front() {
             ack(&packet.message, AckKind::Nak(None)).await;
+        }
+        while let Some(Reverse(w)) = self.waiting.pop() {
+            ack(&w.packet.message, AckKind::Nak(None)).await;
         }
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.in_flight.is_empty() {
@@ -619,110 +709,9 @@ impl Pipeline<'_> {
     }
 }
 
-/// What is known about the pipeline when a request failed.
-struct RequestHealth {
-    /// The client is connected to NATS now.
-    connected: bool,
-    kind: RequestErrorKind,
-    /// The consumer was unavailable at some time while the request was out.
-    consumer_unavailable: bool,
-    /// Some analyzer acknowledged a packet after this request was sent.
-    replies_since_sent: bool,
-    /// This analyzer acknowledged packets before (it worked, so a general stall is not its
-    /// fault; one that never answered is broken).
-    answered_before: bool,
-}
-
-/// Why a failed request is not the analyzer's fault, if it is not: then it must not count as an
-/// attempt nor lead to a dead letter (a cluster fail-over would otherwise dead-letter healthy
-/// packets); the packet goes back to the stream instead.
-fn outage_cause(h: &RequestHealth) -> Option<&'static str> {
-    if !h.connected {
-        return Some("not connected to NATS");
-    }
-    match h.kind {
-        // The server says nobody listens on the analyzer's subject: that analyzer is gone.
-        RequestErrorKind::NoResponders => None,
-        RequestErrorKind::TimedOut if h.consumer_unavailable => {
-            Some("the JetStream consumer was unavailable meanwhile")
-        }
-        // Every analyzer is stuck at once, this one included although it worked before: their
-        // checkpoints (KV writes) cannot complete, e.g. during a JetStream leader election.
-        RequestErrorKind::TimedOut if !h.replies_since_sent && h.answered_before => {
-            Some("no analyzer acknowledged anything since the request was sent")
-        }
-        RequestErrorKind::TimedOut => None,
-        // The request could not be sent (e.g. the connection dropped meanwhile).
-        _ => Some("the request could not be sent"),
-    }
-}
-
 /// Acks (or naks, …) a stream message; a failure only delays it (JetStream redelivers).
 async fn ack(message: &jetstream::Message, kind: AckKind) {
     if let Err(e) = message.ack_with(kind).await {
         tracing::warn!(error = %e, ?kind, "cannot acknowledge to JetStream");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn health(kind: RequestErrorKind) -> RequestHealth {
-        RequestHealth {
-            connected: true,
-            kind,
-            consumer_unavailable: false,
-            replies_since_sent: true,
-            answered_before: true,
-        }
-    }
-
-    #[test]
-    fn only_analyzer_specific_failures_count_as_attempts() {
-        // Others answer while this analyzer times out, or nobody listens on its subject.
-        assert_eq!(outage_cause(&health(RequestErrorKind::TimedOut)), None);
-        assert_eq!(outage_cause(&health(RequestErrorKind::NoResponders)), None);
-        // Every analyzer silent since the request went out.
-        let all_silent = RequestHealth {
-            replies_since_sent: false,
-            ..health(RequestErrorKind::TimedOut)
-        };
-        assert!(outage_cause(&all_silent).is_some());
-        // ... unless this analyzer never answered at all: it is broken, not stalled.
-        let never_answered = RequestHealth {
-            answered_before: false,
-            ..all_silent
-        };
-        assert_eq!(outage_cause(&never_answered), None);
-        // The consumer was lost meanwhile.
-        let consumer_lost = RequestHealth {
-            consumer_unavailable: true,
-            ..health(RequestErrorKind::TimedOut)
-        };
-        assert!(outage_cause(&consumer_lost).is_some());
-        // Disconnected: whatever the error.
-        for kind in [
-            RequestErrorKind::TimedOut,
-            RequestErrorKind::NoResponders,
-            RequestErrorKind::Other,
-        ] {
-            let h = RequestHealth {
-                connected: false,
-                ..health(kind)
-            };
-            assert_eq!(outage_cause(&h), Some("not connected to NATS"));
-        }
-        assert!(outage_cause(&health(RequestErrorKind::Other)).is_some());
-    }
-
-    #[test]
-    fn nak_delay_grows_and_is_capped() {
-        assert_eq!(nak_delay(0), Duration::from_millis(250));
-        assert_eq!(nak_delay(1), Duration::from_millis(250));
-        assert_eq!(nak_delay(2), Duration::from_millis(500));
-        assert_eq!(nak_delay(5), Duration::from_secs(4));
-        assert_eq!(nak_delay(6), Duration::from_secs(5));
-        assert_eq!(nak_delay(1000), Duration::from_secs(5));
     }
 }

@@ -236,12 +236,36 @@ pub struct AtLeastOnceArgs {
           value_parser = parse_request_timeout)]
     pub request_timeout: Duration,
 
-    /// Failed deliveries per packet that were the analyzers' fault (no responders, or a time-out
-    /// while other analyzers answer) before it is dead-lettered (`undeliverable`) and acked.
-    /// Failures of NATS or JetStream do not count: the packet goes back to the stream.
+    /// Failed deliveries per packet that were the analyzers' fault (no responders or a time-out
+    /// while other analyzers answer, or a time-out of an analyzer that never answered) before
+    /// it is dead-lettered (`undeliverable`) and acked. The attempts are spread in time (see
+    /// --retry-delay): with the defaults over at least 1.5 s. Failures of NATS or JetStream, or
+    /// of several analyzers at once, do not count: the packet goes back to the stream
+    /// (docs/delivery.md, "Which failures count as the analyzer's fault").
     #[arg(long, env = "DISTRIBUTOR_MAX_ATTEMPTS", value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+
+    /// Wait before the next attempt of a packet that an analyzer failed (it goes to another
+    /// analyzer then), doubling with each further failure of that packet, at most
+    /// --retry-max-delay.
+    #[arg(long, env = "DISTRIBUTOR_RETRY_DELAY", value_name = "DURATION", default_value = "100ms",
+          value_parser = parse_retry_delay)]
+    pub retry_delay: Duration,
+
+    /// Longest wait between two attempts of one packet. At most half of --ack-wait is used, so
+    /// JetStream does not redeliver a packet while it waits for its retry.
+    #[arg(long, env = "DISTRIBUTOR_RETRY_MAX_DELAY", value_name = "DURATION", default_value = "2s",
+          value_parser = parse_retry_delay)]
+    pub retry_max_delay: Duration,
+
+    /// For this long after this replica reconnected to NATS, or got its JetStream consumer back
+    /// after losing it, a failed delivery is the infrastructure's fault (the analyzers'
+    /// clients re-subscribe on their own schedule, up to seconds later): the packet goes back to
+    /// the stream, no attempt counted. 0s turns the grace period off.
+    #[arg(long, env = "DISTRIBUTOR_RECONNECT_GRACE", value_name = "DURATION", default_value = "5s",
+          value_parser = parse_reconnect_grace)]
+    pub reconnect_grace: Duration,
 
     /// Most packets in flight (sent, not yet acknowledged) to one analyzer.
     #[arg(long, env = "DISTRIBUTOR_ANALYZER_WINDOW", value_name = "N", default_value_t = 1000,
@@ -367,6 +391,14 @@ fn parse_request_timeout(raw: &str) -> Result<Duration, String> {
     parse_duration_in(raw, Duration::from_millis(10), Duration::from_secs(600))
 }
 
+fn parse_retry_delay(raw: &str) -> Result<Duration, String> {
+    parse_duration_in(raw, Duration::from_millis(1), Duration::from_secs(600))
+}
+
+fn parse_reconnect_grace(raw: &str) -> Result<Duration, String> {
+    parse_duration_in(raw, Duration::ZERO, Duration::from_secs(600))
+}
+
 fn parse_shutdown_timeout(raw: &str) -> Result<Duration, String> {
     parse_duration_in(raw, Duration::ZERO, Duration::from_secs(600))
 }
@@ -442,6 +474,9 @@ mod tests {
                 );
                 assert_eq!(alo.stream_replicas, 1);
                 assert_eq!(alo.max_attempts, 5);
+                assert_eq!(alo.retry_delay, Duration::from_millis(100));
+                assert_eq!(alo.retry_max_delay, Duration::from_secs(2));
+                assert_eq!(alo.reconnect_grace, Duration::from_secs(5));
                 assert!(alo.request_timeout < alo.ack_wait);
             }
             other => panic!("{other:?}"),

@@ -69,6 +69,10 @@ pub(crate) trait DeliveryMode {
     /// confirmed: packets the mode holds for want of an analyzer can go now.
     async fn routing_changed(&mut self, core: &mut Distributor);
 
+    /// Sees the membership events of each change, after the core logged and mirrored them
+    /// (at-least-once notes who withdrew, to judge failed deliveries). Default: nothing.
+    fn membership_changed(&mut self, _events: &[MembershipEvent]) {}
+
     /// The mode's part of the stats record now.
     fn stats(&mut self) -> ModeStats;
 }
@@ -254,6 +258,11 @@ impl Distributor {
     /// The main connection: routed packets, dead letters and confirmations go out on it.
     pub(crate) fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The main connection's events (disconnects, reconnections).
+    pub(crate) fn connection_events(&self) -> &Arc<ConnectionEvents> {
+        &self.events
     }
 
     pub(crate) fn router(&self) -> &Router {
@@ -599,6 +608,7 @@ impl Distributor {
                 ),
             }
         }
+        mode.membership_changed(&events);
         if routing_changed {
             self.sync_routes();
             mode.routing_changed(self).await;

@@ -13,6 +13,7 @@
 //! - `router`: [`Router`], the routing table, epochs and per-analyzer counters;
 //! - `hold_queue`: [`HoldQueue`], the bounded FIFO used while no analyzer is online;
 //! - `outgoing`: a validated packet and the headers it is forwarded with;
+//! - `redelivery`: at-least-once's retry delays, and whose fault a failed delivery is;
 //! - `report`: the `distributor stats` table.
 //!
 //! The core both delivery modes share, `core`: validation and dead letters, control messages
@@ -35,6 +36,7 @@ mod hold_queue;
 mod membership;
 mod membership_mirror;
 mod outgoing;
+mod redelivery;
 mod report;
 mod router;
 mod selector;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::{Client, ConnectOptions, Event};
 use clap::Args;
@@ -132,6 +132,8 @@ pub struct ConnectionEvents {
     pub reconnects: AtomicU64,
     pub slow_consumer_events: AtomicU64,
     connected_once: std::sync::atomic::AtomicBool,
+    /// When the client last reconnected (a few per hour at most: a lock is fine).
+    last_reconnect: std::sync::Mutex<Option<Instant>>,
 }
 
 impl ConnectionEvents {
@@ -144,11 +146,23 @@ impl ConnectionEvents {
     pub fn slow_consumer_events(&self) -> u64 {
         self.slow_consumer_events.load(Ordering::Relaxed)
     }
+    /// When the client last reconnected after a disconnect (`None` before the first one): the
+    /// subscriptions of other clients may not all be back on the server for a while after it.
+    pub fn last_reconnect(&self) -> Option<Instant> {
+        *self
+            .last_reconnect
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 
     fn record(&self, event: &Event) {
         match event {
             Event::Connected => {
                 if self.connected_once.swap(true, Ordering::Relaxed) {
+                    *self
+                        .last_reconnect
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("reconnected to NATS");
                 } else {
