@@ -507,6 +507,9 @@ mod tests {
             &["distributor", "--stream", "a.b"],
             &["distributor", "--max-attempts", "0"],
             &["distributor", "--stream-replicas", "7"],
+            &["distributor", "--retry-delay", "0s"],
+            &["distributor", "--retry-max-delay", "soon"],
+            &["distributor", "--reconnect-grace", "-1s"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
@@ -525,6 +528,10 @@ mod tests {
             "2s",
             "--request-timeout",
             "700ms",
+            "--retry-delay",
+            "50ms",
+            "--reconnect-grace",
+            "0s",
         ])
         .unwrap();
         match cli.into_command() {
@@ -537,6 +544,8 @@ mod tests {
                     args.at_least_once.request_timeout,
                     Duration::from_millis(700)
                 );
+                assert_eq!(args.at_least_once.retry_delay, Duration::from_millis(50));
+                assert_eq!(args.at_least_once.reconnect_grace, Duration::ZERO);
             }
             other => panic!("{other:?}"),
         }

@@ -458,7 +458,7 @@ async fn a_packet_no_analyzer_answers_is_undeliverable_after_its_attempts_spread
             "--max-attempts",
             "3",
             "--retry-delay",
-            "200ms",
+            "300ms",
         ],
     );
     let analyzers = [
@@ -502,7 +502,7 @@ async fn a_packet_no_analyzer_answers_is_undeliverable_after_its_attempts_spread
         "the dead letter is the poison packet"
     );
     // One attempt at each analyzer (the ones that failed it are skipped), spread in time: each
-    // retry waits the request time-out, then the retry delay (200 ms, then 400 ms).
+    // retry waits the request time-out (300 ms), then the retry delay (300 ms, then 600 ms).
     let mut attempts: Vec<(Instant, String)> = analyzers
         .iter()
         .flat_map(|a| a.log())
@@ -518,8 +518,16 @@ async fn a_packet_no_analyzer_answers_is_undeliverable_after_its_attempts_spread
     assert!(attempts.iter().all(|(_, id)| id == &attempts[0].1));
     let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1].0 - w[0].0).collect();
     eprintln!("poison attempts {gaps:?} apart");
-    assert!(gaps[0] >= Duration::from_millis(500), "{gaps:?}");
-    assert!(gaps[1] >= Duration::from_millis(700), "{gaps:?}");
+    // Measured where the fake analyzers receive, so each gap is off by the difference of two
+    // delivery latencies (once 0.1 ms short of 500 ms with 200 ms + 300 ms): 100 ms of slack.
+    // Without the delays both gaps would be about 300 ms.
+    let slack = Duration::from_millis(100);
+    assert!(gaps[0] >= Duration::from_millis(600) - slack, "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(900) - slack, "{gaps:?}");
+    assert!(
+        gaps[1] >= gaps[0] + Duration::from_millis(300) - slack,
+        "growing: {gaps:?}"
+    );
     // Nothing else was dead-lettered, and the steady packets were all acked.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), deadletters.next())
