@@ -96,7 +96,7 @@ pub fn agent_sim_with(
             "--duration",
             duration,
             "--packet-size",
-            "1..100",
+            AGENT_SIM_PACKET_SIZE,
         ])
         .verify(quiet)
         .max_deviation(max_deviation)
@@ -171,11 +171,30 @@ pub fn verification<'a>(name: &str, report: &'a serde_json::Value) -> &'a serde_
     v
 }
 
+/// Messages per packet that agent-sim sends here.
+const AGENT_SIM_PACKET_SIZE: &str = "1..100";
+/// The largest of them: what the selector's bound is counted in.
+const MAX_PACKET_MESSAGES: f64 = 100.0;
+
 /// Asserts that, in `replica`'s stats, every analyzer online has an epoch share (of what
-/// analyzers acknowledged since the last membership change) within `pp` points of its target.
+/// analyzers acknowledged since the last membership change) within `pp` points of its target,
+/// or within one packet of it when the epoch is short: the selector keeps each analyzer's count
+/// within about one largest packet of its target (distributor/src/selector.rs), so a last epoch
+/// of 2,900 messages (an analyzer re-joined near the end of a fail-over run) is 1.7 pp off with
+/// 51 messages too few, as one run measured.
 pub fn assert_epoch_shares(stats: &DistributorStats, pp: f64) {
     let online: Vec<_> = stats.analyzers.iter().filter(|(_, r)| r.online).collect();
     assert!(!online.is_empty(), "{stats:#?}");
+    let total: u64 = online.iter().map(|(_, r)| r.epoch_messages).sum();
+    if total == 0 {
+        // The membership changed after the traffic ended (an analyzer re-joined late).
+        eprintln!(
+            "  epoch {}: no messages since it began, no shares to check",
+            stats.epoch
+        );
+        return;
+    }
+    let pp = pp.max(100.0 * MAX_PACKET_MESSAGES / total as f64);
     for (id, r) in online {
         let deviation = 100.0 * (r.epoch_share - r.target_share);
         eprintln!(
@@ -186,7 +205,7 @@ pub fn assert_epoch_shares(stats: &DistributorStats, pp: f64) {
         );
         assert!(
             deviation.abs() <= pp,
-            "analyzer {id}: epoch share {:.3}% vs target {:.3}%",
+            "analyzer {id}: epoch share {:.3}% vs target {:.3}% (bound {pp:.2} pp, {total} messages in the epoch)",
             100.0 * r.epoch_share,
             100.0 * r.target_share
         );
