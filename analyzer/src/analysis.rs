@@ -129,6 +129,22 @@ impl Analysis {
         }
     }
 
+    /// Whether a packet with this id was analyzed (within the de-duplication window).
+    pub fn seen(&self, packet_id: &str) -> bool {
+        self.dedup.contains(packet_id)
+    }
+
+    /// Counts a repeat of an analyzed packet without looking at it.
+    pub fn count_duplicate(&mut self) {
+        self.duplicates += 1;
+    }
+
+    /// Remembers `packet_id` as handled without counting messages (every message of it was
+    /// dead-lettered), so a redelivery is dropped as a duplicate.
+    pub fn mark_seen(&mut self, packet_id: &str) {
+        self.dedup.insert(packet_id);
+    }
+
     fn count_source(&mut self, source: &str) {
         if let Some(count) = self.sources.get_mut(source) {
             *count += 1;

@@ -11,6 +11,8 @@ use clap::Parser;
 use logdist::protocol::control::{self, MAX_INTERVAL_MS, MIN_INTERVAL_MS};
 use logdist::{Names, NatsArgs};
 
+use crate::forward::{EndpointSettings, ForwardFormat, ForwardSettings};
+
 /// Default number of recent `Logdist-Packet-Id`s remembered for de-duplication.
 pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
 
@@ -149,6 +151,69 @@ pub struct AnalyzerConfig {
     /// by default. The metrics are the counters of the stats record (see docs/metrics.md).
     #[arg(long, env = "ANALYZER_METRICS", value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// HTTP analyzer: instead of analyzing packets here, POST each one to this endpoint
+    /// (`http://host:port/path`), with the same lifecycle (heartbeats, withdrawal, drain, stats).
+    /// The analyzer announces itself only while the endpoint is healthy. In at-least-once mode a
+    /// packet is acknowledged only after every request for it got a 2xx; a 4xx is dead-lettered
+    /// with the status. See docs/analyzer.md.
+    #[arg(long, env = "ANALYZER_FORWARD_HTTP", value_name = "URL", value_parser = parse_http_url,
+          help_heading = "HTTP analyzer", conflicts_with_all = ["print", "work_per_message"])]
+    pub forward_http: Option<String>,
+
+    /// Body of the requests: `packet` (the packet as it arrived, a JSON array, one request per
+    /// packet), `ndjson` (one log object per line, one request per packet), `message` (one
+    /// request per log message, `{"data": <log object>}`, the old service's analyzers).
+    #[arg(
+        long,
+        env = "ANALYZER_FORWARD_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "packet",
+        help_heading = "HTTP analyzer"
+    )]
+    pub forward_format: ForwardFormat,
+
+    /// Time-out of one request (connecting, sending, and reading the whole answer).
+    #[arg(long, env = "ANALYZER_FORWARD_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          allow_negative_numbers = true, value_parser = parse_positive_duration,
+          help_heading = "HTTP analyzer")]
+    pub forward_timeout: Duration,
+
+    /// Most requests (and most packets) out to the endpoint at once; further packets wait in the
+    /// subscription, so a slow endpoint slows its share instead of growing memory. 1 to 10000.
+    #[arg(long, env = "ANALYZER_FORWARD_MAX_IN_FLIGHT", value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=10000).map(|v| v as usize),
+          help_heading = "HTTP analyzer")]
+    pub forward_max_in_flight: usize,
+
+    /// How long a request is retried after connection errors, time-outs, 5xx and 429 (back-off
+    /// 100ms doubling to 5s, or the answer's Retry-After). Then, in at-least-once mode, the
+    /// packet is not acknowledged (the distributor re-routes it); in at-most-once mode it is
+    /// dead-lettered (`forward_failed`).
+    #[arg(long, env = "ANALYZER_FORWARD_RETRY_FOR", value_name = "DURATION", default_value = "30s",
+          allow_negative_numbers = true, value_parser = parse_duration,
+          help_heading = "HTTP analyzer")]
+    pub forward_retry_for: Duration,
+
+    /// Health URL of the endpoint (`GET`, 2xx is healthy), polled every --health-interval.
+    /// Default: judge by the requests (--unhealthy-after failures in a row withdraw the analyzer;
+    /// while withdrawn, `HEAD <--forward-http URL>` is probed and any answer but 5xx/429 brings it
+    /// back).
+    #[arg(long, env = "ANALYZER_HEALTH_URL", value_name = "URL", value_parser = parse_http_url,
+          requires = "forward_http", help_heading = "HTTP analyzer")]
+    pub health_url: Option<String>,
+
+    /// How often the health URL (or, while withdrawn, the endpoint) is probed.
+    #[arg(long, env = "ANALYZER_HEALTH_INTERVAL", value_name = "DURATION", default_value = "1s",
+          allow_negative_numbers = true, value_parser = parse_positive_duration,
+          help_heading = "HTTP analyzer")]
+    pub health_interval: Duration,
+
+    /// Failed request attempts in a row (connection errors, time-outs, 5xx, 429) after which the
+    /// endpoint counts as unhealthy and the analyzer withdraws. 1 to 1000.
+    #[arg(long, env = "ANALYZER_UNHEALTHY_AFTER", value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000), help_heading = "HTTP analyzer")]
+    pub unhealthy_after: u32,
 
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -158,6 +223,23 @@ pub struct AnalyzerConfig {
 }
 
 impl AnalyzerConfig {
+    /// The forwarding settings, for an HTTP analyzer.
+    pub fn forward_settings(&self) -> Option<ForwardSettings> {
+        let url = self.forward_http.clone()?;
+        Some(ForwardSettings {
+            endpoint: EndpointSettings {
+                url,
+                health_url: self.health_url.clone(),
+                timeout: self.forward_timeout,
+                max_in_flight: self.forward_max_in_flight,
+                retry_for: self.forward_retry_for,
+            },
+            format: self.forward_format,
+            health_interval: self.health_interval,
+            unhealthy_after: self.unhealthy_after,
+        })
+    }
+
     /// The instance name: the one given, or a fresh random one. Call once and keep the result.
     pub fn instance_name(&self) -> String {
         self.instance.clone().unwrap_or_else(random_instance_name)
@@ -194,6 +276,41 @@ fn parse_weight(value: &str) -> Result<f64, String> {
 fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value.trim())
         .map_err(|e| format!("{e} (write a duration such as 500ms, 2s, 1m)"))
+}
+
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration.is_zero() {
+        return Err("must be more than 0".to_string());
+    }
+    Ok(duration)
+}
+
+/// An `http://` URL with a host. `https://` is refused with the reason: this build has no TLS
+/// stack for the forwarding client.
+fn parse_http_url(value: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(value.trim()).map_err(|e| {
+        format!("{value:?} is not a URL: {e} (write e.g. http://127.0.0.1:8080/ingest)")
+    })?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(
+                "https is not supported: the forwarding client is built without TLS; \
+                 put the endpoint behind a local TLS-terminating proxy and give its http:// URL"
+                    .to_string(),
+            )
+        }
+        other => {
+            return Err(format!(
+                "scheme {other:?} is not supported: write an http:// URL"
+            ))
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{value:?} has no host"));
+    }
+    Ok(url.to_string())
 }
 
 fn parse_heartbeat_interval(value: &str) -> Result<Duration, String> {
@@ -301,12 +418,90 @@ mod tests {
                 &["--id", "1", "--weight", "1", "--withdraw-grace", "soon"],
                 "--withdraw-grace",
             ),
+            (
+                &["--id", "1", "--weight", "1", "--forward-http", "https://x/"],
+                "--forward-http",
+            ),
+            (
+                &["--id", "1", "--weight", "1", "--forward-http", "ftp://x/"],
+                "--forward-http",
+            ),
+            (
+                &["--id", "1", "--weight", "1", "--forward-http", "not a url"],
+                "--forward-http",
+            ),
+            (
+                &[
+                    "--id=1",
+                    "--weight=1",
+                    "--forward-http=http://x/",
+                    "--forward-format=xml",
+                ],
+                "--forward-format",
+            ),
+            (
+                &[
+                    "--id=1",
+                    "--weight=1",
+                    "--forward-http=http://x/",
+                    "--forward-timeout=0s",
+                ],
+                "--forward-timeout",
+            ),
+            (
+                &[
+                    "--id=1",
+                    "--weight=1",
+                    "--forward-http=http://x/",
+                    "--forward-max-in-flight=0",
+                ],
+                "--forward-max-in-flight",
+            ),
+            (
+                &[
+                    "--id=1",
+                    "--weight=1",
+                    "--forward-http=http://x/",
+                    "--print",
+                ],
+                "--print",
+            ),
+            (
+                &["--id=1", "--weight=1", "--health-url=http://x/h"],
+                "--forward-http",
+            ),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
             let text = err.to_string();
             assert!(text.contains(flag), "{args:?}: {text}");
         }
+    }
+
+    #[test]
+    fn forwarding_settings() {
+        let config = parse(&["--id=1", "--weight=1"]).unwrap();
+        assert!(config.forward_settings().is_none());
+        let config = parse(&[
+            "--id=7",
+            "--weight=0.3",
+            "--forward-http=http://127.0.0.1:8080/ingest",
+            "--forward-format=message",
+            "--health-url=http://127.0.0.1:8080/healthz",
+        ])
+        .unwrap();
+        let settings = config.forward_settings().unwrap();
+        assert_eq!(settings.endpoint.url, "http://127.0.0.1:8080/ingest");
+        assert_eq!(
+            settings.endpoint.health_url.as_deref(),
+            Some("http://127.0.0.1:8080/healthz")
+        );
+        assert_eq!(settings.format, ForwardFormat::Message);
+        assert_eq!(settings.endpoint.timeout, Duration::from_secs(10));
+        assert_eq!(settings.endpoint.retry_for, Duration::from_secs(30));
+        assert_eq!(settings.endpoint.max_in_flight, 32);
+        assert_eq!(settings.unhealthy_after, 3);
+        assert_eq!(settings.health_interval, Duration::from_secs(1));
     }
 
     #[test]

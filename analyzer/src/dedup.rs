@@ -45,6 +45,11 @@ impl PacketIdWindow {
         true
     }
 
+    /// Whether `id` is in the window (without recording it).
+    pub fn contains(&self, id: &str) -> bool {
+        self.capacity > 0 && self.seen.contains(id)
+    }
+
     /// Ids remembered now.
     #[cfg(test)]
     pub fn len(&self) -> usize {

@@ -11,6 +11,8 @@
 //! - `report`: the stats record for the `logdist_stats` bucket and the summary line;
 //! - `printer`: `--print`, one line per log message;
 //! - `work`: `--work-per-message`, the simulated analysis cost for load tests;
+//! - `forward`: analyzers that are not our code: `--forward-http` (packets POSTed to an
+//!   endpoint) and `--exec` (written to a child process) instead of analyzed here;
 //! - `heartbeat`: announce, heartbeat and withdraw on the control subject;
 //! - `withdrawal`: the distributor replicas to hear from before a withdrawn instance stops;
 //! - `service`: the async shell that runs all of it and shuts down in protocol order.
@@ -18,6 +20,7 @@
 mod analysis;
 mod config;
 mod dedup;
+mod forward;
 mod heartbeat;
 mod latency;
 mod printer;

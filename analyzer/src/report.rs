@@ -85,6 +85,7 @@ impl Reporter {
             top_sources: analysis.top_sources(TOP_SOURCES),
             messages_per_sec,
             latency: analysis.latency().summary(),
+            forward: None,
         }
     }
 }

@@ -26,6 +26,13 @@
 //! processed the withdrawal are still in flight until then); then drain
 //! the subscription (unsubscribe, and analyze everything already delivered), print the final
 //! summary, write the final stats with state `down`.
+//!
+//! An HTTP analyzer (`--forward-http`, [`crate::forward`]) runs the same shell: a packet is handed
+//! to the [`Forwarder`] instead of being analyzed at once, and counted (and its acknowledgement
+//! queued for the next checkpoint) when every request for it is settled. Heartbeats follow the
+//! endpoint's health. At shutdown the packets still out get `--drain-timeout` to settle, then
+//! their retries end; in at-least-once mode those are not acknowledged (the distributor
+//! re-routes them), in at-most-once mode they are dead-lettered (`forward_failed`).
 
 use std::io::{self, Stdout, Write};
 use std::time::{Duration, Instant};
@@ -39,12 +46,13 @@ use logdist::protocol::stats::{analyzer_key, AnalyzerStats};
 use logdist::telemetry::{self, Condition, NatsCondition, Readiness, Telemetry};
 use logdist::ConnectError;
 use logdist::{open_or_create_bucket, BucketError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::analysis::{Analysis, PacketMeta, PacketOutcome};
 use crate::config::AnalyzerConfig;
+use crate::forward::{self, ClientError, Delivery, Forwarded, Forwarder};
 use crate::heartbeat::{self, ControlPublishError};
 use crate::latency::{parse_sent_at, LatencyHistogram};
 use crate::printer::RecordPrinter;
@@ -68,6 +76,8 @@ pub enum ServiceError {
     SubscribeFlush { subject: String, detail: String },
     #[error("the subscription to {subject:?} ended unexpectedly (connection closed)")]
     SubscriptionClosed { subject: String },
+    #[error(transparent)]
+    HttpClient(#[from] ClientError),
     #[error("shutdown was not clean: {}", .0.join("; "))]
     UncleanShutdown(Vec<String>),
     #[error("{0} / ANALYZER_METRICS")]
@@ -165,6 +175,17 @@ pub async fn run(
             detail: e.to_string(),
         })?;
 
+    // An HTTP analyzer announces itself only while its endpoint is healthy; a native one always.
+    let (forwarder, mut forwarded) = match config.forward_settings() {
+        Some(settings) => {
+            let (forwarder, done) = Forwarder::start(&settings)?;
+            (Some(forwarder), Some(done))
+        }
+        None => (None, None),
+    };
+    let (_always_healthy, native_health) = watch::channel(true);
+    let healthy = forwarder.as_ref().map_or(native_health, |f| f.health());
+
     let heartbeat_stop = CancellationToken::new();
     let heartbeats = tokio::spawn(heartbeat::run_heartbeats(
         client.clone(),
@@ -177,16 +198,17 @@ pub async fn run(
         },
         config.heartbeat_interval,
         heartbeat_stop.clone(),
+        healthy,
     ));
 
     let mut reporter = Reporter::new(id, instance, config.weight, started);
-    let mut handler = PacketHandler::new(config);
+    let mut handler = PacketHandler::new(config, instance, forwarder, client.clone());
     let (stats_tx, stats_rx) = mpsc::channel(CHECKPOINT_QUEUE);
     let stats_tx = StatsFeed {
         tx: stats_tx,
         metrics: observed.as_ref().map(|o| o.latest.clone()),
     };
-    let first = reporter.snapshot(&handler.analysis, STATE_UP, started);
+    let first = handler.report(reporter.snapshot(&handler.analysis, STATE_UP, started));
     stats_tx.publish_metrics(&first, handler.analysis.latency());
     let _ = stats_tx.tx.try_send(Checkpoint {
         stats: first,
@@ -210,6 +232,7 @@ pub async fn run(
         instance = %instance,
         weight = config.weight,
         subject = %subject,
+        forward_http = handler.forward_url().unwrap_or("-"),
         "analyzer online"
     );
 
@@ -223,16 +246,22 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            Some(done) = next_forwarded(&mut forwarded) => {
+                pending.extend(handler.settle(done).await);
+            }
             _ = report_ticks.tick() => {
-                let stats = reporter.snapshot(&handler.analysis, STATE_UP, Instant::now());
+                let stats = handler.report(reporter.snapshot(&handler.analysis, STATE_UP, Instant::now()));
                 print_summary(&stats);
                 send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
             }
             _ = checkpoint_ticks.tick(), if !pending.is_empty() => {
-                let stats = reporter.checkpoint(&handler.analysis, STATE_UP);
+                let stats = handler.report(reporter.checkpoint(&handler.analysis, STATE_UP));
                 send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
             }
-            message = subscriber.next() => match message {
+            // Confirmations of withdrawals while the endpoint was unhealthy: only those of the
+            // final withdrawal (after this loop) count.
+            Some(_) = confirmations.next() => {}
+            message = subscriber.next(), if handler.has_room() => match message {
                 Some(message) => pending.extend(handler.handle(message).await),
                 None => {
                     subscription_closed = true;
@@ -305,10 +334,13 @@ pub async fn run(
                     }
                 }
                 _ = checkpoint_ticks.tick(), if !pending.is_empty() => {
-                    let stats = reporter.checkpoint(&handler.analysis, STATE_UP);
+                    let stats = handler.report(reporter.checkpoint(&handler.analysis, STATE_UP));
                     send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
                 }
-                message = subscriber.next() => match message {
+                Some(done) = next_forwarded(&mut forwarded) => {
+                    pending.extend(handler.settle(done).await);
+                }
+                message = subscriber.next(), if handler.has_room() => match message {
                     Some(message) => {
                         late += 1;
                         pending.extend(handler.handle(message).await);
@@ -335,20 +367,54 @@ pub async fn run(
         }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            match tokio::time::timeout_at(deadline, subscriber.next()).await {
-                Ok(Some(message)) => pending.extend(handler.handle(message).await),
-                Ok(None) => break,
-                Err(_) => {
+            tokio::select! {
+                biased;
+                Some(done) = next_forwarded(&mut forwarded) => {
+                    pending.extend(handler.settle(done).await);
+                }
+                () = tokio::time::sleep_until(deadline) => {
                     problems.push(format!(
                         "draining {subject:?} did not finish within {limit:?}"
                     ));
                     break;
                 }
+                message = subscriber.next(), if handler.has_room() => match message {
+                    Some(message) => pending.extend(handler.handle(message).await),
+                    None => break,
+                },
+            }
+        }
+    }
+    // An HTTP analyzer's packets still out: `limit` to settle, then their retries end.
+    if handler.forward_in_flight() > 0 {
+        let waiting = handler.forward_in_flight();
+        tracing::info!(packets = waiting, timeout = ?limit, "waiting for the packets still out to the endpoint");
+        let mut deadline = tokio::time::Instant::now() + limit;
+        let mut gave_up = false;
+        while handler.forward_in_flight() > 0 {
+            tokio::select! {
+                Some(done) = next_forwarded(&mut forwarded) => {
+                    pending.extend(handler.settle(done).await);
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if gave_up {
+                        problems.push(format!(
+                            "{} packets still out to the endpoint after the retries were stopped",
+                            handler.forward_in_flight()
+                        ));
+                        break;
+                    }
+                    tracing::warn!(packets = handler.forward_in_flight(), "packets not delivered within --drain-timeout; stopping their retries (at-least-once: not acknowledged, the distributor re-routes them; at-most-once: dead-lettered)");
+                    handler.give_up();
+                    gave_up = true;
+                    deadline = tokio::time::Instant::now() + limit;
+                }
             }
         }
     }
     handler.finish();
-    let final_stats = reporter.snapshot(&handler.analysis, STATE_DOWN, Instant::now());
+    let final_stats =
+        handler.report(reporter.snapshot(&handler.analysis, STATE_DOWN, Instant::now()));
     print_summary(&final_stats);
     // The final write also checkpoints the last packets, then acknowledges them.
     send_checkpoint(
@@ -396,11 +462,39 @@ struct PacketHandler {
     /// The replicas that route here, for the confirmed withdrawal.
     replicas: RoutingReplicas,
     invalid_logged: bool,
+    /// HTTP analyzers only.
+    forward: Option<Forwarding>,
+}
+
+/// What an HTTP analyzer needs besides the counters: the forwarder, and what it takes to publish
+/// dead letters.
+struct Forwarding {
+    forwarder: Forwarder,
+    client: Client,
+    deadletter_subject: String,
+    /// `<id>.<instance>`, in `Logdist-Analyzer`.
+    analyzer: String,
+    deadletter_messages: u64,
+    /// At-least-once packets not acknowledged because a request failed for good (logged once).
+    failed_logged: bool,
 }
 
 impl PacketHandler {
-    fn new(config: &AnalyzerConfig) -> Self {
+    fn new(
+        config: &AnalyzerConfig,
+        instance: &str,
+        forwarder: Option<Forwarder>,
+        client: Client,
+    ) -> Self {
         PacketHandler {
+            forward: forwarder.map(|forwarder| Forwarding {
+                forwarder,
+                client,
+                deadletter_subject: config.names.deadletter_subject.clone(),
+                analyzer: format!("{}.{instance}", config.id),
+                deadletter_messages: 0,
+                failed_logged: false,
+            }),
             analysis: Analysis::new(config.dedup_window),
             work: SimulatedWork::new(config.work_per_message),
             printer: config.print.then(|| RecordPrinter::new(io::stdout())),
@@ -427,27 +521,19 @@ impl PacketHandler {
         {
             self.replicas.saw(replica.as_str(), Instant::now());
         }
-        let meta = PacketMeta {
-            packet_id: message_headers
+        if let Some(forward) = self.forward.as_mut() {
+            // A repeat of a packet already delivered is not posted again.
+            let packet_id = message_headers
                 .and_then(|h| h.get(self.packet_id_header.clone()))
-                .map(|v| v.as_str()),
-            sent_at_ns: message_headers
-                .and_then(|h| h.get(self.sent_at_header.clone()))
-                .and_then(|v| parse_sent_at(v.as_str())),
-        };
-        let now_ns = headers::unix_nanos_now();
-        let outcome = match self.printer.as_mut() {
-            Some(printer) => {
-                let outcome = self.analysis.analyze(&message.payload, meta, now_ns, |r| {
-                    let _ = printer.print(r);
-                });
-                let _ = printer.flush();
-                outcome
+                .map(|v| v.as_str());
+            if packet_id.is_some_and(|id| self.analysis.seen(id)) {
+                self.analysis.count_duplicate();
+                return message.reply;
             }
-            None => self
-                .analysis
-                .analyze(&message.payload, meta, now_ns, |_| {}),
-        };
+            forward.forwarder.dispatch(message);
+            return None;
+        }
+        let outcome = self.count(&message.payload, &message);
         match outcome {
             PacketOutcome::Analyzed { messages } => {
                 if let Some(until) = self.work.add(messages, Instant::now()) {
@@ -455,24 +541,192 @@ impl PacketHandler {
                 }
             }
             PacketOutcome::Duplicate => {
-                tracing::debug!(packet_id = ?meta.packet_id, "duplicate packet dropped");
+                tracing::debug!(packet_id = ?self.meta(&message).packet_id, "duplicate packet dropped");
             }
-            PacketOutcome::Invalid(error) => {
-                // Counted in the stats; logged once so a stream of bad packets cannot flood logs.
-                if !self.invalid_logged {
-                    tracing::warn!(
-                        subject = %message.subject,
-                        code = error.code(),
-                        %error,
-                        "invalid packet (counted in invalid_packets; further ones are logged at debug level)"
-                    );
-                    self.invalid_logged = true;
-                } else {
-                    tracing::debug!(code = error.code(), %error, "invalid packet");
+            PacketOutcome::Invalid(error) => self.log_invalid(&message, &error),
+        }
+        message.reply
+    }
+
+    /// What the transport tells about `message`.
+    fn meta<'m>(&self, message: &'m Message) -> PacketMeta<'m> {
+        let message_headers = message.headers.as_ref();
+        PacketMeta {
+            packet_id: message_headers
+                .and_then(|h| h.get(self.packet_id_header.clone()))
+                .map(|v| v.as_str()),
+            sent_at_ns: message_headers
+                .and_then(|h| h.get(self.sent_at_header.clone()))
+                .and_then(|v| parse_sent_at(v.as_str())),
+        }
+    }
+
+    /// Analyzes `payload` (all of `message`'s, or the part an HTTP analyzer delivered) with
+    /// `message`'s headers, printing it with `--print`.
+    fn count(&mut self, payload: &[u8], message: &Message) -> PacketOutcome {
+        let meta = self.meta(message);
+        let now_ns = headers::unix_nanos_now();
+        match self.printer.as_mut() {
+            Some(printer) => {
+                let outcome = self.analysis.analyze(payload, meta, now_ns, |r| {
+                    let _ = printer.print(r);
+                });
+                let _ = printer.flush();
+                outcome
+            }
+            None => self.analysis.analyze(payload, meta, now_ns, |_| {}),
+        }
+    }
+
+    /// Whether another packet may be taken (an HTTP analyzer bounds the packets out).
+    fn has_room(&self) -> bool {
+        self.forward.as_ref().is_none_or(|f| f.forwarder.has_room())
+    }
+
+    fn forward_in_flight(&self) -> usize {
+        self.forward.as_ref().map_or(0, |f| f.forwarder.in_flight())
+    }
+
+    fn forward_url(&self) -> Option<&str> {
+        self.forward.as_ref().map(|f| f.forwarder.url())
+    }
+
+    fn give_up(&self) {
+        if let Some(f) = self.forward.as_ref() {
+            f.forwarder.give_up();
+        }
+    }
+
+    /// `stats` with the forwarding counters of an HTTP analyzer.
+    fn report(&self, mut stats: AnalyzerStats) -> AnalyzerStats {
+        stats.forward = self
+            .forward
+            .as_ref()
+            .map(|f| f.forwarder.stats(f.deadletter_messages));
+        stats
+    }
+
+    /// An HTTP analyzer's packet is settled: dead-letter what the endpoint refused (and, in
+    /// at-most-once mode, what could not be delivered), count what it took, and return the
+    /// reply subject to acknowledge. In at-least-once mode a packet with a request that failed
+    /// for good is neither counted nor acknowledged: the distributor re-routes it whole.
+    async fn settle(&mut self, done: Forwarded) -> Option<Subject> {
+        let forward = self.forward.as_mut()?;
+        forward.forwarder.settled();
+        let Forwarded { message, outcome } = done;
+        let deliveries = match outcome {
+            Ok(deliveries) => deliveries,
+            Err(_) => {
+                // Not JSON at all (never from a distributor): counted as invalid and acked.
+                if let PacketOutcome::Invalid(error) = self.count(&message.payload, &message) {
+                    self.log_invalid(&message, &error);
+                }
+                return message.reply;
+            }
+        };
+        let at_least_once = message.reply.is_some();
+        if at_least_once
+            && deliveries
+                .iter()
+                .any(|(_, d)| matches!(d, Delivery::Failed { .. }))
+        {
+            if !forward.failed_logged {
+                tracing::warn!(url = %forward.forwarder.url(), "packets not delivered within --forward-retry-for are not acknowledged; the distributor re-routes them (further ones at debug level)");
+                forward.failed_logged = true;
+            }
+            return None;
+        }
+        if deliveries.iter().all(|(_, d)| *d == Delivery::Delivered) {
+            let outcome = self.count(&message.payload, &message);
+            if let PacketOutcome::Invalid(error) = outcome {
+                self.log_invalid(&message, &error);
+            }
+            return message.reply;
+        }
+        // Some requests were refused (or, at-most-once, failed): those go to the dead letters.
+        let url = forward.forwarder.url().to_string();
+        let elements = forward::elements(&message.payload).unwrap_or_default();
+        let mut delivered = Vec::new();
+        let mut published_all = true;
+        for (index, delivery) in &deliveries {
+            let (code, reason, status) = match delivery {
+                Delivery::Delivered => {
+                    if let Some(element) = index.and_then(|i| elements.get(i)) {
+                        delivered.push(element.get());
+                    }
+                    continue;
+                }
+                Delivery::Rejected { status, answer } => (
+                    forward::CODE_HTTP_REJECTED,
+                    format!("HTTP {status} from {url}: {answer}"),
+                    Some(*status),
+                ),
+                Delivery::Failed {
+                    attempts,
+                    last_error,
+                } => (
+                    forward::CODE_FORWARD_FAILED,
+                    format!("not delivered to {url} in {attempts} attempts (--forward-retry-for): {last_error}"),
+                    None,
+                ),
+            };
+            let (payload, messages) = match index.and_then(|i| elements.get(i)) {
+                Some(element) => (bytes::Bytes::copy_from_slice(element.get().as_bytes()), 1),
+                None => (message.payload.clone(), elements.len().max(1) as u64),
+            };
+            let dead_letter = forward::deadletter_headers(
+                message.headers.as_ref(),
+                code,
+                &reason,
+                message.subject.as_str(),
+                *index,
+                status,
+                &forward.analyzer,
+            );
+            match forward
+                .client
+                .publish_with_headers(forward.deadletter_subject.clone(), dead_letter, payload)
+                .await
+            {
+                Ok(()) => {
+                    forward.deadletter_messages += messages;
+                    tracing::debug!(code, reason = %reason, "dead-lettered");
+                }
+                Err(e) => {
+                    published_all = false;
+                    tracing::warn!(error = %e, subject = %forward.deadletter_subject, "cannot publish a dead letter");
                 }
             }
         }
+        if !published_all && at_least_once {
+            // Not acknowledged: the distributor sends the packet again.
+            return None;
+        }
+        if delivered.is_empty() {
+            if let Some(id) = self.meta(&message).packet_id {
+                let id = id.to_string();
+                self.analysis.mark_seen(&id);
+            }
+        } else {
+            let part = format!("[{}]", delivered.join(","));
+            self.count(part.as_bytes(), &message);
+        }
         message.reply
+    }
+
+    /// Counted in the stats; logged once so a stream of bad packets cannot flood logs.
+    fn log_invalid(&mut self, message: &Message, error: &logdist::PacketError) {
+        if !self.invalid_logged {
+            tracing::warn!(
+                subject = %message.subject,
+                code = error.code(),
+                %error,
+                "invalid packet (counted in invalid_packets; further ones are logged at debug level)"
+            );
+            self.invalid_logged = true;
+        } else {
+            tracing::debug!(code = error.code(), %error, "invalid packet");
+        }
     }
 
     fn finish(&mut self) {
@@ -492,6 +746,16 @@ impl PacketHandler {
                 "messages came from sources beyond the tracked limit; they are not in top_sources"
             );
         }
+    }
+}
+
+/// The next settled packet of an HTTP analyzer; never ready for a native one.
+async fn next_forwarded(
+    forwarded: &mut Option<mpsc::UnboundedReceiver<Forwarded>>,
+) -> Option<Forwarded> {
+    match forwarded {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

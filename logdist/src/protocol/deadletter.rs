@@ -26,6 +26,13 @@ pub const BAD_PROTOBUF: &str = "bad_protobuf";
 /// `ExportLogsServiceRequest`.
 pub const BAD_OTLP_JSON: &str = "bad_otlp_json";
 
+/// An HTTP analyzer's endpoint refused the payload (a 4xx); `Logdist-Http-Status` holds the
+/// status.
+pub const HTTP_REJECTED: &str = "http_rejected";
+/// At-most-once: an HTTP analyzer could not deliver the payload within `--forward-retry-for`, or a
+/// process analyzer's child ended before acknowledging it.
+pub const FORWARD_FAILED: &str = "forward_failed";
+
 /// Why something is dead-lettered: a stable code and a sentence for people.
 #[derive(Debug, Clone, Copy)]
 pub struct Reason<'a> {

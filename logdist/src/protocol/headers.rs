@@ -26,6 +26,10 @@ pub const ERROR_CODE: &str = "Logdist-Error-Code";
 pub const SUBJECT: &str = "Logdist-Subject";
 /// Dead letters: position of the rejected message inside its packet (absent for whole payloads).
 pub const INDEX: &str = "Logdist-Index";
+/// Dead letters from an HTTP analyzer: the status its endpoint answered (e.g. `400`).
+pub const HTTP_STATUS: &str = "Logdist-Http-Status";
+/// Dead letters from an analyzer: `<id>.<instance>` of the analyzer that dead-lettered it.
+pub const ANALYZER: &str = "Logdist-Analyzer";
 
 /// The same names as typed [`HeaderName`](async_nats::header::HeaderName) constants, so a hot
 /// path that sets them does not parse them per message.

@@ -182,6 +182,34 @@ pub struct AnalyzerStats {
     pub messages_per_sec: f64,
     /// End-to-end latency from `Logdist-Sent-At`, when agents set it.
     pub latency: Option<LatencySummary>,
+    /// HTTP analyzers (`--forward-http`) only: what the requests to the endpoint did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<ForwardStats>,
+}
+
+/// The requests of an HTTP analyzer to its endpoint, cumulative since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ForwardStats {
+    pub url: String,
+    /// `packet`, `ndjson` or `message`.
+    pub format: String,
+    /// Whether the endpoint is healthy now (the analyzer is announced only while it is).
+    pub healthy: bool,
+    /// Requests sent, retries included.
+    pub attempts: u64,
+    /// Of those, retries (after a connection error, a time-out, a 5xx or a 429).
+    pub retries: u64,
+    /// Requests answered 2xx.
+    pub delivered_requests: u64,
+    /// Requests the endpoint refused (4xx): dead-lettered with the status.
+    pub rejected_requests: u64,
+    /// Requests given up after `--forward-retry-for`.
+    pub failed_requests: u64,
+    /// Log messages this analyzer published to the dead-letter subject.
+    pub deadletter_messages: u64,
+    /// Packets sent to the endpoint and not settled yet (gauge).
+    pub in_flight_packets: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
