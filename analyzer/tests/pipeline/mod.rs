@@ -161,8 +161,18 @@ fn parse(body: &[u8], ndjson: bool) -> Result<(&'static str, Vec<serde_json::Val
     }
 }
 
-/// A distributor in `delivery` mode with fast stats.
+/// A distributor in `delivery` mode with fast stats and a 1 s request time-out.
 pub fn distributor(url: &str, replica: &str, delivery: &str) -> Process {
+    distributor_with(url, replica, delivery, "1s")
+}
+
+/// [`distributor`] with another `--request-timeout`.
+pub fn distributor_with(
+    url: &str,
+    replica: &str,
+    delivery: &str,
+    request_timeout: &str,
+) -> Process {
     Process::spawn(
         "distributor",
         &[
@@ -178,7 +188,7 @@ pub fn distributor(url: &str, replica: &str, delivery: &str) -> Process {
             "--ack-wait",
             "2s",
             "--request-timeout",
-            "1s",
+            request_timeout,
         ],
         &[],
     )
