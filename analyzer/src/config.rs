@@ -11,7 +11,9 @@ use clap::Parser;
 use logdist::protocol::control::{self, MAX_INTERVAL_MS, MIN_INTERVAL_MS};
 use logdist::{Names, NatsArgs};
 
-use crate::forward::{EndpointSettings, ForwardFormat, ForwardSettings};
+use crate::forward::{
+    EndpointSettings, ForwardFormat, ForwardSettings, HttpSettings, ProcessSettings,
+};
 
 /// Default number of recent `Logdist-Packet-Id`s remembered for de-duplication.
 pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
@@ -179,8 +181,9 @@ pub struct AnalyzerConfig {
           help_heading = "HTTP analyzer")]
     pub forward_timeout: Duration,
 
-    /// Most requests (and most packets) out to the endpoint at once; further packets wait in the
-    /// subscription, so a slow endpoint slows its share instead of growing memory. 1 to 10000.
+    /// Most requests (and most packets) out to the endpoint at once (with --exec: packets written
+    /// to the process and not acknowledged yet); further packets wait in the subscription, so a
+    /// slow endpoint slows its share instead of growing memory. 1 to 10000.
     #[arg(long, env = "ANALYZER_FORWARD_MAX_IN_FLIGHT", value_name = "N", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..=10000).map(|v| v as usize),
           help_heading = "HTTP analyzer")]
@@ -215,6 +218,28 @@ pub struct AnalyzerConfig {
           value_parser = clap::value_parser!(u32).range(1..=1000), help_heading = "HTTP analyzer")]
     pub unhealthy_after: u32,
 
+    /// Process analyzer: instead of analyzing packets here, write every log object as one line
+    /// (NDJSON) to the stdin of this command (run with `sh -c`), which is restarted with
+    /// back-off when it exits (the analyzer is withdrawn while it is down). See docs/analyzer.md.
+    #[arg(long, env = "ANALYZER_EXEC", value_name = "COMMAND", help_heading = "Process analyzer",
+          conflicts_with_all = ["print", "work_per_message", "forward_http"],
+          value_parser = parse_command)]
+    pub exec: Option<String>,
+
+    /// The --exec child acknowledges: it writes a line `ack` on stdout for each input line it has
+    /// finished with, in order (other stdout lines are passed through). A packet is delivered
+    /// (and, at-least-once, acknowledged) only when all its lines are; packets the child did not
+    /// acknowledge before it died are re-routed (at-least-once) or dead-lettered. Without it, a
+    /// packet counts as delivered once written to the pipe, and a dying child loses what it had
+    /// not processed.
+    #[arg(
+        long,
+        env = "ANALYZER_EXEC_ACK",
+        requires = "exec",
+        help_heading = "Process analyzer"
+    )]
+    pub exec_ack: bool,
+
     #[command(flatten)]
     pub nats: NatsArgs,
 
@@ -225,8 +250,17 @@ pub struct AnalyzerConfig {
 impl AnalyzerConfig {
     /// The forwarding settings, for an HTTP analyzer.
     pub fn forward_settings(&self) -> Option<ForwardSettings> {
+        if let Some(command) = &self.exec {
+            return Some(ForwardSettings::Process {
+                settings: ProcessSettings {
+                    command: command.clone(),
+                    ack: self.exec_ack,
+                },
+                max_in_flight: self.forward_max_in_flight,
+            });
+        }
         let url = self.forward_http.clone()?;
-        Some(ForwardSettings {
+        Some(ForwardSettings::Http(HttpSettings {
             endpoint: EndpointSettings {
                 url,
                 health_url: self.health_url.clone(),
@@ -237,7 +271,7 @@ impl AnalyzerConfig {
             format: self.forward_format,
             health_interval: self.health_interval,
             unhealthy_after: self.unhealthy_after,
-        })
+        }))
     }
 
     /// The instance name: the one given, or a fresh random one. Call once and keep the result.
@@ -276,6 +310,13 @@ fn parse_weight(value: &str) -> Result<f64, String> {
 fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value.trim())
         .map_err(|e| format!("{e} (write a duration such as 500ms, 2s, 1m)"))
+}
+
+fn parse_command(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err("the command is empty".to_string());
+    }
+    Ok(value.to_string())
 }
 
 fn parse_positive_duration(value: &str) -> Result<Duration, String> {
@@ -470,6 +511,17 @@ mod tests {
                 &["--id=1", "--weight=1", "--health-url=http://x/h"],
                 "--forward-http",
             ),
+            (&["--id=1", "--weight=1", "--exec= "], "--exec"),
+            (&["--id=1", "--weight=1", "--exec-ack"], "--exec"),
+            (
+                &[
+                    "--id=1",
+                    "--weight=1",
+                    "--exec=cat",
+                    "--forward-http=http://x/",
+                ],
+                "--exec",
+            ),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
@@ -490,7 +542,9 @@ mod tests {
             "--health-url=http://127.0.0.1:8080/healthz",
         ])
         .unwrap();
-        let settings = config.forward_settings().unwrap();
+        let Some(ForwardSettings::Http(settings)) = config.forward_settings() else {
+            panic!("an HTTP analyzer");
+        };
         assert_eq!(settings.endpoint.url, "http://127.0.0.1:8080/ingest");
         assert_eq!(
             settings.endpoint.health_url.as_deref(),
@@ -502,6 +556,27 @@ mod tests {
         assert_eq!(settings.endpoint.max_in_flight, 32);
         assert_eq!(settings.unhealthy_after, 3);
         assert_eq!(settings.health_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn process_settings() {
+        let config = parse(&[
+            "--id=8",
+            "--weight=0.2",
+            "--exec=python3 a.py",
+            "--exec-ack",
+        ])
+        .unwrap();
+        let Some(ForwardSettings::Process {
+            settings,
+            max_in_flight,
+        }) = config.forward_settings()
+        else {
+            panic!("a process analyzer");
+        };
+        assert_eq!(settings.command, "python3 a.py");
+        assert!(settings.ack);
+        assert_eq!(max_in_flight, 32);
     }
 
     #[test]

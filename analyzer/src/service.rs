@@ -412,6 +412,10 @@ pub async fn run(
             }
         }
     }
+    // A process analyzer's child gets the end of its input and exits.
+    if let Some(f) = handler.forward.as_mut() {
+        f.forwarder.close(limit).await;
+    }
     handler.finish();
     let final_stats =
         handler.report(reporter.snapshot(&handler.analysis, STATE_DOWN, Instant::now()));

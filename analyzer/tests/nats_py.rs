@@ -4,25 +4,10 @@
 
 mod pipeline;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use logdist::testing::{wait_for_members, workspace_root, NatsServer, Process};
+use logdist_testing::{wait_for_members, workspace_root, NatsServer, Process};
 use pipeline::*;
-
-/// `$LOGDIST_PYTHON`, else the venv `make tools` builds.
-fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os("LOGDIST_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let venv = workspace_root().join(".tools/venv/bin/python");
-    assert!(
-        venv.is_file(),
-        "no {} : run `make tools` (or set LOGDIST_PYTHON)",
-        venv.display()
-    );
-    venv
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nats_py_example_gets_its_share() {

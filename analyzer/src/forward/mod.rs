@@ -1,12 +1,15 @@
-//! HTTP analyzers (`--forward-http URL`): the analyzer keeps its whole lifecycle (subscription,
-//! heartbeats, confirmed withdrawal, drain, stats, checkpointed acknowledgements) and, instead of
-//! analyzing a packet itself, POSTs it to an HTTP endpoint.
+//! Analyzers that are not our code: HTTP analyzers (`--forward-http URL`) and process analyzers
+//! (`--exec 'cmd'`). The analyzer keeps its whole lifecycle (subscription, heartbeats, confirmed
+//! withdrawal, drain, stats, checkpointed acknowledgements) and, instead of analyzing a packet
+//! itself, POSTs it to an HTTP endpoint or writes it to a child process.
 //!
 //! - [`format`]: the request bodies of one packet in each `--forward-format`;
 //! - [`endpoint`]: the HTTP client — keep-alive pool, bounded requests in flight, time-out,
 //!   retries with back-off, what each status means, health probes;
 //! - [`health`]: whether the endpoint is healthy; the heartbeat task announces the analyzer only
 //!   while it is;
+//! - [`process`]: the child process — NDJSON on its stdin with backpressure, restarts with
+//!   back-off, the `ack` convention on its stdout;
 //! - [`Forwarder`] (here): one task per packet, at most `max_in_flight` packets at once, each
 //!   reporting a [`Forwarded`] when every request for it is settled. The service counts a packet
 //!   and queues its acknowledgement only then, so in at-least-once mode a packet is acknowledged
@@ -17,6 +20,7 @@
 mod endpoint;
 mod format;
 mod health;
+mod process;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,12 +39,23 @@ pub use endpoint::{ClientError, Delivery, EndpointSettings};
 pub use format::{elements, ForwardFormat, NotAPacket};
 use format::{request_bodies, RequestBody};
 use health::{Health, HealthMonitor};
+pub use process::ProcessSettings;
 
 pub use deadletter::{FORWARD_FAILED as CODE_FORWARD_FAILED, HTTP_REJECTED as CODE_HTTP_REJECTED};
 
-/// Everything about forwarding that the command line sets.
+/// Where the packets go, as the command line sets it.
 #[derive(Debug, Clone)]
-pub struct ForwardSettings {
+pub enum ForwardSettings {
+    Http(HttpSettings),
+    Process {
+        settings: ProcessSettings,
+        max_in_flight: usize,
+    },
+}
+
+/// An HTTP analyzer's settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
     pub endpoint: EndpointSettings,
     pub format: ForwardFormat,
     pub health_interval: Duration,
@@ -54,24 +69,61 @@ pub struct Forwarded {
     pub outcome: Result<Vec<(Option<usize>, Delivery)>, NotAPacket>,
 }
 
-/// Sends packets to the endpoint, one task per packet, and hands back their outcomes.
+/// Sends packets to the endpoint (one task per packet) or the process, and hands back their
+/// outcomes.
 pub struct Forwarder {
-    endpoint: Arc<Endpoint>,
-    format: ForwardFormat,
+    backend: Backend,
     in_flight: usize,
     max_in_flight: usize,
     done_tx: mpsc::UnboundedSender<Forwarded>,
     /// Ends the retries of the packets still out (shutdown).
     cancel: CancellationToken,
-    probes: JoinHandle<()>,
+}
+
+enum Backend {
+    Http {
+        endpoint: Arc<Endpoint>,
+        format: ForwardFormat,
+        probes: JoinHandle<()>,
+    },
+    Process {
+        sink: Option<process::ProcessSink>,
+        description: String,
+    },
 }
 
 impl Forwarder {
-    /// Sets up the client and starts the health probes; returns the receiver of outcomes (kept
-    /// apart so the caller can wait on it while it uses the forwarder).
+    /// Sets up the client and starts the health probes, or starts the process; returns the
+    /// receiver of outcomes (kept apart so the caller can wait on it while it uses the
+    /// forwarder).
     pub fn start(
         settings: &ForwardSettings,
     ) -> Result<(Forwarder, mpsc::UnboundedReceiver<Forwarded>), ClientError> {
+        let settings = match settings {
+            ForwardSettings::Http(http) => http,
+            ForwardSettings::Process {
+                settings,
+                max_in_flight,
+            } => {
+                let (done_tx, done_rx) = mpsc::unbounded_channel();
+                let cancel = CancellationToken::new();
+                let sink =
+                    process::ProcessSink::start(settings.clone(), done_tx.clone(), cancel.clone());
+                return Ok((
+                    Forwarder {
+                        backend: Backend::Process {
+                            sink: Some(sink),
+                            description: format!("exec: {}", settings.command),
+                        },
+                        in_flight: 0,
+                        max_in_flight: (*max_in_flight).max(1),
+                        done_tx,
+                        cancel,
+                    },
+                    done_rx,
+                ));
+            }
+        };
         let health = Arc::new(HealthMonitor::new(
             Health::new(
                 settings.unhealthy_after,
@@ -93,25 +145,37 @@ impl Forwarder {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok((
             Forwarder {
-                endpoint,
-                format: settings.format,
+                backend: Backend::Http {
+                    endpoint,
+                    format: settings.format,
+                    probes,
+                },
                 in_flight: 0,
                 max_in_flight: settings.endpoint.max_in_flight.max(1),
                 done_tx,
                 cancel,
-                probes,
             },
             done_rx,
         ))
     }
 
-    /// Follows the endpoint's health (the heartbeat task announces only while it is true).
+    /// Follows the endpoint's health, or whether the process runs (the heartbeat task announces
+    /// only while it is true).
     pub fn health(&self) -> watch::Receiver<bool> {
-        self.endpoint.health.subscribe()
+        match &self.backend {
+            Backend::Http { endpoint, .. } => endpoint.health.subscribe(),
+            Backend::Process { sink, .. } => sink
+                .as_ref()
+                .map_or_else(|| watch::channel(false).1, |s| s.health.clone()),
+        }
     }
 
+    /// The endpoint's URL, or `exec: <command>`.
     pub fn url(&self) -> &str {
-        self.endpoint.url()
+        match &self.backend {
+            Backend::Http { endpoint, .. } => endpoint.url(),
+            Backend::Process { description, .. } => description,
+        }
     }
 
     /// Whether another packet may be taken now (otherwise it waits in the subscription: a slow
@@ -128,8 +192,17 @@ impl Forwarder {
     /// Starts delivering `message`; its [`Forwarded`] comes on the receiver.
     pub fn dispatch(&mut self, message: Message) {
         self.in_flight += 1;
-        let endpoint = self.endpoint.clone();
-        let format = self.format;
+        let (endpoint, format) = match &self.backend {
+            Backend::Http {
+                endpoint, format, ..
+            } => (endpoint.clone(), *format),
+            Backend::Process { sink, .. } => {
+                if let Some(sink) = sink {
+                    sink.send(message);
+                }
+                return;
+            }
+        };
         let cancel = self.cancel.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
@@ -160,28 +233,58 @@ impl Forwarder {
         self.cancel.cancel();
     }
 
+    /// A process analyzer's child: close its stdin and wait for it to exit (killed after
+    /// `limit`). Nothing to do for an HTTP analyzer.
+    pub async fn close(&mut self, limit: Duration) {
+        if let Backend::Process { sink, .. } = &mut self.backend {
+            if let Some(sink) = sink.take() {
+                sink.close(limit).await;
+            }
+        }
+    }
+
     /// The counters for the stats record.
     pub fn stats(&self, deadletter_messages: u64) -> ForwardStats {
-        let c = &self.endpoint.counters;
-        ForwardStats {
-            url: self.endpoint.url().to_string(),
-            format: self.format.as_str().to_string(),
-            healthy: self.endpoint.health.is_healthy(),
-            attempts: c.attempts.load(Ordering::Relaxed),
-            retries: c.retries.load(Ordering::Relaxed),
-            delivered_requests: c.delivered.load(Ordering::Relaxed),
-            rejected_requests: c.rejected.load(Ordering::Relaxed),
-            failed_requests: c.failed.load(Ordering::Relaxed),
+        let mut stats = ForwardStats {
+            url: self.url().to_string(),
             deadletter_messages,
             in_flight_packets: self.in_flight as u64,
+            ..ForwardStats::default()
+        };
+        match &self.backend {
+            Backend::Http {
+                endpoint, format, ..
+            } => {
+                let c = &endpoint.counters;
+                stats.format = format.as_str().to_string();
+                stats.healthy = endpoint.health.is_healthy();
+                stats.attempts = c.attempts.load(Ordering::Relaxed);
+                stats.retries = c.retries.load(Ordering::Relaxed);
+                stats.delivered_requests = c.delivered.load(Ordering::Relaxed);
+                stats.rejected_requests = c.rejected.load(Ordering::Relaxed);
+                stats.failed_requests = c.failed.load(Ordering::Relaxed);
+            }
+            Backend::Process { sink, .. } => {
+                stats.format = "ndjson".to_string();
+                if let Some(sink) = sink {
+                    let c = &sink.counters;
+                    stats.healthy = *sink.health.borrow();
+                    stats.lines = c.lines.load(Ordering::Relaxed);
+                    stats.restarts = c.restarts.load(Ordering::Relaxed);
+                    stats.failed_packets = c.failed.load(Ordering::Relaxed);
+                }
+            }
         }
+        stats
     }
 }
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
         self.cancel.cancel();
-        self.probes.abort();
+        if let Backend::Http { probes, .. } = &self.backend {
+            probes.abort();
+        }
     }
 }
 

@@ -14,9 +14,23 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use logdist_testing::{wait_until, Process};
+use logdist_testing::{wait_until, workspace_root, Process};
 
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// `$LOGDIST_PYTHON`, else the venv `make tools` builds.
+pub fn python() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("LOGDIST_PYTHON") {
+        return path.into();
+    }
+    let venv = workspace_root().join(".tools/venv/bin/python");
+    assert!(
+        venv.is_file(),
+        "no {}: run `make tools` (or set LOGDIST_PYTHON)",
+        venv.display()
+    );
+    venv
+}
 
 /// What a test endpoint received, and how it answers.
 #[derive(Debug, Default)]

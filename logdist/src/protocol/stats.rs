@@ -187,7 +187,8 @@ pub struct AnalyzerStats {
     pub forward: Option<ForwardStats>,
 }
 
-/// The requests of an HTTP analyzer to its endpoint, cumulative since it started.
+/// What an HTTP analyzer sent to its endpoint (or a process analyzer to its child), cumulative
+/// since it started. `url` is the endpoint, or `exec: <command>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ForwardStats {
@@ -210,6 +211,12 @@ pub struct ForwardStats {
     pub deadletter_messages: u64,
     /// Packets sent to the endpoint and not settled yet (gauge).
     pub in_flight_packets: u64,
+    /// Process analyzers (`--exec`): lines written to the child.
+    pub lines: u64,
+    /// Process analyzers: children started again after one ended.
+    pub restarts: u64,
+    /// Process analyzers: packets the child did not take (or acknowledge) before it ended.
+    pub failed_packets: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
