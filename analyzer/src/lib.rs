@@ -31,4 +31,5 @@ mod work;
 
 pub use analysis::{Analysis, PacketMeta, PacketOutcome};
 pub use config::AnalyzerConfig;
+pub use forward::ForwardFormat;
 pub use service::{run, ServiceError};

@@ -145,6 +145,19 @@ pub struct RunArgs {
     #[arg(long, env = "DISTRIBUTOR_HTTP", value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
 
+    /// With --http: the old service's analyzers register with `POST /analyzer/register
+    /// {"id","weight","port"}`, and every replica bridges them: their messages are POSTed, one
+    /// per request as `{"data": …}`, to `http://<this host>:<port>/message/process`. Default: the
+    /// address the registration came from. See docs/analyzer.md.
+    #[arg(long, env = "DISTRIBUTOR_BRIDGE_HOST", value_name = "HOST")]
+    pub bridge_host: Option<String>,
+
+    /// With --http: the KV bucket of the old service's analyzer registrations (one key per
+    /// analyzer id), shared by the replicas; a restarted distributor resumes them from it.
+    #[arg(long, env = "DISTRIBUTOR_REGISTRATIONS_BUCKET", value_name = "BUCKET",
+          default_value = logdist_http::DEFAULT_REGISTRATIONS_BUCKET)]
+    pub registrations_bucket: String,
+
     /// Largest HTTP request body, in bytes, also after gzip decompression (413 above). The
     /// default is 8 MiB.
     #[arg(long, env = "DISTRIBUTOR_HTTP_MAX_BODY_BYTES", value_name = "BYTES",

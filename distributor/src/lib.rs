@@ -25,11 +25,14 @@
 //! - `at_least_once`: a JetStream consumer, requests to analyzers, ack after their reply.
 //!
 //! The async shell: `service` (the wiring of `distributor run` and the choice of mode, [`run`]),
-//! `stats_publisher` and `membership_mirror` (KV writers), `config` (the command line, [`Cli`]).
+//! `stats_publisher` and `membership_mirror` (KV writers), `config` (the command line, [`Cli`]),
+//! `bridges` (the old service's analyzers registered over HTTP, each bridged by an in-process
+//! HTTP analyzer).
 
 mod affinity;
 mod at_least_once;
 mod at_most_once;
+mod bridges;
 mod config;
 mod core;
 mod hold_queue;

@@ -1,6 +1,7 @@
 //! The running distributor (`distributor run`), wiring only: connects, opens the buckets,
 //! subscribes to the control subject, seeds the [`Distributor`] core from the membership bucket,
-//! starts the HTTP gateway and the KV writers, runs the delivery mode chosen by `--delivery`
+//! starts the HTTP gateway (with the bridges of the old service's registered analyzers,
+//! [`crate::bridges`]) and the KV writers, runs the delivery mode chosen by `--delivery`
 //! ([`crate::at_most_once`] or [`crate::at_least_once`]), and at shutdown finishes the gateway,
 //! flushes and writes the final stats. KV writes (stats, membership mirror) go to tasks of their
 //! own so a KV round trip never stalls routing.
@@ -13,11 +14,15 @@ use logdist::protocol::stats::distributor_key;
 use logdist::{open_or_create_bucket, ConnectError};
 use tokio_util::sync::CancellationToken;
 
+use crate::bridges::{self, BridgeSettings};
 use crate::config::{Delivery, RunArgs};
 use crate::core::{Distributor, ModeStats, RunError, FINAL_WRITE_TIMEOUT};
 use crate::membership_mirror::{read_members, MembershipMirror};
 use crate::stats_publisher::StatsPublisher;
 use crate::{at_least_once, at_most_once};
+
+/// Heartbeat interval of the bridges of registered analyzers.
+const BRIDGE_HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the distributor until `shutdown` is cancelled, then shuts down cleanly.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
@@ -73,9 +78,17 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
 
     // The HTTP gateway publishes to the ingest subject like any agent, so its packets take the
     // same path; it stops taking requests at shutdown, before the ingest side drains.
+    // With it come the old service's analyzer registrations, which every replica bridges.
+    let mut routing_shutdown = shutdown.clone();
     let http = match args.http {
-        Some(listen) => Some(
-            logdist_http::start(
+        Some(listen) => {
+            let registrations = open_or_create_bucket(
+                &js,
+                &args.registrations_bucket,
+                "logdist: the old service's analyzers registered over HTTP (one key per id)",
+            )
+            .await?;
+            let gateway = logdist_http::start_with_registrations(
                 logdist_http::GatewayConfig {
                     listen,
                     names: names.clone(),
@@ -85,11 +98,28 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
                 },
                 client.clone(),
                 shutdown.child_token(),
+                Some(logdist_http::Registrations {
+                    store: registrations.clone(),
+                    bridge_host: args.bridge_host.clone(),
+                }),
             )
-            .await?,
-        ),
+            .await?;
+            routing_shutdown = bridges::spawn(
+                registrations,
+                BridgeSettings {
+                    nats: args.nats.clone(),
+                    names: names.clone(),
+                    instance: replica.clone(),
+                    heartbeat_interval: BRIDGE_HEARTBEAT_INTERVAL,
+                },
+                &shutdown,
+            );
+            Some(gateway)
+        }
         None => None,
     };
+    // The bridges withdraw before this replica stops routing, so it confirms their withdrawals.
+    let shutdown = routing_shutdown;
 
     let publisher = StatsPublisher::spawn(stats_kv, distributor_key(&replica));
     // Seeded analyzers are already in the bucket: mirror only what changes from now on.

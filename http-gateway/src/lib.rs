@@ -9,6 +9,7 @@
 //! | `GET /analyzer/stats` | the old service's stats view: per analyzer `id`, `weight`, `messages` |
 //! | `POST /v1/logs` | OTLP/HTTP logs, protobuf or JSON ([`otlp`]: one export request, one packet) |
 //! | `GET /healthz` | 200 while connected to NATS, 503 otherwise |
+//! | `POST /analyzer/register`, `POST /analyzer/deregister` | the old service's analyzer registration ([`registration`]) |
 //!
 //! Each accepted body is validated with the same [`PacketValidator`] as NATS ingest and published
 //! to `<ingest-subject>.http`, so it takes the same path, shares and guarantees as any packet. With
@@ -40,9 +41,16 @@ use logdist::{Names, PacketError, PacketValidator};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+mod registration;
+
+pub use registration::{Registration, Registrations, PROCESS_PATH};
+
 /// Default largest request body (after gzip decompression): 8 MiB, the distributor's default
 /// packet limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = logdist::protocol::packet::DEFAULT_MAX_PACKET_BYTES;
+
+/// Default KV bucket of the old service's analyzer registrations.
+pub const DEFAULT_REGISTRATIONS_BUCKET: &str = "analyzer_registrations";
 
 /// How the gateway is set up.
 #[derive(Debug, Clone)]
@@ -80,6 +88,7 @@ struct Gateway {
     acknowledged: bool,
     mapping: Mapping,
     counters: Arc<GatewayCounters>,
+    registrations: Option<Registrations>,
 }
 
 /// A running gateway: its bound address and a handle to wait for it after shutdown.
@@ -104,6 +113,17 @@ pub async fn start(
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> Result<RunningGateway, StartError> {
+    start_with_registrations(config, client, shutdown, None).await
+}
+
+/// [`start`], also serving the old service's `POST /analyzer/register` and
+/// `POST /analyzer/deregister`, recorded in `registrations` (the distributor bridges them).
+pub async fn start_with_registrations(
+    config: GatewayConfig,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+    registrations: Option<Registrations>,
+) -> Result<RunningGateway, StartError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError {
@@ -126,6 +146,7 @@ pub async fn start(
         acknowledged: config.acknowledged,
         mapping: config.mapping,
         counters: counters.clone(),
+        registrations,
     });
     let router = Router::new()
         .route("/message/send", post(send_one))
@@ -133,13 +154,19 @@ pub async fn start(
         .route("/v1/logs", post(otlp::export_logs))
         .route("/analyzer/stats", get(analyzer_stats))
         .route("/healthz", get(healthz))
+        .route("/analyzer/register", post(registration::register))
+        .route("/analyzer/deregister", post(registration::deregister))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(gateway);
     tracing::info!(%local_addr, acknowledged = config.acknowledged, "HTTP ingest gateway listening");
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+        // The caller's address is the default host of a registered analyzer's URL.
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
     });
     Ok(RunningGateway {
         local_addr,

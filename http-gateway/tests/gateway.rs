@@ -719,3 +719,101 @@ mod otlp {
         assert_eq!(status.code, 14);
     }
 }
+
+#[tokio::test]
+async fn old_service_registration_is_recorded_for_the_bridges() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let store = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "analyzer_registrations".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let _guard = shutdown.clone().drop_guard();
+    let running = logdist_http::start_with_registrations(
+        GatewayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            names: Names::default(),
+            max_body_bytes: 1 << 20,
+            acknowledged: false,
+            mapping: logdist::ingest_format::Mapping::default(),
+        },
+        client.clone(),
+        shutdown,
+        Some(logdist_http::Registrations {
+            store: store.clone(),
+            bridge_host: None,
+        }),
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.local_addr);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: &str| {
+        http.post(format!("{base}{path}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+
+    // The old bodies: numbers or strings.
+    let answer = post(
+        "/analyzer/register",
+        r#"{"id": 7, "weight": 0.3, "port": 5001}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["registered"], "7");
+    assert_eq!(body["url"], "http://127.0.0.1:5001/message/process");
+    let value = store.get("7").await.unwrap().expect("recorded");
+    let registration: logdist_http::Registration = serde_json::from_slice(&value).unwrap();
+    assert_eq!(
+        (
+            registration.id.as_str(),
+            registration.weight,
+            registration.url.as_str()
+        ),
+        ("7", 0.3, "http://127.0.0.1:5001/message/process")
+    );
+    let answer = post(
+        "/analyzer/register",
+        r#"{"id": "a-1", "weight": "2", "port": "80"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    for (body, field) in [
+        (r#"{"weight": 0.3, "port": 5001}"#, "id"),
+        (r#"{"id": "a.b", "weight": 0.3, "port": 5001}"#, "id"),
+        (r#"{"id": "7", "weight": -1, "port": 5001}"#, "weight"),
+        (r#"{"id": "7", "port": 5001}"#, "weight"),
+        (r#"{"id": "7", "weight": 0.3, "port": 70000}"#, "port"),
+        (r#"{"id": "7", "weight": 0.3}"#, "port"),
+    ] {
+        let answer = post("/analyzer/register", body).await.unwrap();
+        assert_eq!(answer.status(), 400, "{body}");
+        let error: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(error["field"], field, "{body}: {error}");
+    }
+    let answer = post("/analyzer/register", "not json").await.unwrap();
+    assert_eq!(answer.status(), 400);
+
+    let answer = post("/analyzer/deregister", r#"{"id": "7"}"#)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(store.get("7").await.unwrap().is_none());
+    let answer = post("/analyzer/deregister", r#"{"id": "7"}"#)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    let error: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(error["error"], "not_registered");
+}

@@ -244,7 +244,7 @@ impl Endpoint {
     }
 
     /// One health probe: `GET <health-url>` must answer 2xx; without a health URL, `HEAD <url>`
-    /// must answer anything but 5xx or 429.
+    /// must answer anything but 5xx (501, HEAD not implemented, is fine) or 429.
     pub async fn probe(&self) -> (bool, String) {
         let (request, by_health_url) = match &self.settings.health_url {
             Some(url) => (self.client.get(url), true),
@@ -256,7 +256,9 @@ impl Endpoint {
                 let ok = if by_health_url {
                     status.is_success()
                 } else {
-                    classify(status.as_u16()) != Answer::Retry
+                    // 501: a server that does not implement HEAD (Python's http.server) is up.
+                    status == StatusCode::NOT_IMPLEMENTED
+                        || classify(status.as_u16()) != Answer::Retry
                 };
                 (ok, format!("probe answered HTTP {}", status_text(status)))
             }
