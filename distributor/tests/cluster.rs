@@ -39,23 +39,8 @@ async fn start(analyzer_flags: &[&str], stats_leader_dies: bool) -> Cluster {
             .collect::<Vec<_>>()
             .join(",")
     };
-    // The buckets are created with 1 replica by whichever process comes first; here they are
-    // made with 3 first, so losing a node cannot take the stats (the test's measure) with it.
     let js = jetstream(&cluster.url(0)).await;
-    for bucket in [
-        logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET,
-        logdist::protocol::names::DEFAULT_STATS_BUCKET,
-    ] {
-        js.create_key_value(kv::Config {
-            bucket: bucket.to_string(),
-            history: 1,
-            num_replicas: 3,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("create bucket {bucket}: {e}"));
-    }
+    create_replicated_buckets(&js).await;
 
     let replicas = ["--stream-replicas", "3"];
     let distributors = vec![

@@ -275,23 +275,8 @@ async fn replica_killed_analyzer_hung_then_gone_and_leader_node_killed_lose_noth
             .collect::<Vec<_>>()
             .join(",")
     };
-    // The buckets with 3 replicas before any process creates them with 1: losing a node must
-    // not take the stats (the analyzers' checkpoints, agent-sim's measure) with it.
     let js = jetstream(&cluster.url(0)).await;
-    for bucket in [
-        logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET,
-        logdist::protocol::names::DEFAULT_STATS_BUCKET,
-    ] {
-        js.create_key_value(kv::Config {
-            bucket: bucket.to_string(),
-            history: 1,
-            num_replicas: 3,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("create bucket {bucket}: {e}"));
-    }
+    create_replicated_buckets(&js).await;
     let replicas = ["--stream-replicas", "3"];
     let mut d1 = distributor(&all_from(0), "d1", Delivery::AtLeastOnce, &replicas);
     let mut d2 = distributor(&all_from(1), "d2", Delivery::AtLeastOnce, &replicas);

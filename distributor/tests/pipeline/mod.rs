@@ -113,6 +113,26 @@ pub async fn jetstream(url: &str) -> jetstream::Context {
     jetstream::new(client)
 }
 
+/// Creates the membership and stats buckets with 3 replicas on a cluster, before any process
+/// creates them with 1: losing a node must not take the stats (the analyzers' checkpoints, the
+/// tests' measure) with it.
+pub async fn create_replicated_buckets(js: &jetstream::Context) {
+    for bucket in [
+        logdist::protocol::names::DEFAULT_MEMBERSHIP_BUCKET,
+        logdist::protocol::names::DEFAULT_STATS_BUCKET,
+    ] {
+        js.create_key_value(jetstream::kv::Config {
+            bucket: bucket.to_string(),
+            history: 1,
+            num_replicas: 3,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create bucket {bucket}: {e}"));
+    }
+}
+
 /// Waits until analyzer `id` has counted (and checkpointed) at least `messages` messages.
 pub async fn wait_analyzed(stats: &async_nats::jetstream::kv::Store, id: &str, messages: u64) {
     wait_until(
