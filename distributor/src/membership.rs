@@ -15,15 +15,39 @@
 //!   does not flap with every heartbeat.
 //! - Analyzers read from the KV bucket at start are *provisional*: routed to at once, but dropped
 //!   unless a heartbeat confirms them within the timeout.
+//! - A heartbeat whose weight is over the operator's cap (`--max-weight`) is refused whole, like
+//!   an invalid one: it changes nothing (not even the instance's deadline) and is counted in
+//!   `bad_heartbeats`, so no analyzer can claim nearly all traffic, by mistake or on purpose.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use logdist::protocol::control::{ControlError, ControlMessage, Heartbeat, Withdraw};
+use logdist::protocol::control::{ControlError, ControlMessage, Heartbeat, Withdraw, MAX_WEIGHT};
 use logdist::protocol::stats::{unix_millis_now, MemberRecord};
 
 /// Default `--heartbeat-timeout-factor`.
 pub const DEFAULT_TIMEOUT_FACTOR: u32 = 3;
+
+/// Why a control message was refused (and counted in `bad_heartbeats`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// It breaks the wire contract (`logdist::control`).
+    #[error(transparent)]
+    Invalid(#[from] ControlError),
+    /// A valid weight, but over this distributor's `--max-weight`.
+    #[error("analyzer {id:?} announces weight {weight}, over the cap of this distributor (--max-weight {cap}); heartbeat refused")]
+    OverWeightCap { id: String, weight: f64, cap: f64 },
+}
+
+impl Refusal {
+    /// Stable short name for logs and counters.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Invalid(e) => e.code(),
+            Refusal::OverWeightCap { .. } => "over_weight_cap",
+        }
+    }
+}
 
 /// A change the event loop must act on.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,20 +131,37 @@ impl Analyzer {
 #[derive(Debug)]
 pub struct Membership {
     factor: u32,
+    max_weight: f64,
     analyzers: BTreeMap<String, Analyzer>,
     next_seen: u64,
     bad_heartbeats: u64,
 }
 
 impl Membership {
-    /// An empty table; instances time out after `factor ×` their announced interval.
+    /// An empty table; instances time out after `factor ×` their announced interval. Weights are
+    /// capped at the protocol's [`MAX_WEIGHT`] until [`with_max_weight`](Self::with_max_weight).
     pub fn new(factor: u32) -> Self {
         Membership {
             factor: factor.max(1),
+            max_weight: MAX_WEIGHT,
             analyzers: BTreeMap::new(),
             next_seen: 0,
             bad_heartbeats: 0,
         }
+    }
+
+    /// Refuses heartbeats (and skips bucket records) announcing more than `cap` (clamped to
+    /// `(0, MAX_WEIGHT]`; the CLI checks the flag).
+    pub fn with_max_weight(mut self, cap: f64) -> Self {
+        if cap.is_finite() && cap > 0.0 {
+            self.max_weight = cap.min(MAX_WEIGHT);
+        }
+        self
+    }
+
+    /// The weight cap in force.
+    pub fn max_weight(&self) -> f64 {
+        self.max_weight
     }
 
     fn timeout(&self, interval_ms: u64) -> Duration {
@@ -140,6 +181,7 @@ impl Membership {
         for record in records {
             let valid = logdist::protocol::control::validate_name("id", &record.id).is_ok()
                 && logdist::protocol::control::validate_weight(record.weight).is_ok()
+                && record.weight <= self.max_weight
                 && (logdist::protocol::control::MIN_INTERVAL_MS
                     ..=logdist::protocol::control::MAX_INTERVAL_MS)
                     .contains(&record.interval_ms)
@@ -182,10 +224,26 @@ impl Membership {
         events
     }
 
-    /// Parses and validates one control-subject payload, for [`apply`](Self::apply). A rejected
-    /// payload is counted in [`bad_heartbeats`](Self::bad_heartbeats) and returned as the error.
-    pub fn parse_payload(&mut self, payload: &[u8]) -> Result<ControlMessage, ControlError> {
-        ControlMessage::parse(payload).inspect_err(|_| self.bad_heartbeats += 1)
+    /// Parses and validates one control-subject payload, and checks it against the weight cap,
+    /// for [`apply`](Self::apply). A refused payload is counted in
+    /// [`bad_heartbeats`](Self::bad_heartbeats) and returned as the error.
+    pub fn parse_payload(&mut self, payload: &[u8]) -> Result<ControlMessage, Refusal> {
+        self.check(payload)
+            .inspect_err(|_| self.bad_heartbeats += 1)
+    }
+
+    fn check(&self, payload: &[u8]) -> Result<ControlMessage, Refusal> {
+        let message = ControlMessage::parse(payload)?;
+        if let ControlMessage::Up(hb) = &message {
+            if hb.weight > self.max_weight {
+                return Err(Refusal::OverWeightCap {
+                    id: hb.id.clone(),
+                    weight: hb.weight,
+                    cap: self.max_weight,
+                });
+            }
+        }
+        Ok(message)
     }
 
     /// Applies one valid control message.
@@ -528,6 +586,57 @@ mod tests {
         let message = m.parse_payload(ok).unwrap();
         assert_eq!(m.apply(message, t0).len(), 1);
         assert_eq!(m.bad_heartbeats(), 5);
+    }
+
+    #[test]
+    fn a_heartbeat_over_the_cap_is_refused_with_its_reason_and_changes_nothing() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(3).with_max_weight(10.0);
+        assert_eq!(m.max_weight(), 10.0);
+        let at_cap = br#"{"id":"1","weight":10,"instance":"a","state":"up","interval_ms":100}"#;
+        let message = m.parse_payload(at_cap).unwrap();
+        m.apply(message, t0);
+        let over = br#"{"id":"1","weight":10.5,"instance":"a","state":"up","interval_ms":100}"#;
+        let refusal = m.parse_payload(over).unwrap_err();
+        assert_eq!(refusal.code(), "over_weight_cap");
+        assert_eq!(
+            refusal.to_string(),
+            r#"analyzer "1" announces weight 10.5, over the cap of this distributor (--max-weight 10); heartbeat refused"#
+        );
+        assert_eq!(m.bad_heartbeats(), 1);
+        assert_eq!(online(&m), vec![("1".to_string(), 10.0)]);
+        // Refused whole: it does not keep the instance alive either.
+        assert_eq!(m.expire(t0 + ms(300)).len(), 1);
+        // A withdrawal carries no weight and is never capped.
+        let down = br#"{"id":"1","instance":"a","state":"down"}"#;
+        assert!(m.parse_payload(down).is_ok());
+        // Contract violations keep their own codes; the cap never exceeds the protocol's.
+        let huge = br#"{"id":"1","weight":2e6,"instance":"a","state":"up","interval_ms":100}"#;
+        assert_eq!(m.parse_payload(huge).unwrap_err().code(), "bad_weight");
+        assert_eq!(
+            Membership::new(3).with_max_weight(1e9).max_weight(),
+            MAX_WEIGHT
+        );
+        assert_eq!(
+            Membership::new(3).with_max_weight(f64::NAN).max_weight(),
+            MAX_WEIGHT
+        );
+    }
+
+    #[test]
+    fn bucket_records_over_the_cap_are_not_seeded() {
+        let mut m = Membership::new(3).with_max_weight(1.0);
+        let record = |id: &str, weight: f64| MemberRecord {
+            id: id.into(),
+            weight,
+            instances: vec!["x".into()],
+            interval_ms: 100,
+            since_ms: 0,
+            updated_at_ms: 0,
+        };
+        let events = m.seed(&[record("1", 1.0), record("2", 5.0)], Instant::now());
+        assert_eq!(events.len(), 1);
+        assert_eq!(online(&m), vec![("1".to_string(), 1.0)]);
     }
 
     #[test]
