@@ -11,6 +11,7 @@ use logdist::ingest_format::{parse_severity, FieldAssignment, FormatRule, Mappin
 use logdist::{Names, NatsArgs, Severity};
 
 use crate::affinity::AffinityKey;
+pub use crate::auth::AuthArgs;
 use crate::hold_queue::{DEFAULT_MAX_BYTES, DEFAULT_MAX_PACKETS};
 use crate::membership::DEFAULT_TIMEOUT_FACTOR;
 
@@ -52,6 +53,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print the routing shares of all replicas from the KV buckets.
     Stats(StatsArgs),
+    /// Write the NATS users of analyzer ids (one user per id, allowed to speak only as itself)
+    /// into a nats-server config, or print them. See docs/security.md.
+    Auth(AuthArgs),
 }
 
 /// Flags of `distributor run`.
@@ -81,6 +85,15 @@ pub struct RunArgs {
           default_value_t = DEFAULT_TIMEOUT_FACTOR,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub heartbeat_timeout_factor: u32,
+
+    /// Largest weight an analyzer may announce. A heartbeat above it is refused: logged with the
+    /// reason (`over_weight_cap`), counted in the stats' `bad_heartbeats`, and it changes
+    /// nothing (an instance that keeps announcing too much times out). Set it to what your
+    /// analyzers really use (e.g. 10 for weights like 0.4 or 3), so that no analyzer can claim
+    /// nearly all logs by mistake. Default: the protocol's limit, 1000000.
+    #[arg(long, env = "DISTRIBUTOR_MAX_WEIGHT", value_name = "WEIGHT",
+          default_value_t = logdist::protocol::control::MAX_WEIGHT, value_parser = parse_max_weight)]
+    pub max_weight: f64,
 
     /// Most packets held while no analyzer is online; beyond it packets are dead-lettered
     /// (`no_analyzer_online`).
@@ -354,6 +367,15 @@ fn parse_replica_id(raw: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+fn parse_max_weight(raw: &str) -> Result<f64, String> {
+    let weight: f64 = raw
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a number (e.g. 10)"))?;
+    logdist::protocol::control::validate_weight(weight)
+        .map(|()| weight)
+        .map_err(|e| e.to_string())
+}
+
 fn parse_duration_in(raw: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     let d = humantime::parse_duration(raw)
         .map_err(|e| format!("{raw:?} is not a duration like 500ms or 2s: {e}"))?;
@@ -477,6 +499,7 @@ mod tests {
                 assert_eq!(args.hold_max_packets, 5);
                 assert_eq!(args.stats_interval, Duration::from_secs(1));
                 assert_eq!(args.heartbeat_timeout_factor, 3);
+                assert_eq!(args.max_weight, logdist::protocol::control::MAX_WEIGHT);
                 assert_eq!(args.delivery, Delivery::AtMostOnce);
                 assert_eq!(args.affinity, AffinityKey::None);
                 assert_eq!(args.affinity_slack, 0.01);
@@ -523,6 +546,9 @@ mod tests {
             &["distributor", "--retry-delay", "0s"],
             &["distributor", "--retry-max-delay", "soon"],
             &["distributor", "--reconnect-grace", "-1s"],
+            &["distributor", "--max-weight", "0"],
+            &["distributor", "--max-weight", "2e6"],
+            &["distributor", "--max-weight", "lots"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

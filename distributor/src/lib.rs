@@ -14,7 +14,9 @@
 //! - `hold_queue`: [`HoldQueue`], the bounded FIFO used while no analyzer is online;
 //! - `outgoing`: a validated packet and the headers it is forwarded with;
 //! - `redelivery`: at-least-once's retry delays, and whose fault a failed delivery is;
-//! - `report`: the `distributor stats` table.
+//! - `report`: the `distributor stats` table;
+//! - `auth`: `distributor auth`, the NATS users of analyzer ids rendered from a template
+//!   ([`run_auth`]).
 //!
 //! The core both delivery modes share, `core`: validation and dead letters, control messages
 //! and membership events, expiry, the stats snapshot, and the `biased` order of the event loop.
@@ -32,6 +34,7 @@
 mod affinity;
 mod at_least_once;
 mod at_most_once;
+mod auth;
 mod bridges;
 mod config;
 mod core;
@@ -50,6 +53,7 @@ pub use affinity::{
     AffinityKey, AffinityRule, Choice, KeyCensus, KeyExtractor, KeyHash, ParseAffinityKeyError,
     DEFAULT_SLACK, MAX_COUNTED_KEYS,
 };
+pub use auth::{run as run_auth, AuthArgs, AuthError};
 pub use config::{Cli, Command, RunArgs, StatsArgs, DEFAULT_INGEST_BUFFER};
 pub use core::RunError;
 pub use hold_queue::HoldQueue;

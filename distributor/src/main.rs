@@ -32,6 +32,10 @@ fn run(command: Command) -> anyhow::Result<()> {
     let threads = match &command {
         Command::Run(args) => args.worker_threads,
         Command::Stats(_) => Some(1),
+        // Files only: no runtime, no NATS.
+        Command::Auth(args) => {
+            return distributor::run_auth(args).context("distributor auth failed");
+        }
     };
     let runtime = logdist::build_runtime(threads).context("cannot start the async runtime")?;
     runtime.block_on(async move {
@@ -43,6 +47,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Command::Stats(args) => distributor::run_stats(args, shutdown)
                 .await
                 .context("distributor stats failed"),
+            Command::Auth(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }

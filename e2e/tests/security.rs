@@ -10,9 +10,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use common::{check_config, password_env, repo_file, Role, SecureServer};
 use futures::StreamExt;
-use logdist_testing::{
-    agent_sim_report, kv_keys, wait_until, AgentSimOptions, Delivery, DistributorOptions, Process,
-};
+use logdist_testing::{kv_keys, wait_until, Process};
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -72,36 +70,35 @@ fn heartbeat(id: &str) -> Bytes {
 async fn an_agent_publishes_log_packets_and_nothing_else() {
     let server = SecureServer::start();
     let url = server.url();
-    let env = server.env(Role::Distributor);
-    let _distributor = Process::spawn(
+    let _distributor = server.spawn(
         "distributor",
         &["run", "--nats-url", &url, "--replica-id", "d1"],
-        &[(env[0].0, &env[0].1), (env[1].0, &env[1].1)],
+        Role::Distributor,
     );
     let (viewer, _) = server.connect(Role::Viewer).await;
     let viewer_js = jetstream::new(viewer);
     let (agent, agent_errors) = server.connect(Role::Agent).await;
-    let (analyzer, analyzer_errors) = server.connect(Role::Analyzer).await;
+    let (analyzer, analyzer_errors) = server.connect(Role::Analyzer("1")).await;
 
     // No forged analyzer: an agent's heartbeat is refused by the server and never reaches the
-    // distributor, while the same heartbeat from an analyzer does.
+    // distributor, while the same heartbeat from analyzer 1's user does.
     agent
-        .publish("logdist.control", heartbeat("forged"))
+        .publish("logdist.control.1", heartbeat("1"))
         .await
         .unwrap();
     agent.flush().await.unwrap();
     agent_errors
-        .expect_violation("publish", "logdist.control")
+        .expect_violation("publish", "logdist.control.1")
         .await;
     // The server logs it too (the pipeline test relies on that log).
     let logged = server.violations_in_log();
     assert!(
-        logged.iter().any(|l| l.contains("logdist.control")),
+        logged.iter().any(|l| l.contains("logdist.control.1")),
         "{}",
         server.server.log()
     );
     let mut analyzer_sub = analyzer
-        .queue_subscribe("analyzer.real", "analyzer.real".into())
+        .queue_subscribe("analyzer.1", "analyzer.1".into())
         .await
         .unwrap();
     // Heartbeat until the distributor has it, as a real analyzer does: a single heartbeat sent
@@ -114,21 +111,19 @@ async fn an_agent_publishes_log_packets_and_nothing_else() {
             let analyzer = analyzer.clone();
             async move {
                 analyzer
-                    .publish("logdist.control", heartbeat("real"))
+                    .publish("logdist.control.1", heartbeat("1"))
                     .await
                     .unwrap();
-                kv_keys(&js, "analyzers")
-                    .await
-                    .contains(&"real".to_string())
+                kv_keys(&js, "analyzers").await.contains(&"1".to_string())
             }
         },
     )
     .await;
-    assert_eq!(kv_keys(&viewer_js, "analyzers").await, vec!["real"]);
+    assert_eq!(kv_keys(&viewer_js, "analyzers").await, vec!["1"]);
 
     // The agent cannot listen to analyzer traffic, to other agents' logs, or to replies.
     let mut spies = Vec::new();
-    for subject in ["analyzer.*", "analyzer.real", "logs.ingest.>", "_INBOX.>"] {
+    for subject in ["analyzer.*", "analyzer.1", "logs.ingest.>", "_INBOX.>"] {
         spies.push(agent.subscribe(subject).await.unwrap());
         agent_errors.expect_violation("subscription", subject).await;
     }
@@ -160,13 +155,18 @@ async fn an_agent_publishes_log_packets_and_nothing_else() {
 }
 
 #[tokio::test]
-async fn an_analyzer_cannot_feed_analyzers_or_ingest_but_can_reply_and_heartbeat() {
+async fn an_analyzer_user_acts_only_as_its_own_id() {
     let server = SecureServer::start();
-    let (analyzer, errors) = server.connect(Role::Analyzer).await;
-    let (watcher, _) = server.connect(Role::Analyzer).await;
+    let (analyzer, errors) = server.connect(Role::Analyzer("1")).await;
+    let (other, other_errors) = server.connect(Role::Analyzer("2")).await;
     let (distributor, distributor_errors) = server.connect(Role::Distributor).await;
     let (agent, _) = server.connect(Role::Agent).await;
-    let mut on_analyzers = watcher.subscribe("analyzer.>").await.unwrap();
+    // Observers, each with the one permission to see what lands where it must not.
+    let mut on_analyzer_2 = other
+        .queue_subscribe("analyzer.2", "analyzer.2".into())
+        .await
+        .unwrap();
+    let mut on_control = distributor.subscribe("logdist.control.*").await.unwrap();
     let mut on_ingest = distributor
         .queue_subscribe("logs.ingest.>", "distributors".into())
         .await
@@ -175,24 +175,43 @@ async fn an_analyzer_cannot_feed_analyzers_or_ingest_but_can_reply_and_heartbeat
         .queue_subscribe("logs.ingest", "distributors".into())
         .await
         .unwrap();
-    watcher.flush().await.unwrap();
+    other.flush().await.unwrap();
     distributor.flush().await.unwrap();
 
-    for subject in ["analyzer.2", "logs.ingest", "logs.ingest.x"] {
-        analyzer.publish(subject, "forged".into()).await.unwrap();
+    // It cannot speak for analyzer 2 (nor on the old shared control subject), feed analyzers,
+    // or publish logs.
+    for subject in [
+        "logdist.control.2",
+        "logdist.control",
+        "analyzer.2",
+        "analyzer.1",
+        "logs.ingest",
+        "logs.ingest.x",
+    ] {
+        analyzer.publish(subject, heartbeat("2")).await.unwrap();
         analyzer.flush().await.unwrap();
         errors.expect_violation("publish", subject).await;
     }
     // Allowed publishers go through; the first message each observer sees is theirs, so the
     // forged ones never arrived.
+    other
+        .publish("logdist.control.2", heartbeat("2"))
+        .await
+        .unwrap();
     distributor
         .publish("analyzer.2", "routed".into())
         .await
         .unwrap();
     agent.publish("logs.ingest.x", "log".into()).await.unwrap();
     agent.publish("logs.ingest", "log".into()).await.unwrap();
+    let control = tokio::time::timeout(Duration::from_secs(5), on_control.next())
+        .await
+        .expect("analyzer 2's heartbeat")
+        .unwrap();
+    assert_eq!(control.subject.as_str(), "logdist.control.2");
+    assert_eq!(control.payload, heartbeat("2"));
     assert_eq!(
-        next_payload(&mut on_analyzers, "analyzer.2").await,
+        next_payload(&mut on_analyzer_2, "analyzer.2").await,
         "routed"
     );
     assert_eq!(next_payload(&mut on_ingest, "logs.ingest.x").await, "log");
@@ -201,23 +220,67 @@ async fn an_analyzer_cannot_feed_analyzers_or_ingest_but_can_reply_and_heartbeat
         "log"
     );
 
-    // It cannot read the ingest subjects, nor write the membership bucket.
-    let _spy = analyzer.subscribe("logs.ingest.>").await.unwrap();
-    errors
-        .expect_violation("subscription", "logs.ingest.>")
-        .await;
-    analyzer
-        .publish("$KV.analyzers.9", "{}".into())
+    // It cannot receive another analyzer's packets or confirmations, copy its own packets
+    // outside its queue group, read the ingest subjects, or read other clients' replies.
+    let mut spies = Vec::new();
+    for (subject, queue) in [
+        ("analyzer.2", Some("analyzer.2")),
+        ("analyzer.2", None),
+        ("analyzer.>", None),
+        ("analyzer.2.withdrawn", None),
+        ("analyzer.1", None),
+        ("logs.ingest.>", None),
+        ("_INBOX.>", None),
+    ] {
+        let sub = match queue {
+            Some(q) => analyzer.queue_subscribe(subject, q.into()).await,
+            None => analyzer.subscribe(subject).await,
+        };
+        spies.push(sub.unwrap());
+        errors.expect_violation("subscription", subject).await;
+    }
+    // Nor write the membership bucket or another analyzer's counters.
+    for subject in ["$KV.analyzers.1", "$KV.logdist_stats.analyzer.2.i2"] {
+        analyzer.publish(subject, "{}".into()).await.unwrap();
+        errors.expect_violation("publish", subject).await;
+    }
+    distributor
+        .publish("analyzer.2", "second".into())
         .await
         .unwrap();
-    errors.expect_violation("publish", "$KV.analyzers.9").await;
+    assert_eq!(
+        next_payload(&mut on_analyzer_2, "analyzer.2").await,
+        "second"
+    );
+    for spy in &mut spies {
+        assert!(tokio::time::timeout(SHORT, spy.next()).await.is_err());
+    }
 
-    // What it needs works: receive a request and reply to it (the at-least-once ack path).
+    // What it needs works: its own subjects, and a reply to a request (the at-least-once ack
+    // path).
+    let mut confirmations = analyzer.subscribe("analyzer.1.withdrawn").await.unwrap();
     let mut requests = analyzer
-        .queue_subscribe("analyzer.7", "analyzer.7".into())
+        .queue_subscribe("analyzer.1", "analyzer.1".into())
+        .await
+        .unwrap();
+    analyzer
+        .publish("logdist.control.1", heartbeat("1"))
         .await
         .unwrap();
     analyzer.flush().await.unwrap();
+    let control = tokio::time::timeout(Duration::from_secs(5), on_control.next())
+        .await
+        .expect("analyzer 1's heartbeat")
+        .unwrap();
+    assert_eq!(control.subject.as_str(), "logdist.control.1");
+    distributor
+        .publish("analyzer.1.withdrawn", "confirmed".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_payload(&mut confirmations, "analyzer.1.withdrawn").await,
+        "confirmed"
+    );
     let responder = tokio::spawn({
         let analyzer = analyzer.clone();
         async move {
@@ -236,7 +299,7 @@ async fn an_analyzer_cannot_feed_analyzers_or_ingest_but_can_reply_and_heartbeat
     // permission.
     let mut reply = None;
     for _ in 0..3 {
-        if let Ok(r) = distributor.request("analyzer.7", "packet".into()).await {
+        if let Ok(r) = distributor.request("analyzer.1", "packet".into()).await {
             reply = Some(r);
             break;
         }
@@ -249,13 +312,14 @@ async fn an_analyzer_cannot_feed_analyzers_or_ingest_but_can_reply_and_heartbeat
         "{:?}",
         distributor_errors.all()
     );
+    assert!(other_errors.all().is_empty(), "{:?}", other_errors.all());
 }
 
 #[tokio::test]
 async fn a_viewer_reads_the_buckets_and_cannot_change_anything() {
     let server = SecureServer::start();
     let (distributor, distributor_errors) = server.connect(Role::Distributor).await;
-    let (analyzer, analyzer_errors) = server.connect(Role::Analyzer).await;
+    let (analyzer, analyzer_errors) = server.connect(Role::Analyzer("1")).await;
     let djs = jetstream::new(distributor);
     // The distributor creates both buckets and writes its keys; the analyzer writes its own.
     let members = logdist::open_or_create_bucket(&djs, "analyzers", "test")
@@ -275,13 +339,20 @@ async fn a_viewer_reads_the_buckets_and_cannot_change_anything() {
         .put("analyzer.1.i1", r#"{"id":"1"}"#.into())
         .await
         .unwrap();
-    // … and only its own: not a distributor's key.
+    // … and only its own: not a distributor's key, nor another analyzer's.
     assert!(analyzer_stats
         .put("distributor.d1", "{}".into())
         .await
         .is_err());
     analyzer_errors
         .expect_violation("publish", "$KV.logdist_stats.distributor.d1")
+        .await;
+    assert!(analyzer_stats
+        .put("analyzer.2.i2", "{}".into())
+        .await
+        .is_err());
+    analyzer_errors
+        .expect_violation("publish", "$KV.logdist_stats.analyzer.2.i2")
         .await;
 
     let (viewer, errors) = server.connect(Role::Viewer).await;
@@ -402,10 +473,12 @@ async fn the_distributor_role_covers_the_at_least_once_stream_and_no_more() {
 
     // A distributor cannot forge heartbeats, write an analyzer's counters or delete the stream.
     distributor
-        .publish("logdist.control", heartbeat("forged"))
+        .publish("logdist.control.1", heartbeat("1"))
         .await
         .unwrap();
-    errors.expect_violation("publish", "logdist.control").await;
+    errors
+        .expect_violation("publish", "logdist.control.1")
+        .await;
     distributor
         .publish("$KV.logdist_stats.analyzer.1.i1", "{}".into())
         .await
@@ -442,8 +515,7 @@ async fn an_acked_agent_publishes_through_jetstream_on_an_inbox_of_its_own() {
     let (distributor, _) = server.connect(Role::Distributor).await;
     let mut logs = create_logs(&jetstream::new(distributor)).await;
 
-    let env = server.env(Role::AckedAgent);
-    let mut sim = Process::spawn(
+    let mut sim = server.spawn(
         "agent-sim",
         &[
             "--nats-url",
@@ -458,7 +530,7 @@ async fn an_acked_agent_publishes_through_jetstream_on_an_inbox_of_its_own() {
             "2000",
             "--json",
         ],
-        &[(env[0].0, &env[0].1), (env[1].0, &env[1].1)],
+        Role::AckedAgent,
     );
     let status = sim.wait(Duration::from_secs(60)).await;
     assert!(status.success(), "{}", sim.stderr());
@@ -480,7 +552,7 @@ async fn an_acked_agent_publishes_through_jetstream_on_an_inbox_of_its_own() {
         .options()
         .custom_inbox_prefix(PREFIX)
         .user_and_password(
-            Role::AckedAgent.user().into(),
+            Role::AckedAgent.user(),
             server.password(Role::AckedAgent).into(),
         )
         .connect(&url)
@@ -497,30 +569,33 @@ async fn an_acked_agent_publishes_through_jetstream_on_an_inbox_of_its_own() {
 
 #[tokio::test]
 async fn the_pipeline_runs_with_each_role_and_loses_nothing() {
-    pipeline_with_roles(Delivery::AtMostOnce).await;
+    pipeline_with_roles("at-most-once").await;
 }
 
 #[tokio::test]
 async fn the_at_least_once_pipeline_runs_with_each_role_and_loses_nothing() {
-    pipeline_with_roles(Delivery::AtLeastOnce).await;
+    pipeline_with_roles("at-least-once").await;
 }
 
-async fn pipeline_with_roles(delivery: Delivery) {
+async fn pipeline_with_roles(delivery: &str) {
     let server = SecureServer::start();
     let url = server.url();
-    let as_env = |role: Role| server.env(role);
-    let spawn = |name: &str, args: &[&str], role: Role| {
-        let env = as_env(role);
-        Process::spawn(name, args, &[(env[0].0, &env[0].1), (env[1].0, &env[1].1)])
-    };
-    let distributor_env = as_env(Role::Distributor);
-    let _distributor = DistributorOptions::new(&url)
-        .replica("d1")
-        .stats_interval(Duration::from_millis(200))
-        .delivery(delivery)
-        .env(distributor_env[0].0, &distributor_env[0].1)
-        .env(distributor_env[1].0, &distributor_env[1].1)
-        .spawn();
+    let spawn = |name: &str, args: &[&str], role: Role| server.spawn(name, args, role);
+    let _distributor = spawn(
+        "distributor",
+        &[
+            "run",
+            "--nats-url",
+            &url,
+            "--replica-id",
+            "d1",
+            "--stats-interval",
+            "200ms",
+            "--delivery",
+            delivery,
+        ],
+        Role::Distributor,
+    );
     // Analyzers may not create buckets: start them once the distributor has.
     let (viewer, _) = server.connect(Role::Viewer).await;
     let vjs = jetstream::new(viewer);
@@ -533,7 +608,7 @@ async fn pipeline_with_roles(delivery: Delivery) {
     })
     .await;
     let _analyzers: Vec<Process> = [("1", "0.7"), ("2", "0.3")]
-        .iter()
+        .into_iter()
         .map(|(id, weight)| {
             spawn(
                 "analyzer",
@@ -549,7 +624,7 @@ async fn pipeline_with_roles(delivery: Delivery) {
                     "--report-interval",
                     "200ms",
                 ],
-                Role::Analyzer,
+                Role::Analyzer(id),
             )
         })
         .collect();
@@ -559,9 +634,11 @@ async fn pipeline_with_roles(delivery: Delivery) {
     })
     .await;
 
-    let loadtest_env = as_env(Role::Loadtest);
-    let mut sim = AgentSimOptions::new(&url)
-        .args(&[
+    let mut sim = spawn(
+        "agent-sim",
+        &[
+            "--nats-url",
+            &url,
             "--agents",
             "4",
             "--packet-size",
@@ -570,12 +647,18 @@ async fn pipeline_with_roles(delivery: Delivery) {
             "50000",
             "--count",
             "100000",
-        ])
-        .verify(Duration::from_secs(2))
-        .env(loadtest_env[0].0, &loadtest_env[0].1)
-        .env(loadtest_env[1].0, &loadtest_env[1].1)
-        .spawn();
-    let (status, report) = agent_sim_report(&mut sim, Duration::from_secs(60)).await;
+            "--verify",
+            "--quiet-period",
+            "2s",
+            "--max-loss",
+            "0",
+            "--json",
+        ],
+        Role::Loadtest,
+    );
+    let status = sim.wait(Duration::from_secs(60)).await;
+    let report: serde_json::Value = serde_json::from_str(&sim.stdout())
+        .unwrap_or_else(|e| panic!("JSON report ({e}); stderr:\n{}", sim.stderr()));
     assert!(status.success(), "verify failed: {report:#}");
     let verification = &report["verification"];
     assert_eq!(verification["lost"], 0, "{verification:#}");

@@ -9,43 +9,59 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, ConnectOptions, Event, ServerError};
-use logdist_testing::{workspace_root, NatsServer};
+use logdist_testing::{workspace_root, NatsServer, Process};
 
 /// The roles of `nats-secure.conf`: user name and the env variable its password comes from.
+/// Analyzers have one user per id (`distributor auth` writes them; the repo's file holds ids 1
+/// and 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Agent,
     AckedAgent,
-    Analyzer,
+    Analyzer(&'static str),
     Distributor,
     Viewer,
     Loadtest,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    /// The roles of the repo's `nats-secure.conf`.
+    pub const ALL: [Role; 7] = [
         Role::Agent,
         Role::AckedAgent,
-        Role::Analyzer,
+        Role::Analyzer("1"),
+        Role::Analyzer("2"),
         Role::Distributor,
         Role::Viewer,
         Role::Loadtest,
     ];
 
-    pub fn user(self) -> &'static str {
+    pub fn user(self) -> String {
         match self {
-            Role::Agent => "agent",
-            Role::AckedAgent => "acked_agent",
-            Role::Analyzer => "analyzer",
-            Role::Distributor => "distributor",
-            Role::Viewer => "viewer",
-            Role::Loadtest => "loadtest",
+            Role::Agent => "agent".into(),
+            Role::AckedAgent => "acked_agent".into(),
+            Role::Analyzer(id) => format!("analyzer-{id}"),
+            Role::Distributor => "distributor".into(),
+            Role::Viewer => "viewer".into(),
+            Role::Loadtest => "loadtest".into(),
         }
     }
 
     /// The server-side env variable holding this role's password.
     pub fn password_var(self) -> String {
-        format!("LOGDIST_{}_PASSWORD", self.user().to_uppercase())
+        format!(
+            "LOGDIST_{}_PASSWORD",
+            self.user().to_uppercase().replace('-', "_")
+        )
+    }
+
+    /// The inbox prefix the role's permissions allow, when it is not async-nats' default.
+    pub fn inbox_prefix(self) -> Option<String> {
+        match self {
+            Role::AckedAgent => Some("_INBOX_acked_agent".into()),
+            Role::Analyzer(id) => Some(format!("_INBOX_analyzer_{id}")),
+            _ => None,
+        }
     }
 }
 
@@ -54,13 +70,13 @@ pub fn repo_file(name: &str) -> PathBuf {
     workspace_root().join(name)
 }
 
-/// A password for `role`, different in every test process.
-pub fn password(role: Role) -> String {
+/// A password for env variable `var`, different in every test process.
+pub fn password(var: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("{}-{}-{nanos}", role.user(), std::process::id())
+    format!("{}-{}-{nanos}", var.to_lowercase(), std::process::id())
 }
 
 /// The `authorization { … }` block of a nats-server config, verbatim (braces counted outside
@@ -87,7 +103,8 @@ pub fn authorization_block(config: &str) -> String {
 /// A nats-server whose users and permissions are those of the repo's `nats-secure.conf`.
 pub struct SecureServer {
     pub server: NatsServer,
-    passwords: Vec<(Role, String)>,
+    /// Password by env variable name.
+    passwords: Vec<(String, String)>,
 }
 
 impl SecureServer {
@@ -104,33 +121,76 @@ impl SecureServer {
         SecureServer { server, passwords }
     }
 
+    /// Like [`SecureServer::start`], with the analyzer users of `ids` written into a copy of
+    /// `nats-secure.conf` by `distributor auth <ids> --config <copy>`, as an operator does.
+    pub fn start_with_analyzers(ids: &[&str]) -> SecureServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let copy = dir.path().join("nats-secure.conf");
+        std::fs::copy(repo_file("nats-secure.conf"), &copy).expect("copy nats-secure.conf");
+        let mut args = vec!["auth"];
+        args.extend_from_slice(ids);
+        args.push("--config");
+        args.push(copy.to_str().expect("utf-8 path"));
+        let out = std::process::Command::new(logdist_testing::binary("distributor"))
+            .args(&args)
+            .output()
+            .expect("run distributor auth");
+        assert!(
+            out.status.success(),
+            "distributor auth: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = std::fs::read_to_string(&copy).expect("read the written config");
+        let (block, passwords) = with_passwords(authorization_block(&config));
+        let server = NatsServer::with_config(&block);
+        SecureServer { server, passwords }
+    }
+
     pub fn url(&self) -> String {
         self.server.url()
     }
 
     pub fn password(&self, role: Role) -> &str {
+        let var = role.password_var();
         &self
             .passwords
             .iter()
-            .find(|(r, _)| *r == role)
-            .expect("every role has a password")
+            .find(|(v, _)| *v == var)
+            .unwrap_or_else(|| panic!("the config has no user {}", role.user()))
             .1
     }
 
-    /// `NATS_USER`/`NATS_PASSWORD` for a child process of `role`.
-    pub fn env(&self, role: Role) -> [(&'static str, String); 2] {
-        [
-            ("NATS_USER", role.user().to_string()),
+    /// `NATS_USER`/`NATS_PASSWORD` (and `NATS_INBOX_PREFIX` where the role has its own) for a
+    /// child process of `role`.
+    pub fn env(&self, role: Role) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("NATS_USER", role.user()),
             ("NATS_PASSWORD", self.password(role).to_string()),
-        ]
+        ];
+        if let Some(prefix) = role.inbox_prefix() {
+            env.push(("NATS_INBOX_PREFIX", prefix));
+        }
+        env
     }
 
-    /// Connects as `role`, recording the server's errors.
+    /// Spawns binary `name` with `args`, as `role`.
+    pub fn spawn(&self, name: &str, args: &[&str], role: Role) -> Process {
+        let env = self.env(role);
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Process::spawn(name, args, &refs)
+    }
+
+    /// Connects as `role` (on its own inbox prefix, if it has one), recording the server's
+    /// errors.
     pub async fn connect(&self, role: Role) -> (Client, ServerErrors) {
         let errors = ServerErrors::default();
-        let client = errors
+        let mut options = errors
             .options()
-            .user_and_password(role.user().into(), self.password(role).into())
+            .user_and_password(role.user(), self.password(role).into());
+        if let Some(prefix) = role.inbox_prefix() {
+            options = options.custom_inbox_prefix(prefix);
+        }
+        let client = options
             .connect(self.url())
             .await
             .unwrap_or_else(|e| panic!("connect as {}: {e}", role.user()));
@@ -149,8 +209,8 @@ impl SecureServer {
     }
 }
 
-/// An authorization block with literal passwords, and those passwords.
-type Authorization = (String, Vec<(Role, String)>);
+/// An authorization block with literal passwords, and those passwords by env variable.
+type Authorization = (String, Vec<(String, String)>);
 
 /// The authorization block of `nats-secure.conf` with literal passwords, and those passwords.
 pub fn secure_authorization() -> Authorization {
@@ -160,21 +220,52 @@ pub fn secure_authorization() -> Authorization {
         .get_or_insert_with(|| {
             let config = std::fs::read_to_string(repo_file("nats-secure.conf"))
                 .expect("read nats-secure.conf");
-            let mut block = authorization_block(&config);
-            let mut passwords = Vec::new();
+            let authorization = with_passwords(authorization_block(&config));
+            let vars: Vec<&str> = authorization.1.iter().map(|(v, _)| v.as_str()).collect();
             for role in Role::ALL {
-                let reference = format!("${}", role.password_var());
                 assert!(
-                    block.contains(&reference),
-                    "nats-secure.conf has no {reference}"
+                    vars.contains(&role.password_var().as_str()),
+                    "nats-secure.conf has no ${}",
+                    role.password_var()
                 );
-                let pw = password(role);
-                block = block.replace(&reference, &format!("{pw:?}"));
-                passwords.push((role, pw));
             }
-            (block, passwords)
+            authorization
         })
         .clone()
+}
+
+/// `block` with every `$LOGDIST_…_PASSWORD` reference replaced by a fresh password (what
+/// nats-server does with its environment), and those passwords.
+fn with_passwords(mut block: String) -> Authorization {
+    let mut passwords = Vec::new();
+    for var in password_vars(&block) {
+        let pw = password(&var);
+        block = block.replace(&format!("${var}"), &format!("{pw:?}"));
+        passwords.push((var, pw));
+    }
+    (block, passwords)
+}
+
+/// The `$LOGDIST_…_PASSWORD` variables a config refers to, outside comments, longest first (so
+/// replacing one never cuts into another).
+pub fn password_vars(config: &str) -> Vec<String> {
+    let mut vars: Vec<String> = Vec::new();
+    for line in config.lines() {
+        let code = line.split('#').next().unwrap_or_default();
+        let mut rest = code;
+        while let Some(at) = rest.find("$LOGDIST_") {
+            let name: String = rest[at + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + 1 + name.len()..];
+            if name.ends_with("_PASSWORD") && !vars.contains(&name) {
+                vars.push(name);
+            }
+        }
+    }
+    vars.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    vars
 }
 
 /// The server errors (`-ERR`) one client received, as async-nats reports them in its events.
@@ -247,6 +338,6 @@ pub fn check_config(config: &Path, env: &[(String, String)]) -> std::process::Ou
 pub fn password_env() -> Vec<(String, String)> {
     Role::ALL
         .iter()
-        .map(|r| (r.password_var(), password(*r)))
+        .map(|r| (r.password_var(), password(&r.password_var())))
         .collect()
 }
