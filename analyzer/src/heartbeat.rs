@@ -1,5 +1,8 @@
-//! Membership on the control subject: the announcement and periodic heartbeats that keep this
-//! instance in the distributors' routing, and the withdrawal that takes it out.
+//! Membership on this analyzer's control subject (`<control>.<id>`): the announcement and
+//! periodic heartbeats that keep this instance in the distributors' routing, and the withdrawal
+//! that takes it out. The subject is the analyzer's identity: distributors refuse a control
+//! message whose id is not the subject's, and the NATS server can allow each analyzer's user
+//! only its own subject (docs/security.md).
 //!
 //! Heartbeats are skipped while the client is disconnected (they would only queue up and arrive
 //! stale); the next tick after a reconnect announces the instance again, so a distributor that

@@ -186,10 +186,13 @@ pub async fn run(
     let (_always_healthy, native_health) = watch::channel(true);
     let healthy = forwarder.as_ref().map_or(native_health, |f| f.health());
 
+    // Its own control subject: the server lets this analyzer's user publish only there, and the
+    // distributors take a control message only for the id its subject names.
+    let control_subject = config.names.analyzer_control_subject(id);
     let heartbeat_stop = CancellationToken::new();
     let heartbeats = tokio::spawn(heartbeat::run_heartbeats(
         client.clone(),
-        config.names.control_subject.clone(),
+        control_subject.clone(),
         Heartbeat {
             id: id.to_string(),
             weight: config.weight,
@@ -280,13 +283,13 @@ pub async fn run(
     }
     heartbeat_stop.cancel();
     let _ = heartbeats.await;
-    let withdrawal = heartbeat::withdraw(&client, &config.names.control_subject, id, instance);
+    let withdrawal = heartbeat::withdraw(&client, &control_subject, id, instance);
     match tokio::time::timeout(limit, withdrawal).await {
         Ok(Ok(())) => tracing::info!(analyzer_id = %id, instance = %instance, "withdrawn"),
         Ok(Err(e)) => problems.push(e.to_string()),
         Err(_) => problems.push(
             ControlPublishError::Flush {
-                subject: config.names.control_subject.clone(),
+                subject: control_subject.clone(),
                 detail: format!("no answer from the server within {limit:?}"),
             }
             .to_string(),

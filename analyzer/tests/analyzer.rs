@@ -13,7 +13,8 @@ use logdist::protocol::headers;
 use logdist::protocol::stats::{analyzer_key, AnalyzerStats, SourceCount};
 use logdist_testing::{wait_until, NatsServer, Process, WAIT};
 
-const CONTROL: &str = logdist::protocol::names::DEFAULT_CONTROL_SUBJECT;
+/// Every analyzer's control subject (`logdist.control.<id>`).
+const CONTROL: &str = "logdist.control.*";
 const STATS_BUCKET: &str = logdist::protocol::names::DEFAULT_STATS_BUCKET;
 const SEVERITY_SPELLINGS: [(&str, &str); 8] = [
     ("trace", "TRACE"),
@@ -81,6 +82,12 @@ async fn next_control(
             ControlMessage::Down(w) => &w.instance,
         };
         if about == instance {
+            // Each analyzer speaks on its own subject, about itself only.
+            assert_eq!(
+                message.subject.as_str(),
+                format!("logdist.control.{}", parsed.id()),
+                "control message on the wrong subject"
+            );
             return parsed;
         }
     }

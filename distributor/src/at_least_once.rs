@@ -48,7 +48,7 @@ use async_nats::connection::State;
 use async_nats::header::HeaderValue;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream, AckKind};
-use async_nats::{Message, Request, RequestError, RequestErrorKind, Subscriber};
+use async_nats::{Message, Request, RequestError, RequestErrorKind};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use logdist::protocol::deadletter::{Reason, UNDELIVERABLE};
@@ -58,7 +58,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AtLeastOnceArgs, RunArgs};
-use crate::core::{CoreSources, DeliveryMode, Distributor, ModeStats};
+use crate::core::{ControlSubscriptions, CoreSources, DeliveryMode, Distributor, ModeStats};
 use crate::membership::{LeaveReason, MembershipEvent};
 use crate::outgoing::Outgoing;
 use crate::redelivery::{nak_delay, Failure, FailureKind, FaultJudge, RetryPolicy, Verdict};
@@ -320,7 +320,7 @@ pub(crate) async fn run(
     args: &RunArgs,
     js: &jetstream::Context,
     distributor: &mut Distributor,
-    control: &mut Subscriber,
+    control: &mut ControlSubscriptions,
     publisher: &StatsPublisher,
     shutdown: &CancellationToken,
 ) {

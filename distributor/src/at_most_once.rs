@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RunArgs;
 use crate::core::{
-    CoreSources, DeliveryMode, Distributor, ModeStats, RunError, FINAL_WRITE_TIMEOUT,
+    ControlSubscriptions, CoreSources, DeliveryMode, Distributor, ModeStats, RunError,
+    FINAL_WRITE_TIMEOUT,
 };
 use crate::hold_queue::HoldQueue;
 use crate::outgoing::Outgoing;
@@ -97,7 +98,7 @@ struct AtMostOnce {
 pub(crate) async fn run(
     args: &RunArgs,
     core: &mut Distributor,
-    control: &mut Subscriber,
+    control: &mut ControlSubscriptions,
     publisher: &StatsPublisher,
     shutdown: &CancellationToken,
 ) -> Result<ModeStats, RunError> {
@@ -230,7 +231,7 @@ impl AtMostOnce {
         while open || agents_open {
             tokio::select! {
                 biased;
-                Some(message) = sources.control().next() => core.on_control(&message.payload, self).await,
+                Some(message) = sources.control().next() => core.on_control(&message, self).await,
                 message = ingest.next(), if open => match message {
                     Some(message) => self.on_ingest(core, message).await,
                     None => open = false,

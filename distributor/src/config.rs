@@ -95,6 +95,22 @@ pub struct RunArgs {
           default_value_t = logdist::protocol::control::MAX_WEIGHT, value_parser = parse_max_weight)]
     pub max_weight: f64,
 
+    /// Also read control messages on the old shared subject (--control-subject itself), where
+    /// analyzers from before per-id control subjects heartbeat. For a migration period only:
+    /// those messages carry no identity (any client allowed to publish there can speak for any
+    /// id), so turn it off once every analyzer heartbeats on `<control>.<id>`. Off by default.
+    #[arg(long, env = "DISTRIBUTOR_LEGACY_CONTROL_SUBJECT")]
+    pub legacy_control_subject: bool,
+
+    /// Largest dead-letter report of one packet, in bytes: the invalid elements of a packet go
+    /// out as one dead letter listing each (index, reason, element); when that list would be
+    /// larger, the packet is dead-lettered whole, once, with a summary of the reasons. Never
+    /// more than the server's max_payload allows. The default is 1 MiB.
+    #[arg(long, env = "DISTRIBUTOR_DEADLETTER_REPORT_MAX_BYTES", value_name = "BYTES",
+          default_value_t = logdist::protocol::deadletter::DEFAULT_REPORT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    pub deadletter_report_max_bytes: usize,
+
     /// Most packets held while no analyzer is online; beyond it packets are dead-lettered
     /// (`no_analyzer_online`).
     #[arg(long, env = "DISTRIBUTOR_HOLD_MAX_PACKETS", value_name = "N",
@@ -500,6 +516,8 @@ mod tests {
                 assert_eq!(args.stats_interval, Duration::from_secs(1));
                 assert_eq!(args.heartbeat_timeout_factor, 3);
                 assert_eq!(args.max_weight, logdist::protocol::control::MAX_WEIGHT);
+                assert!(!args.legacy_control_subject);
+                assert_eq!(args.deadletter_report_max_bytes, 1 << 20);
                 assert_eq!(args.delivery, Delivery::AtMostOnce);
                 assert_eq!(args.affinity, AffinityKey::None);
                 assert_eq!(args.affinity_slack, 0.01);

@@ -27,13 +27,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use logdist::ingest_format::{IngestFormat, Mapping};
 use logdist::protocol::control::{ControlMessage, Withdraw, WithdrawalConfirmed};
-use logdist::protocol::deadletter::Reason;
+use logdist::protocol::deadletter::{packet_deadletter_headers, PacketDeadLetter, Reason};
 use logdist::protocol::stats::{unix_millis_now, DistributorStats, MemberRecord};
 use logdist::{BucketError, ConnectError, ConnectionEvents, PacketValidator};
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::KeyExtractor;
 use crate::config::{Delivery, RunArgs};
+use crate::log_throttle::{LogThrottle, Verdict};
 use crate::membership::{Membership, MembershipEvent};
 use crate::membership_mirror::MembershipMirror;
 use crate::outgoing::{self, Outgoing};
@@ -61,6 +62,33 @@ pub enum RunError {
     /// Flags that do not work together (main checks them first; this is the library's guard).
     #[error("{0}")]
     Config(String),
+}
+
+/// The control subscriptions, as one stream: every analyzer's own subject (`<control>.*`), and
+/// with `--legacy-control-subject` the old shared one.
+pub(crate) type ControlSubscriptions = futures::stream::SelectAll<Subscriber>;
+
+/// Subscribes to the analyzers' control subjects (and the old shared one behind its flag).
+pub(crate) async fn subscribe_control(
+    client: &Client,
+    args: &RunArgs,
+) -> Result<ControlSubscriptions, RunError> {
+    let names = &args.names;
+    let mut subjects = vec![names.control_wildcard()];
+    if args.legacy_control_subject {
+        tracing::warn!(subject = %names.control_subject,
+            "--legacy-control-subject: also trusting control messages on the old shared subject, which carry no identity");
+        subjects.push(names.control_subject.clone());
+    }
+    let mut all = Vec::new();
+    for subject in subjects {
+        let subscription = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| RunError::Subscribe { subject, source })?;
+        all.push(subscription);
+    }
+    Ok(futures::stream::select_all(all))
 }
 
 /// What a delivery mode adds to the core.
@@ -105,7 +133,7 @@ pub(crate) enum CoreEvent {
 /// expiry timer and the stats ticker, polled in one `biased` order by [`CoreSources::next`].
 pub(crate) struct CoreSources<'a> {
     shutdown: &'a CancellationToken,
-    control: &'a mut Subscriber,
+    control: &'a mut ControlSubscriptions,
     publisher: &'a StatsPublisher,
     expiry: Pin<Box<tokio::time::Sleep>>,
     stats_tick: tokio::time::Interval,
@@ -114,7 +142,7 @@ pub(crate) struct CoreSources<'a> {
 impl<'a> CoreSources<'a> {
     pub(crate) fn new(
         core: &Distributor,
-        control: &'a mut Subscriber,
+        control: &'a mut ControlSubscriptions,
         publisher: &'a StatsPublisher,
         stats_interval: Duration,
         shutdown: &'a CancellationToken,
@@ -143,7 +171,7 @@ impl<'a> CoreSources<'a> {
     }
 
     /// The control subscription, for a mode's drain at shutdown (control still goes first).
-    pub(crate) fn control(&mut self) -> &mut Subscriber {
+    pub(crate) fn control(&mut self) -> &mut ControlSubscriptions {
         self.control
     }
 
@@ -179,6 +207,11 @@ pub(crate) struct Distributor {
     /// subject.
     mapped_formats: bool,
     deadletter_subject: Subject,
+    /// Largest dead-letter report of one packet (`--deadletter-report-max-bytes`, within the
+    /// server's max_payload).
+    deadletter_report_max_bytes: usize,
+    /// A few log lines per kind of bad input; every occurrence is counted regardless.
+    log_throttle: LogThrottle,
     names: logdist::Names,
     replica: String,
     replica_header: HeaderValue,
@@ -200,6 +233,11 @@ impl Distributor {
         client: Client,
         events: Arc<ConnectionEvents>,
     ) -> Self {
+        // Room for the headers (the original ones, the reason) beside the report.
+        let max_payload = client.server_info().max_payload;
+        let deadletter_report_max_bytes = args
+            .deadletter_report_max_bytes
+            .min(max_payload.saturating_sub(64 << 10).max(4096));
         Distributor {
             client,
             delivery: args.delivery,
@@ -209,10 +247,13 @@ impl Distributor {
             mapped_formats: !mapping.is_all_logdist(),
             mapping,
             deadletter_subject: Subject::from(args.names.deadletter_subject.clone()),
+            deadletter_report_max_bytes,
+            log_throttle: LogThrottle::default(),
             names: args.names.clone(),
             replica: replica.to_string(),
             replica_header: HeaderValue::from(replica),
-            membership: Membership::new(args.heartbeat_timeout_factor),
+            membership: Membership::new(args.heartbeat_timeout_factor)
+                .with_max_weight(args.max_weight),
             router: if args.affinity.is_none() {
                 Router::new(&args.names.analyzer_prefix)
             } else {
@@ -293,7 +334,7 @@ impl Distributor {
         match event {
             CoreEvent::Shutdown => return ControlFlow::Break(()),
             CoreEvent::Control(message) => {
-                self.on_control(&message.payload, mode).await;
+                self.on_control(&message, mode).await;
                 sources.reset_expiry(self.expiry_deadline());
             }
             CoreEvent::Expiry => {
@@ -301,7 +342,10 @@ impl Distributor {
                 self.apply_events(events, mode).await;
                 sources.reset_expiry(self.expiry_deadline());
             }
-            CoreEvent::StatsTick => sources.publisher.offer(self.snapshot(&mode.stats())),
+            CoreEvent::StatsTick => {
+                self.log_suppressed();
+                sources.publisher.offer(self.snapshot(&mode.stats()));
+            }
         }
         ControlFlow::Continue(())
     }
@@ -364,23 +408,8 @@ impl Distributor {
             }
             Ok(packet) => {
                 self.counters.received_messages += packet.len() as u64;
-                for invalid in &packet.invalid {
-                    let text = invalid.error.to_string();
-                    let reason = Reason {
-                        code: invalid.error.code(),
-                        text: &text,
-                    };
-                    let element = payload.slice_ref(invalid.raw.as_bytes());
-                    self.deadletter(
-                        &subject,
-                        headers.as_ref(),
-                        element,
-                        1,
-                        reason,
-                        Some(invalid.index),
-                    )
+                self.deadletter_elements(&subject, headers.as_ref(), &payload, &packet)
                     .await;
-                }
                 if packet.records.is_empty() {
                     return None;
                 }
@@ -491,7 +520,9 @@ impl Distributor {
             .await;
     }
 
-    /// Publishes rejected bytes to the dead-letter subject with the contract's headers.
+    /// Publishes rejected bytes (`messages` log messages; one record at `index` of its payload,
+    /// or a whole payload) to the dead-letter subject with the contract's headers, and counts
+    /// them.
     async fn deadletter(
         &mut self,
         subject: &Subject,
@@ -501,14 +532,7 @@ impl Distributor {
         reason: Reason<'_>,
         index: Option<usize>,
     ) {
-        self.counters.deadletter_packets += 1;
-        self.counters.deadletter_messages += messages;
-        *self
-            .counters
-            .deadletter_reasons
-            .entry(reason.code)
-            .or_insert(0) += 1;
-        tracing::debug!(code = reason.code, reason = reason.text, subject = %subject, ?index, "dead letter");
+        self.count_deadletter(messages, [(reason.code, messages)], subject, reason);
         let headers = logdist::protocol::deadletter::deadletter_headers(
             original,
             reason,
@@ -516,6 +540,62 @@ impl Distributor {
             index,
             &self.replica_header,
         );
+        self.publish_deadletter(headers, payload).await;
+    }
+
+    /// The one dead letter of a packet with invalid elements (see [`PacketDeadLetter`]): a report
+    /// of every invalid element, or the packet whole with a summary. Counts each element.
+    async fn deadletter_elements(
+        &mut self,
+        subject: &Subject,
+        original: Option<&async_nats::HeaderMap>,
+        payload: &Bytes,
+        packet: &logdist::Packet<'_>,
+    ) {
+        if packet.invalid.is_empty() {
+            return;
+        }
+        let letter = PacketDeadLetter::build(
+            &packet.invalid,
+            packet.len(),
+            self.deadletter_report_max_bytes,
+        );
+        let reason = Reason {
+            code: logdist::protocol::deadletter::INVALID_ELEMENTS,
+            text: &letter.summary,
+        };
+        let by_code: Vec<(&'static str, u64)> =
+            letter.by_code.iter().map(|(c, n)| (*c, *n)).collect();
+        self.count_deadletter(letter.rejected as u64, by_code, subject, reason);
+        let headers = packet_deadletter_headers(original, &letter, subject, &self.replica_header);
+        let body = match letter.report {
+            Some(report) => Bytes::from(report),
+            None => payload.clone(),
+        };
+        self.publish_deadletter(headers, body).await;
+    }
+
+    /// Counts one dead letter of `messages` rejected messages (by reason code), and logs it
+    /// within the throttle.
+    fn count_deadletter(
+        &mut self,
+        messages: u64,
+        by_code: impl IntoIterator<Item = (&'static str, u64)>,
+        subject: &Subject,
+        reason: Reason<'_>,
+    ) {
+        self.counters.deadletter_packets += 1;
+        self.counters.deadletter_messages += messages;
+        for (code, n) in by_code {
+            *self.counters.deadletter_reasons.entry(code).or_insert(0) += n;
+        }
+        if let Verdict::Log { suppressed } = self.log_throttle.check(reason.code, Instant::now()) {
+            tracing::warn!(code = reason.code, reason = reason.text, subject = %subject, messages,
+                suppressed_before = suppressed, "dead-lettered (counted in deadletter_*)");
+        }
+    }
+
+    async fn publish_deadletter(&mut self, headers: async_nats::HeaderMap, payload: Bytes) {
         if let Err(e) = self
             .client
             .publish_with_headers(self.deadletter_subject.clone(), headers, payload)
@@ -525,16 +605,26 @@ impl Distributor {
         }
     }
 
-    pub(crate) async fn on_control(&mut self, payload: &[u8], mode: &mut impl DeliveryMode) {
-        let message = match self.membership.parse_payload(payload) {
-            Ok(message) => message,
+    /// One message from a control subscription: from analyzer `<id>`'s own subject, or (with
+    /// `--legacy-control-subject`) the old shared one.
+    pub(crate) async fn on_control(&mut self, message: &Message, mode: &mut impl DeliveryMode) {
+        let payload = &message.payload[..];
+        let speaker = self.names.control_subject_id(message.subject.as_str());
+        let message = match self.membership.parse_payload(speaker, payload) {
+            Ok(parsed) => parsed,
             Err(e) => {
-                tracing::warn!(
-                    code = e.code(),
-                    error = %e,
-                    payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]),
-                    "rejected control message"
-                );
+                if let Verdict::Log { suppressed } =
+                    self.log_throttle.check(e.code(), Instant::now())
+                {
+                    tracing::warn!(
+                        code = e.code(),
+                        error = %e,
+                        subject = %message.subject,
+                        payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]),
+                        suppressed_before = suppressed,
+                        "rejected control message (counted in bad_heartbeats)"
+                    );
+                }
                 return;
             }
         };
@@ -546,6 +636,18 @@ impl Distributor {
         self.apply_events(events, mode).await;
         if let Some(withdraw) = withdrawn {
             self.confirm_withdrawal(withdraw).await;
+        }
+    }
+
+    /// Logs how many bad inputs of each kind the throttle left out once their window ended
+    /// (called on the stats tick, so a flood that stopped is still reported).
+    fn log_suppressed(&mut self) {
+        for (code, count) in self.log_throttle.take_suppressed(Instant::now()) {
+            tracing::warn!(
+                code,
+                count,
+                "more bad input of this kind was not logged (all of it is counted in the stats)"
+            );
         }
     }
 

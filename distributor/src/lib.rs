@@ -14,6 +14,7 @@
 //! - `hold_queue`: [`HoldQueue`], the bounded FIFO used while no analyzer is online;
 //! - `outgoing`: a validated packet and the headers it is forwarded with;
 //! - `redelivery`: at-least-once's retry delays, and whose fault a failed delivery is;
+//! - `log_throttle`: `LogThrottle`, a few log lines per kind of bad input;
 //! - `report`: the `distributor stats` table;
 //! - `auth`: `distributor auth`, the NATS users of analyzer ids rendered from a template
 //!   ([`run_auth`]).
@@ -39,6 +40,7 @@ mod bridges;
 mod config;
 mod core;
 mod hold_queue;
+mod log_throttle;
 mod membership;
 mod membership_mirror;
 mod outgoing;

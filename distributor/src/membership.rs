@@ -15,6 +15,10 @@
 //!   does not flap with every heartbeat.
 //! - Analyzers read from the KV bucket at start are *provisional*: routed to at once, but dropped
 //!   unless a heartbeat confirms them within the timeout.
+//! - A control message on analyzer `<id>`'s own subject (`<control>.<id>`) must be about `<id>`:
+//!   one about another id is refused and counted, so an analyzer can speak only for itself.
+//!   Messages from the old shared subject (read only with `--legacy-control-subject`) carry no
+//!   such proof and are taken at their word.
 //! - A heartbeat whose weight is over the operator's cap (`--max-weight`) is refused whole, like
 //!   an invalid one: it changes nothing (not even the instance's deadline) and is counted in
 //!   `bad_heartbeats`, so no analyzer can claim nearly all traffic, by mistake or on purpose.
@@ -34,6 +38,9 @@ pub enum Refusal {
     /// It breaks the wire contract (`logdist::control`).
     #[error(transparent)]
     Invalid(#[from] ControlError),
+    /// A message about analyzer `id` on the control subject of analyzer `speaker`.
+    #[error("a control message about analyzer {id:?} came on the control subject of analyzer {speaker:?}; an analyzer speaks only for itself")]
+    IdMismatch { id: String, speaker: String },
     /// A valid weight, but over this distributor's `--max-weight`.
     #[error("analyzer {id:?} announces weight {weight}, over the cap of this distributor (--max-weight {cap}); heartbeat refused")]
     OverWeightCap { id: String, weight: f64, cap: f64 },
@@ -44,6 +51,7 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::Invalid(e) => e.code(),
+            Refusal::IdMismatch { .. } => "id_mismatch",
             Refusal::OverWeightCap { .. } => "over_weight_cap",
         }
     }
@@ -224,16 +232,29 @@ impl Membership {
         events
     }
 
-    /// Parses and validates one control-subject payload, and checks it against the weight cap,
-    /// for [`apply`](Self::apply). A refused payload is counted in
+    /// Parses and validates one control payload, checks that it is about `speaker` (the id of
+    /// the analyzer control subject it came on; `None` for the old shared subject) and within
+    /// the weight cap, for [`apply`](Self::apply). A refused payload is counted in
     /// [`bad_heartbeats`](Self::bad_heartbeats) and returned as the error.
-    pub fn parse_payload(&mut self, payload: &[u8]) -> Result<ControlMessage, Refusal> {
-        self.check(payload)
+    pub fn parse_payload(
+        &mut self,
+        speaker: Option<&str>,
+        payload: &[u8],
+    ) -> Result<ControlMessage, Refusal> {
+        self.check(speaker, payload)
             .inspect_err(|_| self.bad_heartbeats += 1)
     }
 
-    fn check(&self, payload: &[u8]) -> Result<ControlMessage, Refusal> {
+    fn check(&self, speaker: Option<&str>, payload: &[u8]) -> Result<ControlMessage, Refusal> {
         let message = ControlMessage::parse(payload)?;
+        if let Some(speaker) = speaker {
+            if message.id() != speaker {
+                return Err(Refusal::IdMismatch {
+                    id: message.id().to_string(),
+                    speaker: speaker.to_string(),
+                });
+            }
+        }
         if let ControlMessage::Up(hb) = &message {
             if hb.weight > self.max_weight {
                 return Err(Refusal::OverWeightCap {
@@ -578,12 +599,12 @@ mod tests {
             br#"{"id":"1","weight":1,"instance":"a","state":"up","interval_ms":1}"#,
             b"not json",
         ] {
-            assert!(m.parse_payload(payload).is_err());
+            assert!(m.parse_payload(Some("1"), payload).is_err());
         }
         assert_eq!(m.bad_heartbeats(), 5);
         assert!(m.is_empty());
         let ok = br#"{"id":"1","weight":1,"instance":"a","state":"up","interval_ms":100}"#;
-        let message = m.parse_payload(ok).unwrap();
+        let message = m.parse_payload(Some("1"), ok).unwrap();
         assert_eq!(m.apply(message, t0).len(), 1);
         assert_eq!(m.bad_heartbeats(), 5);
     }
@@ -594,10 +615,10 @@ mod tests {
         let mut m = Membership::new(3).with_max_weight(10.0);
         assert_eq!(m.max_weight(), 10.0);
         let at_cap = br#"{"id":"1","weight":10,"instance":"a","state":"up","interval_ms":100}"#;
-        let message = m.parse_payload(at_cap).unwrap();
+        let message = m.parse_payload(Some("1"), at_cap).unwrap();
         m.apply(message, t0);
         let over = br#"{"id":"1","weight":10.5,"instance":"a","state":"up","interval_ms":100}"#;
-        let refusal = m.parse_payload(over).unwrap_err();
+        let refusal = m.parse_payload(Some("1"), over).unwrap_err();
         assert_eq!(refusal.code(), "over_weight_cap");
         assert_eq!(
             refusal.to_string(),
@@ -609,10 +630,13 @@ mod tests {
         assert_eq!(m.expire(t0 + ms(300)).len(), 1);
         // A withdrawal carries no weight and is never capped.
         let down = br#"{"id":"1","instance":"a","state":"down"}"#;
-        assert!(m.parse_payload(down).is_ok());
+        assert!(m.parse_payload(Some("1"), down).is_ok());
         // Contract violations keep their own codes; the cap never exceeds the protocol's.
         let huge = br#"{"id":"1","weight":2e6,"instance":"a","state":"up","interval_ms":100}"#;
-        assert_eq!(m.parse_payload(huge).unwrap_err().code(), "bad_weight");
+        assert_eq!(
+            m.parse_payload(Some("1"), huge).unwrap_err().code(),
+            "bad_weight"
+        );
         assert_eq!(
             Membership::new(3).with_max_weight(1e9).max_weight(),
             MAX_WEIGHT
@@ -621,6 +645,41 @@ mod tests {
             Membership::new(3).with_max_weight(f64::NAN).max_weight(),
             MAX_WEIGHT
         );
+    }
+
+    #[test]
+    fn an_analyzer_speaks_only_for_itself_on_its_subject() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(3);
+        let two = br#"{"id":"2","weight":1,"instance":"b","state":"up","interval_ms":100}"#;
+        let message = m.parse_payload(Some("2"), two).unwrap();
+        m.apply(message, t0);
+        // Analyzer 1 announcing or withdrawing analyzer 2, or a new id, on its own subject.
+        let forged: [&[u8]; 3] = [
+            br#"{"id":"2","weight":9,"instance":"x","state":"up","interval_ms":100}"#,
+            br#"{"id":"2","instance":"b","state":"down"}"#,
+            br#"{"id":"3","weight":1,"instance":"x","state":"up","interval_ms":100}"#,
+        ];
+        for payload in forged {
+            let refusal = m.parse_payload(Some("1"), payload).unwrap_err();
+            assert_eq!(refusal.code(), "id_mismatch");
+        }
+        assert_eq!(
+            m.parse_payload(Some("1"), forged[0])
+                .unwrap_err()
+                .to_string(),
+            r#"a control message about analyzer "2" came on the control subject of analyzer "1"; an analyzer speaks only for itself"#
+        );
+        assert_eq!(m.bad_heartbeats(), 4);
+        assert_eq!(online(&m), vec![("2".to_string(), 1.0)]);
+        // The contract is checked first: an invalid message keeps its own code.
+        let bad = br#"{"id":"a.b","weight":1,"instance":"x","state":"up","interval_ms":100}"#;
+        assert_eq!(
+            m.parse_payload(Some("1"), bad).unwrap_err().code(),
+            "bad_name"
+        );
+        // The old shared subject carries no identity: taken at its word.
+        assert!(m.parse_payload(None, forged[2]).is_ok());
     }
 
     #[test]

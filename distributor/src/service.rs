@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridges::{self, BridgeSettings};
 use crate::config::{Delivery, RunArgs};
-use crate::core::{Distributor, ModeStats, RunError, FINAL_WRITE_TIMEOUT};
+use crate::core::{subscribe_control, Distributor, ModeStats, RunError, FINAL_WRITE_TIMEOUT};
 use crate::membership_mirror::{read_members, MembershipMirror};
 use crate::stats_publisher::StatsPublisher;
 use crate::{at_least_once, at_most_once};
@@ -54,14 +54,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     .await?;
 
     // Control first, so no heartbeat falls between reading the bucket and listening.
-    let subscribe_err = |subject: &str, e: async_nats::SubscribeError| RunError::Subscribe {
-        subject: subject.to_string(),
-        source: e,
-    };
-    let mut control = client
-        .subscribe(names.control_subject.clone())
-        .await
-        .map_err(|e| subscribe_err(&names.control_subject, e))?;
+    let mut control = subscribe_control(&client, &args).await?;
 
     let mut distributor = Distributor::new(
         &args,

@@ -251,7 +251,7 @@ async fn a_packet_no_analyzer_acknowledges_is_dead_lettered_after_max_attempts()
         loop {
             let _ = beat_client
                 .publish(
-                    logdist::protocol::names::DEFAULT_CONTROL_SUBJECT,
+                    logdist::Names::default().analyzer_control_subject("mute"),
                     heartbeat.to_json().into(),
                 )
                 .await;

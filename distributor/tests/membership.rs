@@ -306,18 +306,62 @@ async fn bad_control_messages_are_counted_and_ignored() {
         r#"{"id":"z","weight":1,"instance":"i","state":"up","interval_ms":0}"#,
         "not json",
     ] {
-        client.publish(CONTROL, bad.into()).await.unwrap();
+        client
+            .publish(control_subject("z"), bad.into())
+            .await
+            .unwrap();
     }
+    // On analyzer z's subject, a message about analyzer a (who is not online).
+    let about_a = r#"{"id":"a","weight":1,"instance":"i","state":"up","interval_ms":100}"#;
+    client
+        .publish(control_subject("z"), about_a.into())
+        .await
+        .unwrap();
     client.flush().await.unwrap();
     let s =
-        wait_distributor_stats(&stats, "r1", "6 bad heartbeats", |s| s.bad_heartbeats == 6).await;
+        wait_distributor_stats(&stats, "r1", "7 bad heartbeats", |s| s.bad_heartbeats == 7).await;
     assert!(s.analyzers.is_empty());
     assert!(member_record(&members, "z").await.is_none());
+    assert!(member_record(&members, "a").await.is_none());
     assert!(distributor.stderr().contains("rejected control message"));
+    assert!(distributor.stderr().contains("\"id_mismatch\""));
     // Still running and routing.
     let a = SimAnalyzer::start(&client, "a", "i", 1.0).await;
     wait_member(&members, "a", true).await;
     send(&client, 1, 1).await;
     a.wait_packets(1).await;
     assert!(distributor.terminate(WAIT).await.success());
+}
+
+/// The old shared control subject is read only with `--legacy-control-subject`, for analyzers
+/// that predate per-id subjects; without it a heartbeat there changes nothing.
+#[tokio::test]
+async fn the_old_control_subject_is_read_only_behind_the_migration_flag() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let old = r#"{"id":"old","weight":1,"instance":"i","state":"up","interval_ms":100}"#;
+    let mut plain = start_distributor(&server, "r1", &[]).await;
+    let mut legacy = start_distributor(&server, "r2", &["--legacy-control-subject"]).await;
+    let (members, stats) = buckets(&client).await;
+    client.publish(CONTROL, old.into()).await.unwrap();
+    client.flush().await.unwrap();
+    wait_member(&members, "old", true).await;
+    wait_distributor_stats(&stats, "r2", "r2 routes to the old analyzer", |s| {
+        s.analyzers.contains_key("old")
+    })
+    .await;
+    // r1 writes stats every 100 ms: two rounds after r2 saw it, r1 still has nothing.
+    for _ in 0..3 {
+        let before = distributor_stats(&stats, "r1").await.unwrap().updated_at_ms;
+        wait_distributor_stats(&stats, "r1", "a newer r1 record", |s| {
+            s.updated_at_ms > before
+        })
+        .await;
+    }
+    let s = distributor_stats(&stats, "r1").await.unwrap();
+    assert!(s.analyzers.is_empty(), "{:?}", s.analyzers);
+    assert_eq!(s.bad_heartbeats, 0);
+    assert!(plain.terminate(WAIT).await.success());
+    assert!(legacy.terminate(WAIT).await.success());
+    assert!(legacy.stderr().contains("--legacy-control-subject"));
 }

@@ -1,6 +1,7 @@
 //! What the distributor's integration tests share beyond `logdist-testing`: a distributor
-//! process that is ready (its first stats written), simulated analyzers (heartbeats on the
-//! control subject, a queue subscription on `analyzer.<id>`) and a dead-letter collector.
+//! process that is ready (its first stats written), simulated analyzers (heartbeats on their
+//! control subject `logdist.control.<id>`, a queue subscription on `analyzer.<id>`) and a
+//! dead-letter collector.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -29,7 +30,13 @@ use tokio::task::JoinHandle;
 /// Heartbeat interval of the simulated analyzers: short so timeouts are fast to test.
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
 
+/// Prefix of the analyzers' control subjects: analyzer `<id>` speaks on `logdist.control.<id>`.
 pub const CONTROL: &str = DEFAULT_CONTROL_SUBJECT;
+
+/// Analyzer `id`'s control subject.
+pub fn control_subject(id: &str) -> String {
+    Names::default().analyzer_control_subject(id)
+}
 pub const DEADLETTER: &str = DEFAULT_DEADLETTER_SUBJECT;
 pub const INGEST: &str = DEFAULT_INGEST_SUBJECT;
 
@@ -196,11 +203,12 @@ impl SimAnalyzer {
     pub fn resume_heartbeats(&mut self) {
         let client = self.client.clone();
         let payload = Bytes::from(self.heartbeat_message().to_json());
+        let subject = control_subject(&self.id);
         self.heartbeat = Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tick.tick().await;
-                let _ = client.publish(CONTROL, payload.clone()).await;
+                let _ = client.publish(subject.clone(), payload.clone()).await;
                 let _ = client.flush().await;
             }
         }));
@@ -221,7 +229,7 @@ impl SimAnalyzer {
             instance: self.instance.clone(),
         });
         self.client
-            .publish(CONTROL, down.to_json().into())
+            .publish(control_subject(&self.id), down.to_json().into())
             .await
             .expect("publish withdraw");
         self.client.flush().await.expect("flush");

@@ -24,12 +24,18 @@ pub const ERROR: &str = "Logdist-Error";
 pub const ERROR_CODE: &str = "Logdist-Error-Code";
 /// Dead letters: the subject the rejected bytes were published on.
 pub const SUBJECT: &str = "Logdist-Subject";
-/// Dead letters: position of the rejected message inside its packet (absent for whole payloads).
+/// Dead letters of the HTTP gateway's OTLP endpoint: position of the rejected log record in its
+/// request (docs/http.md). The distributor sends one dead letter per packet, without it.
 pub const INDEX: &str = "Logdist-Index";
 /// Dead letters from an HTTP analyzer: the status its endpoint answered (e.g. `400`).
 pub const HTTP_STATUS: &str = "Logdist-Http-Status";
 /// Dead letters from an analyzer: `<id>.<instance>` of the analyzer that dead-lettered it.
 pub const ANALYZER: &str = "Logdist-Analyzer";
+/// Dead letters of a packet with invalid elements (code `invalid_elements`): what the payload is,
+/// `elements` (a JSON report of the invalid elements) or `packet` (the original packet, whole).
+pub const PAYLOAD: &str = "Logdist-Payload";
+/// Dead letters of a packet with invalid elements: how many of its elements were rejected.
+pub const INVALID_COUNT: &str = "Logdist-Invalid-Count";
 
 /// The same names as typed [`HeaderName`](async_nats::header::HeaderName) constants, so a hot
 /// path that sets them does not parse them per message.
@@ -46,6 +52,8 @@ pub mod name {
     pub const ERROR_CODE: HeaderName = HeaderName::from_static(super::ERROR_CODE);
     pub const SUBJECT: HeaderName = HeaderName::from_static(super::SUBJECT);
     pub const INDEX: HeaderName = HeaderName::from_static(super::INDEX);
+    pub const PAYLOAD: HeaderName = HeaderName::from_static(super::PAYLOAD);
+    pub const INVALID_COUNT: HeaderName = HeaderName::from_static(super::INVALID_COUNT);
 }
 
 /// Current time as unix nanoseconds, the unit of [`SENT_AT`].

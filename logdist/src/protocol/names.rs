@@ -20,7 +20,9 @@ pub struct Names {
     #[arg(long, env = "LOGDIST_INGEST_SUBJECT", default_value = DEFAULT_INGEST_SUBJECT, value_name = "SUBJECT")]
     pub ingest_subject: String,
 
-    /// Control subject that carries analyzer heartbeats and withdrawals.
+    /// Control subject prefix: analyzer `<id>` heartbeats and withdraws on `<it>.<id>`, and the
+    /// distributors trust a control message only when its id is the subject's. (Analyzers before
+    /// per-id subjects used `<it>` itself; see the distributor's --legacy-control-subject.)
     #[arg(long, env = "LOGDIST_CONTROL_SUBJECT", default_value = DEFAULT_CONTROL_SUBJECT, value_name = "SUBJECT")]
     pub control_subject: String,
 
@@ -70,6 +72,26 @@ impl Names {
         format!("{}.{}", self.analyzer_prefix, id)
     }
 
+    /// Subject on which analyzer `id` heartbeats and withdraws: `<control>.<id>`. The NATS server
+    /// can then hold each analyzer to its own id (docs/security.md).
+    pub fn analyzer_control_subject(&self, id: &str) -> String {
+        format!("{}.{}", self.control_subject, id)
+    }
+
+    /// Wildcard matching every analyzer's control subject: `<control>.*`.
+    pub fn control_wildcard(&self) -> String {
+        format!("{}.*", self.control_subject)
+    }
+
+    /// The analyzer id an analyzer control subject belongs to (`<control>.<id>` → `<id>`);
+    /// `None` for any other subject, the old shared `<control>` included.
+    pub fn control_subject_id<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let id = subject
+            .strip_prefix(self.control_subject.as_str())?
+            .strip_prefix('.')?;
+        (!id.is_empty() && !id.contains('.')).then_some(id)
+    }
+
     /// Subject on which distributor replicas confirm the withdrawals of analyzer `id`'s
     /// instances: `<prefix>.<id>.withdrawn` (ids have no dots, so it is no analyzer's subject).
     pub fn withdrawn_subject(&self, id: &str) -> String {
@@ -88,5 +110,17 @@ mod tests {
         assert_eq!(names.ingest_wildcard(), "logs.ingest.>");
         assert_eq!(names.analyzer_subject("3"), "analyzer.3");
         assert_eq!(names.withdrawn_subject("3"), "analyzer.3.withdrawn");
+        assert_eq!(names.analyzer_control_subject("3"), "logdist.control.3");
+        assert_eq!(names.control_wildcard(), "logdist.control.*");
+        assert_eq!(names.control_subject_id("logdist.control.3"), Some("3"));
+        for other in [
+            "logdist.control",
+            "logdist.control.",
+            "logdist.control.3.x",
+            "logdist.controlx.3",
+            "analyzer.3",
+        ] {
+            assert_eq!(names.control_subject_id(other), None, "{other}");
+        }
     }
 }
