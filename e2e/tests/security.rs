@@ -685,3 +685,231 @@ async fn pipeline_with_roles(delivery: &str) {
     // Every role had every permission it used.
     assert_eq!(server.violations_in_log(), Vec::<String>::new());
 }
+
+/// The stats record of distributor replica `d1`, as a viewer reads it.
+async fn distributor_stats(js: &jetstream::Context) -> Option<serde_json::Value> {
+    let stats = js.get_key_value("logdist_stats").await.ok()?;
+    let value = stats.get("distributor.d1").await.ok()??;
+    serde_json::from_slice(&value).ok()
+}
+
+/// Publishes packets `range` of 5 valid messages each as an agent, then waits until the
+/// distributor has routed all of them (so the ingest buffer never overflows on a busy machine).
+async fn send_and_wait_routed(
+    agent: &async_nats::Client,
+    js: &jetstream::Context,
+    range: std::ops::Range<u64>,
+) {
+    let message = r#"{"timestamp":1,"severity":"INFO","source":"app","message":"m"}"#;
+    let packet = Bytes::from(format!("[{}]", [message; 5].join(",")));
+    for _ in range.clone() {
+        agent
+            .publish("logs.ingest.a1", packet.clone())
+            .await
+            .unwrap();
+    }
+    agent.flush().await.unwrap();
+    let expected = range.end * 5;
+    wait_until(
+        &format!("{expected} messages routed"),
+        Duration::from_secs(30),
+        || {
+            let js = js.clone();
+            async move {
+                distributor_stats(&js)
+                    .await
+                    .is_some_and(|s| s["routed_messages"] == expected)
+            }
+        },
+    )
+    .await;
+}
+
+/// Issue 15: with the per-analyzer users `distributor auth` writes, analyzer 1's user cannot
+/// announce or withdraw analyzer 2 (or any other id), nor receive its packets, nor claim more
+/// than the weight cap; the distributor refuses what the server lets through, with its reason,
+/// and the shares of analyzers 1 and 2 stay on target throughout.
+#[tokio::test]
+async fn an_analyzer_cannot_speak_for_another_and_the_shares_hold() {
+    let server = SecureServer::start_with_analyzers(&["1", "2"]);
+    let url = server.url();
+    let mut distributor = server.spawn(
+        "distributor",
+        &[
+            "run",
+            "--nats-url",
+            &url,
+            "--replica-id",
+            "d1",
+            "--stats-interval",
+            "100ms",
+            "--max-weight",
+            "10",
+        ],
+        Role::Distributor,
+    );
+    let (viewer, _) = server.connect(Role::Viewer).await;
+    let js = jetstream::new(viewer);
+    wait_until("the distributor's stats", Duration::from_secs(30), || {
+        let js = js.clone();
+        async move { distributor_stats(&js).await.is_some() }
+    })
+    .await;
+    let _analyzers: Vec<Process> = [("1", "0.7"), ("2", "0.3")]
+        .into_iter()
+        .map(|(id, weight)| {
+            let instance = format!("i{id}");
+            server.spawn(
+                "analyzer",
+                &[
+                    "--nats-url",
+                    &url,
+                    "--id",
+                    id,
+                    "--instance",
+                    &instance,
+                    "--weight",
+                    weight,
+                    "--heartbeat-interval",
+                    "100ms",
+                    "--report-interval",
+                    "100ms",
+                ],
+                Role::Analyzer(id),
+            )
+        })
+        .collect();
+    wait_until(
+        "analyzers 1 and 2 routed to",
+        Duration::from_secs(30),
+        || {
+            let js = js.clone();
+            async move {
+                distributor_stats(&js).await.is_some_and(|s| {
+                    s["analyzers"]["1"]["online"] == true && s["analyzers"]["2"]["online"] == true
+                })
+            }
+        },
+    )
+    .await;
+    let epoch = distributor_stats(&js).await.unwrap()["epoch"].clone();
+    let (agent, _) = server.connect(Role::Agent).await;
+    send_and_wait_routed(&agent, &js, 0..1000).await;
+
+    // The attempt, by analyzer 1's own user. What the server refuses never leaves it:
+    let (attacker, errors) = server.connect(Role::Analyzer("1")).await;
+    let claim = |id: &str, instance: &str, weight: u32| -> Bytes {
+        format!(r#"{{"id":"{id}","weight":{weight},"instance":"{instance}","state":"up","interval_ms":100}}"#).into()
+    };
+    for subject in ["logdist.control.2", "logdist.control"] {
+        attacker
+            .publish(subject, claim("2", "x", 10))
+            .await
+            .unwrap();
+        attacker.flush().await.unwrap();
+        errors.expect_violation("publish", subject).await;
+    }
+    let mut spies = Vec::new();
+    for queue in [Some("analyzer.2"), None] {
+        let spy = match queue {
+            Some(q) => attacker.queue_subscribe("analyzer.2", q.into()).await,
+            None => attacker.subscribe("analyzer.2").await,
+        };
+        spies.push(spy.unwrap());
+        errors.expect_violation("subscription", "analyzer.2").await;
+    }
+    // … and what it may publish on its own subject, the distributor refuses: another id's
+    // heartbeat or withdrawal, a new id, and its own heartbeat over the cap.
+    let refused: [Bytes; 4] = [
+        claim("2", "x", 10),
+        r#"{"id":"2","instance":"i2","state":"down"}"#.into(),
+        claim("3", "x", 10),
+        claim("1", "x", 11),
+    ];
+    for payload in &refused {
+        attacker
+            .publish("logdist.control.1", payload.clone())
+            .await
+            .unwrap();
+    }
+    attacker.flush().await.unwrap();
+    send_and_wait_routed(&agent, &js, 1000..2000).await;
+    let refusals = refused.len() as u64;
+    wait_until(
+        "bad_heartbeats counting the four refusals",
+        Duration::from_secs(15),
+        || {
+            let js = js.clone();
+            async move {
+                distributor_stats(&js)
+                    .await
+                    .is_some_and(|s| s["bad_heartbeats"] == refusals)
+            }
+        },
+    )
+    .await;
+
+    // Nothing changed: same membership epoch, only analyzers 1 and 2, shares on target.
+    let stats = distributor_stats(&js).await.unwrap();
+    assert_eq!(stats["epoch"], epoch, "membership changed: {stats:#}");
+    assert_eq!(kv_keys(&js, "analyzers").await.len(), 2);
+    let analyzers = stats["analyzers"].as_object().unwrap();
+    assert_eq!(
+        analyzers.keys().collect::<Vec<_>>(),
+        ["1", "2"],
+        "{stats:#}"
+    );
+    for (id, target) in [("1", 0.7), ("2", 0.3)] {
+        let a = &analyzers[id];
+        let wanted = a["target_share"].as_f64().unwrap();
+        assert!((wanted - target).abs() < 1e-9, "{a:#}");
+        let share = a["epoch_share"].as_f64().unwrap();
+        assert!(
+            (share - target).abs() <= 0.001,
+            "analyzer {id}: share {share}, target {target}"
+        );
+    }
+    // The analyzers themselves counted the same shares, and nothing went astray.
+    wait_until("the analyzers' counts", Duration::from_secs(15), || {
+        let js = js.clone();
+        async move {
+            let Ok(store) = js.get_key_value("logdist_stats").await else {
+                return false;
+            };
+            let mut total = 0;
+            for key in ["analyzer.1.i1", "analyzer.2.i2"] {
+                if let Ok(Some(v)) = store.get(key).await {
+                    let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+                    total += v["messages"].as_u64().unwrap_or(0);
+                }
+            }
+            total == 10_000
+        }
+    })
+    .await;
+    let store = js.get_key_value("logdist_stats").await.unwrap();
+    let one: serde_json::Value =
+        serde_json::from_slice(&store.get("analyzer.1.i1").await.unwrap().unwrap()).unwrap();
+    let share = one["messages"].as_f64().unwrap() / 10_000.0;
+    assert!((share - 0.7).abs() <= 0.001, "analyzer 1 analyzed {share}");
+    for spy in &mut spies {
+        assert!(tokio::time::timeout(SHORT, spy.next()).await.is_err());
+    }
+    // Every violation the server logged is the attacker's.
+    for line in server.violations_in_log() {
+        assert!(
+            ["logdist.control.2", "\"logdist.control\"", "analyzer.2"]
+                .iter()
+                .any(|s| line.contains(s)),
+            "{line}"
+        );
+    }
+
+    // The distributor said why, for each.
+    let status = distributor.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{}", distributor.stderr());
+    let log = distributor.stderr();
+    assert_eq!(log.matches("\"id_mismatch\"").count(), 3, "{log}");
+    assert_eq!(log.matches("\"over_weight_cap\"").count(), 1, "{log}");
+    assert!(log.contains("(--max-weight 10)"), "{log}");
+}
