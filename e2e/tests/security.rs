@@ -593,6 +593,10 @@ async fn pipeline_with_roles(delivery: &str) {
             "200ms",
             "--delivery",
             delivery,
+            // 100 ms heartbeats, but a 3 s timeout: a process stalled on a loaded machine must
+            // not churn the membership (agent-sim checks the shares of each epoch).
+            "--heartbeat-timeout-factor",
+            "30",
         ],
         Role::Distributor,
     );
@@ -745,6 +749,9 @@ async fn an_analyzer_cannot_speak_for_another_and_the_shares_hold() {
             "100ms",
             "--max-weight",
             "10",
+            // No membership change may happen in this test: a stalled analyzer must not time out.
+            "--heartbeat-timeout-factor",
+            "30",
         ],
         Role::Distributor,
     );
