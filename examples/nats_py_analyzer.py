@@ -2,7 +2,7 @@
 """A logdist analyzer in Python with nats-py, written from docs/protocol.md alone.
 
 It receives its share of packets on `analyzer.<id>` (queue group `analyzer.<id>`), counts log
-messages by severity, heartbeats on `logdist.control`, acknowledges request-style packets
+messages by severity, heartbeats on `logdist.control.<id>`, acknowledges request-style packets
 (at-least-once mode), writes its counters to the KV bucket `logdist_stats` under
 `analyzer.<id>.<instance>`, and on SIGINT/SIGTERM withdraws, waits for the distributors'
 confirmations, drains and writes its final counters.
@@ -111,6 +111,7 @@ async def main():
         kv = await js.create_key_value(bucket="logdist_stats")
     key = f"analyzer.{args.id}.{analyzer.instance}"
     subject = f"analyzer.{args.id}"
+    control = f"logdist.control.{args.id}"  # its own: distributors check the id against it
     sub = await nc.subscribe(subject, queue=subject, cb=analyzer.on_packet)
     await nc.subscribe(f"{subject}.withdrawn", cb=analyzer.on_confirmation)
     await nc.flush()  # subscribed before announcing, so no packet is routed here unheard
@@ -122,7 +123,7 @@ async def main():
                             "state": "up", "interval_ms": int(args.heartbeat_interval * 1000)})
     next_report = 0.0
     while not stop.is_set():
-        await nc.publish("logdist.control", heartbeat.encode())
+        await nc.publish(control, heartbeat.encode())
         if time.monotonic() >= next_report:
             await kv.put(key, analyzer.stats("up"))
             next_report = time.monotonic() + args.report_interval
@@ -134,7 +135,7 @@ async def main():
     # Withdraw first, then keep receiving until every recent replica confirmed (at most 5 s),
     # or until 250 ms passed without a packet when none routed here recently.
     down = {"id": args.id, "instance": analyzer.instance, "state": "down"}
-    await nc.publish("logdist.control", json.dumps(down).encode())
+    await nc.publish(control, json.dumps(down).encode())
     await nc.flush()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

@@ -55,7 +55,7 @@ async fn a_killed_child_is_restarted_and_with_acks_nothing_is_lost() {
     wait_for_members(&url, 3, WAIT).await;
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    let mut control = client.subscribe("logdist.control").await.unwrap();
+    let mut control = client.subscribe("logdist.control.*").await.unwrap();
     client.flush().await.unwrap();
 
     let load = {

@@ -192,7 +192,7 @@ async fn refused_payloads_are_dead_lettered_and_acks_wait_for_a_2xx() {
     let endpoint = TestEndpoint::start();
     let endpoint_url = endpoint.url();
     let client = async_nats::connect(&url).await.unwrap();
-    let mut control = client.subscribe("logdist.control").await.unwrap();
+    let mut control = client.subscribe("logdist.control.*").await.unwrap();
     let mut deadletters = client.subscribe("logs.deadletter").await.unwrap();
     client.flush().await.unwrap();
     let mut http = analyzer(

@@ -36,9 +36,9 @@ enum Answers {
     None,
 }
 
-/// An analyzer instance played by the test with its own NATS client: heartbeats on the control
-/// subject (the contract's JSON, docs/protocol.md) and a queue subscription on `analyzer.<id>`,
-/// as the real analyzer does, and answers as told. What it receives it records. Dropping it (or
+/// An analyzer instance played by the test with its own NATS client: heartbeats on its control
+/// subject `logdist.control.<id>` (the contract's JSON, docs/protocol.md) and a queue
+/// subscription on `analyzer.<id>`, as the real analyzer does, and answers as told. What it receives it records. Dropping it (or
 /// [`FakeAnalyzer::vanish`]) is a crash: no withdrawal, the subscription gone.
 struct FakeAnalyzer {
     tasks: Vec<JoinHandle<()>>,
@@ -88,12 +88,13 @@ impl FakeAnalyzer {
         let heartbeat = format!(
             r#"{{"state":"up","id":"{id}","weight":{weight},"instance":"{instance}","interval_ms":100}}"#
         );
+        let control = format!("logdist.control.{id}");
         let beats = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tick.tick().await;
                 let _ = client
-                    .publish("logdist.control", heartbeat.clone().into())
+                    .publish(control.clone(), heartbeat.clone().into())
                     .await;
             }
         });

@@ -1,4 +1,4 @@
-//! Control messages on the control subject (`logdist.control`): analyzer heartbeats and
+//! Control messages on the control subjects (`logdist.control.<id>`): analyzer heartbeats and
 //! withdrawals, their JSON form, and the checks a distributor applies before trusting one.
 //!
 //! ```json
