@@ -10,12 +10,20 @@
 //! queue is full, dead-letter it (`no_analyzer_online`). Publishing is buffered by the client;
 //! the loop never flushes per packet.
 //!
+//! Coalescing (`--linger`, [`Coalescer`]): a routed packet for an analyzer that reads batches
+//! waits in its analyzer's batch, which goes out when it is full, when no further packet is
+//! waiting in the ingest subscriptions (the loop's last, always-ready branch: batches form only
+//! while packets queue up), after `--linger` at the latest, and before every control message or
+//! expiry is applied (so a withdrawal's confirmation still follows every packet routed before
+//! it).
+//!
 //! Shutdown (SIGINT/SIGTERM): the ingest subscriptions are drained (unsubscribed, then what the
 //! client already buffered is still routed), packets still held are dead-lettered
 //! (`no_analyzer_online`); the caller flushes and writes the final stats.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::{Client, Message, Subscriber};
 use futures::stream::SelectAll;
@@ -25,6 +33,7 @@ use logdist::protocol::names::DISTRIBUTOR_QUEUE_GROUP;
 use logdist::{ConnectError, ConnectionEvents};
 use tokio_util::sync::CancellationToken;
 
+use crate::coalescer::{Coalescer, Ready};
 use crate::config::RunArgs;
 use crate::core::{
     ControlSubscriptions, CoreSources, DeliveryMode, Distributor, ModeStats, RunError,
@@ -91,6 +100,11 @@ struct AtMostOnce {
     hold: HoldQueue<Outgoing>,
     held_total: u64,
     held_overflow: u64,
+    coalescer: Coalescer,
+    /// Messages the coalescer handed back, published in order (kept to reuse its memory).
+    ready: Vec<Ready>,
+    /// Wakes the loop when the oldest coalesced packet's linger is over.
+    linger: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// Runs at-most-once delivery until `shutdown`, then drains the ingest subscriptions and
@@ -121,6 +135,9 @@ pub(crate) async fn run(
         hold: HoldQueue::new(args.hold_max_packets, args.hold_max_bytes),
         held_total: 0,
         held_overflow: 0,
+        coalescer: Coalescer::new(&args.coalesce, core.replica_header().clone()),
+        ready: Vec::new(),
+        linger: Box::pin(tokio::time::sleep(Duration::ZERO)),
     };
     let subscribe_err = |subject: &str, e: async_nats::SubscribeError| RunError::Subscribe {
         subject: subject.to_string(),
@@ -171,6 +188,13 @@ pub(crate) async fn run(
             tracing::warn!(timeout = ?DRAIN_TIMEOUT, "ingest subscriptions did not drain in time")
         }
     }
+    // What the coalescer still holds (when the drain above timed out).
+    if tokio::time::timeout(FINAL_WRITE_TIMEOUT, mode.flush(core))
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not publish the last coalesced packets in time (is NATS reachable?)");
+    }
     let dropped = mode.ingest.dropped();
     if dropped > 0 {
         tracing::warn!(
@@ -207,8 +231,11 @@ impl AtMostOnce {
                         return;
                     }
                 }
+                () = &mut self.linger, if self.coalescer.is_pending() => self.flush(core).await,
                 Some(message) = ingest.next() => self.on_ingest(core, message).await,
                 Some(message) = ingest_agents.next() => self.on_ingest(core, message).await,
+                // Nothing else is ready: no packet waits, so what was coalesced goes now.
+                () = std::future::ready(()), if self.coalescer.is_pending() => self.flush(core).await,
             }
         }
     }
@@ -242,6 +269,7 @@ impl AtMostOnce {
                 },
             }
         }
+        self.flush(core).await;
     }
 
     /// One payload from an ingest subject: validate, then route, hold or dead-letter.
@@ -276,7 +304,7 @@ impl AtMostOnce {
             }
             return;
         }
-        publish(core, out).await;
+        self.publish(core, out).await;
     }
 
     /// Packets still held when the distributor stops are dead-lettered, not dropped.
@@ -300,6 +328,8 @@ impl AtMostOnce {
 impl DeliveryMode for AtMostOnce {
     /// Delivers held packets in arrival order once an analyzer is online.
     async fn routing_changed(&mut self, core: &mut Distributor) {
+        // Coalesced packets of the old epoch leave first, to the analyzers they were routed to.
+        self.flush(core).await;
         if core.router().is_empty() || self.hold.is_empty() {
             return;
         }
@@ -309,8 +339,20 @@ impl DeliveryMode for AtMostOnce {
         );
         while !core.router().is_empty() {
             let Some(out) = self.hold.pop() else { break };
-            publish(core, out).await;
+            self.publish(core, out).await;
         }
+        // Held packets leave together (the next routing change may move their analyzers).
+        self.flush(core).await;
+    }
+
+    /// Publishes everything the coalescer holds.
+    async fn flush(&mut self, core: &mut Distributor) {
+        self.coalescer.flush(&mut self.ready);
+        send_ready(core, &mut self.ready).await;
+    }
+
+    fn membership_changed(&mut self, _events: &[crate::membership::MembershipEvent]) {
+        self.coalescer.membership_changed();
     }
 
     fn stats(&mut self) -> ModeStats {
@@ -325,6 +367,57 @@ impl DeliveryMode for AtMostOnce {
             disconnects: events.disconnects(),
             reconnects: events.reconnects(),
             ingest_dropped_packets: self.ingest.dropped(),
+            batches_sent: self.coalescer.batches_sent(),
+            batched_packets: self.coalescer.batched_packets(),
+        }
+    }
+}
+
+impl AtMostOnce {
+    /// Routes a packet (the router is not empty) and publishes it to the analyzer the selector
+    /// picks, or hands it to the coalescer.
+    async fn publish(&mut self, core: &mut Distributor, out: Outgoing) {
+        if !self.coalescer.enabled() {
+            return publish(core, out).await;
+        }
+        let epoch = core.router().epoch();
+        if self.coalescer.needs_refresh(epoch) {
+            // What waits was routed in another epoch: it leaves first, to its own subjects.
+            self.flush(core).await;
+            let router = core.router();
+            let slots: Vec<_> = (0..router.len())
+                .map(|i| (router.subject(i).clone(), core.reads_batches(router.id(i))))
+                .collect();
+            self.coalescer.refresh(epoch, slots);
+        }
+        let Some(index) = core
+            .router_mut()
+            .route_index(out.key, out.messages, out.payload.len())
+        else {
+            unreachable!("publish is only called with an analyzer online");
+        };
+        core.count_routed_packet();
+        let was_pending = self.coalescer.is_pending();
+        let now = Instant::now();
+        self.coalescer.push(index, out, now, &mut self.ready);
+        if !was_pending {
+            if let Some(deadline) = self.coalescer.deadline() {
+                self.linger.as_mut().reset(deadline.into());
+            }
+        }
+        send_ready(core, &mut self.ready).await;
+    }
+}
+
+/// Publishes what the coalescer handed back, in order.
+async fn send_ready(core: &mut Distributor, ready: &mut Vec<Ready>) {
+    for r in ready.drain(..) {
+        if let Err(e) = core
+            .client()
+            .publish_with_headers(r.subject, r.headers, r.payload)
+            .await
+        {
+            tracing::error!(error = %e, packets = r.packets, "cannot publish to an analyzer");
         }
     }
 }

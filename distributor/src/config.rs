@@ -140,6 +140,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub at_least_once: AtLeastOnceArgs,
 
+    #[command(flatten)]
+    pub coalesce: CoalesceArgs,
+
     /// Key affinity: send every packet of one key to the same analyzer while the shares still
     /// follow the weights (see docs/distributor.md, "Affinity"). `none` (default): every packet
     /// may go anywhere. `agent`: the `Logdist-Agent` header, else the agent token of the ingest
@@ -337,6 +340,43 @@ pub struct AtLeastOnceArgs {
     #[arg(long, env = "DISTRIBUTOR_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "10s",
           value_parser = parse_shutdown_timeout)]
     pub shutdown_timeout: Duration,
+}
+
+/// Coalescing: packets routed to one analyzer sent together as one NATS message (a batch,
+/// docs/protocol.md "Batches"), only to analyzers that announce they read batches.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct CoalesceArgs {
+    /// Longest a routed packet waits for others to the same analyzer before its batch goes
+    /// out. Batches form only under load: whenever the replica has no further packet waiting
+    /// it sends what it gathered at once, so an idle pipeline adds no latency. 0 turns
+    /// coalescing off (one NATS message per packet, as before batches existed).
+    #[arg(long, env = "DISTRIBUTOR_LINGER", value_name = "DURATION",
+          default_value = DEFAULT_LINGER, value_parser = parse_linger)]
+    pub linger: Duration,
+
+    /// Largest batch payload in bytes (the packets' payloads together; one larger packet still
+    /// goes, alone). Default 256 KiB.
+    #[arg(long, env = "DISTRIBUTOR_BATCH_MAX_BYTES", value_name = "BYTES",
+          default_value_t = DEFAULT_BATCH_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    pub batch_max_bytes: usize,
+
+    /// Most log messages in one batch (a packet is never split: one with more goes alone).
+    #[arg(long, env = "DISTRIBUTOR_BATCH_MAX_MESSAGES", value_name = "N",
+          default_value_t = DEFAULT_BATCH_MAX_MESSAGES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_max_messages: u64,
+}
+
+/// Default `--linger`.
+pub const DEFAULT_LINGER: &str = "1ms";
+/// Default `--batch-max-bytes`.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 256 << 10;
+/// Default `--batch-max-messages`.
+pub const DEFAULT_BATCH_MAX_MESSAGES: u64 = 1000;
+
+fn parse_linger(raw: &str) -> Result<Duration, String> {
+    parse_duration_in(raw, Duration::ZERO, Duration::from_secs(1))
 }
 
 impl RunArgs {

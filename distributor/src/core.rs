@@ -103,6 +103,11 @@ pub(crate) trait DeliveryMode {
 
     /// The mode's part of the stats record now.
     fn stats(&mut self) -> ModeStats;
+
+    /// Sends what the mode gathered and has not sent yet (coalesced packets), before a control
+    /// message or an expiry is applied: so a withdrawal's confirmation follows every packet
+    /// routed before it, and who reads batches changes only between batches. Default: nothing.
+    async fn flush(&mut self, _core: &mut Distributor) {}
 }
 
 /// The part of a [`DistributorStats`] record that belongs to a delivery mode: its hold queue
@@ -115,6 +120,9 @@ pub(crate) struct ModeStats {
     pub(crate) held_total: u64,
     pub(crate) held_overflow: u64,
     pub(crate) ingest_dropped_packets: u64,
+    /// NATS messages to analyzers that carried two packets or more, and the packets in them.
+    pub(crate) batches_sent: u64,
+    pub(crate) batched_packets: u64,
     /// Client events of the mode's own connections (added to the main connection's).
     pub(crate) slow_consumer_events: u64,
     pub(crate) disconnects: u64,
@@ -314,6 +322,17 @@ impl Distributor {
         &mut self.router
     }
 
+    /// Whether every instance of analyzer `id` reads batches (`logdist::protocol::batch`).
+    pub(crate) fn reads_batches(&self, id: &str) -> bool {
+        self.membership
+            .reads_batches(id, logdist::protocol::batch::BATCH_VERSION)
+    }
+
+    /// The `Logdist-Distributor` value of this replica.
+    pub(crate) fn replica_header(&self) -> &HeaderValue {
+        &self.replica_header
+    }
+
     /// A packet reached an analyzer (published, or acknowledged in at-least-once mode).
     pub(crate) fn count_routed_packet(&mut self) {
         self.counters.routed_packets += 1;
@@ -338,6 +357,7 @@ impl Distributor {
                 sources.reset_expiry(self.expiry_deadline());
             }
             CoreEvent::Expiry => {
+                mode.flush(self).await;
                 let events = self.membership.expire(Instant::now());
                 self.apply_events(events, mode).await;
                 sources.reset_expiry(self.expiry_deadline());
@@ -608,6 +628,7 @@ impl Distributor {
     /// One message from a control subscription: from analyzer `<id>`'s own subject, or (with
     /// `--legacy-control-subject`) the old shared one.
     pub(crate) async fn on_control(&mut self, message: &Message, mode: &mut impl DeliveryMode) {
+        mode.flush(self).await;
         let payload = &message.payload[..];
         let speaker = self.names.control_subject_id(message.subject.as_str());
         let message = match self.membership.parse_payload(speaker, payload) {
@@ -768,6 +789,8 @@ impl Distributor {
             held_overflow: mode.held_overflow,
             redelivered: c.redelivered,
             ingest_dropped_packets: mode.ingest_dropped_packets,
+            batches_sent: mode.batches_sent,
+            batched_packets: mode.batched_packets,
             // Client events of the main connection and of the mode's own.
             slow_consumer_events: self.events.slow_consumer_events() + mode.slow_consumer_events,
             disconnects: self.events.disconnects() + mode.disconnects,

@@ -37,6 +37,7 @@ mod at_least_once;
 mod at_most_once;
 mod auth;
 mod bridges;
+mod coalescer;
 mod config;
 mod core;
 mod hold_queue;
@@ -56,7 +57,7 @@ pub use affinity::{
     DEFAULT_SLACK, MAX_COUNTED_KEYS,
 };
 pub use auth::{run as run_auth, AuthArgs, AuthError};
-pub use config::{Cli, Command, RunArgs, StatsArgs, DEFAULT_INGEST_BUFFER};
+pub use config::{Cli, CoalesceArgs, Command, RunArgs, StatsArgs, DEFAULT_INGEST_BUFFER};
 pub use core::RunError;
 pub use hold_queue::HoldQueue;
 pub use membership::{Membership, MembershipEvent};

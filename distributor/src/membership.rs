@@ -116,6 +116,8 @@ struct Instance {
     deadline: Instant,
     /// Seeded from the KV bucket and not yet confirmed by a heartbeat.
     provisional: bool,
+    /// The batch format version it reads (`batch` in its heartbeats; 0 until one says).
+    batch: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +178,14 @@ impl Membership {
         Duration::from_millis(interval_ms.saturating_mul(u64::from(self.factor)))
     }
 
+    /// Whether analyzer `id` reads batches of format `version`: every instance of it announced
+    /// that version or a later one (a queue group hands a message to any of them).
+    pub fn reads_batches(&self, id: &str, version: u32) -> bool {
+        self.analyzers
+            .get(id)
+            .is_some_and(|a| a.instances.values().all(|i| i.batch >= version))
+    }
+
     /// Control messages rejected so far.
     pub fn bad_heartbeats(&self) -> u64 {
         self.bad_heartbeats
@@ -213,6 +223,7 @@ impl Membership {
                         first_seen: self.next_seen,
                         deadline,
                         provisional: true,
+                        batch: 0,
                     },
                 );
             }
@@ -288,6 +299,7 @@ impl Membership {
                     first_seen: self.next_seen,
                     deadline,
                     provisional: false,
+                    batch: hb.batch,
                 },
             );
             self.analyzers.insert(
@@ -312,6 +324,7 @@ impl Membership {
                 instance.interval_ms = hb.interval_ms;
                 instance.deadline = deadline;
                 instance.provisional = false;
+                instance.batch = hb.batch;
             }
             None => {
                 announced_changed = true;
@@ -324,6 +337,7 @@ impl Membership {
                         first_seen: self.next_seen,
                         deadline,
                         provisional: false,
+                        batch: hb.batch,
                     },
                 );
                 events.push(MembershipEvent::InstancesChanged { id: hb.id.clone() });
@@ -469,6 +483,7 @@ mod tests {
             weight,
             instance: instance.into(),
             interval_ms,
+            batch: 0,
         })
     }
 

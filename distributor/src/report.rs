@@ -63,6 +63,8 @@ pub struct Totals {
     pub held_packets: u64,
     pub held_overflow: u64,
     pub ingest_dropped_packets: u64,
+    pub batches_sent: u64,
+    pub batched_packets: u64,
     pub slow_consumer_events: u64,
     pub bad_heartbeats: u64,
     pub messages_per_sec: f64,
@@ -173,6 +175,8 @@ impl Report {
             totals.held_packets += d.held_packets;
             totals.held_overflow += d.held_overflow;
             totals.ingest_dropped_packets += d.ingest_dropped_packets;
+            totals.batches_sent += d.batches_sent;
+            totals.batched_packets += d.batched_packets;
             totals.slow_consumer_events += d.slow_consumer_events;
             totals.bad_heartbeats += d.bad_heartbeats;
             if live(d) {
@@ -220,6 +224,15 @@ impl Report {
             t.held_packets,
             t.messages_per_sec
         );
+        if t.batches_sent > 0 {
+            let _ = writeln!(
+                out,
+                "batches: {} NATS messages carried {} packets ({:.1} packets per batch)",
+                t.batches_sent,
+                t.batched_packets,
+                t.batched_packets as f64 / t.batches_sent as f64
+            );
+        }
         let affinity = self.analyzers.iter().any(|a| a.keys_held.is_some());
         let _ = write!(
             out,

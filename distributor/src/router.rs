@@ -167,6 +167,19 @@ impl Router {
     /// when no analyzer is online.
     #[inline]
     pub fn route(&mut self, key: Option<KeyHash>, messages: u64, bytes: usize) -> Option<&Subject> {
+        let index = self.route_index(key, messages, bytes)?;
+        Some(&self.routes[index].subject)
+    }
+
+    /// [`route`](Self::route), returning the analyzer's index in this epoch (see
+    /// [`subject`](Self::subject), [`id`](Self::id)) instead of its subject.
+    #[inline]
+    pub fn route_index(
+        &mut self,
+        key: Option<KeyHash>,
+        messages: u64,
+        bytes: usize,
+    ) -> Option<usize> {
         let pick = self.choose(key, messages, &[])?;
         self.selector.assign(pick.index, messages);
         self.count_key(key, pick.first_choice);
@@ -183,7 +196,17 @@ impl Router {
         c.epoch_messages += messages;
         c.epoch_packets += 1;
         self.routed_messages += messages;
-        Some(&route.subject)
+        Some(pick.index)
+    }
+
+    /// Analyzers routed to in this epoch (indices `0..len`).
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Subject of the analyzer at index `i` in this epoch.
+    pub fn subject(&self, i: usize) -> &Subject {
+        &self.routes[i].subject
     }
 
     /// Counts a key (or its absence) seen while affinity is on.

@@ -245,6 +245,7 @@ async fn a_packet_no_analyzer_acknowledges_is_dead_lettered_after_max_attempts()
             weight: 1.0,
             instance: "m".into(),
             interval_ms: 100,
+            batch: 0,
         });
     let beat_client = client.clone();
     let beats = tokio::spawn(async move {

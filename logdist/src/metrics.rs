@@ -266,6 +266,16 @@ fn encode_distributor(f: &mut Families, s: &DistributorStats) -> std::fmt::Resul
         s.redelivered,
     )?;
     f.counter(
+        &format!("{P}_batches_sent"),
+        "NATS messages to analyzers that carried two packets or more (coalescing).",
+        s.batches_sent,
+    )?;
+    f.counter(
+        &format!("{P}_batched_packets"),
+        "Packets sent to analyzers inside batches (divide by batches_sent for packets per batch).",
+        s.batched_packets,
+    )?;
+    f.counter(
         &format!("{P}_ingest_dropped_packets"),
         "At-most-once: packets the ingest connection dropped because the router fell behind.",
         s.ingest_dropped_packets,
@@ -446,6 +456,11 @@ fn encode_analyzer(f: &mut Families, snapshot: &AnalyzerSnapshot) -> std::fmt::R
         &format!("{P}_received_bytes"),
         "Payload bytes analyzed.",
         s.bytes,
+    )?;
+    f.counter(
+        &format!("{P}_received_batches"),
+        "NATS messages that were batches of packets (each packet also counts as received).",
+        s.batches,
     )?;
     f.counter(
         &format!("{P}_duplicate_packets"),

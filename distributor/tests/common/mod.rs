@@ -196,6 +196,7 @@ impl SimAnalyzer {
             weight: self.weight,
             instance: self.instance.clone(),
             interval_ms: HEARTBEAT.as_millis() as u64,
+            batch: 0,
         })
     }
 

@@ -34,6 +34,15 @@ pub struct Heartbeat {
     pub weight: f64,
     pub instance: String,
     pub interval_ms: u64,
+    /// The batch format version the instance reads ([`crate::protocol::batch`]); 0 (or absent)
+    /// when it reads only single packets. Distributors coalesce packets for an analyzer only
+    /// while every instance of it announces at least 1.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batch: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,13 +174,21 @@ mod tests {
                 id: "1".into(),
                 weight: 0.5,
                 instance: "abc".into(),
-                interval_ms: 1000
+                interval_ms: 1000,
+                batch: 0,
             })
         );
         let again = ControlMessage::parse(&parsed.to_json()).unwrap();
         assert_eq!(again, parsed);
         let value: serde_json::Value = serde_json::from_slice(&parsed.to_json()).unwrap();
         assert_eq!(value["state"], "up");
+        assert!(value.get("batch").is_none(), "the old form, unchanged");
+        let text =
+            r#"{"id":"1","weight":0.5,"instance":"abc","state":"up","interval_ms":1000,"batch":1}"#;
+        let ControlMessage::Up(hb) = ControlMessage::parse(text.as_bytes()).unwrap() else {
+            panic!("a heartbeat");
+        };
+        assert_eq!(hb.batch, 1);
     }
 
     #[test]
@@ -194,6 +211,7 @@ mod tests {
             weight,
             instance: "i".into(),
             interval_ms,
+            batch: 0,
         })
     }
 

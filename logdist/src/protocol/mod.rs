@@ -4,6 +4,7 @@
 //!
 //! - [`packet`]: log packets on the ingest subjects and how they are validated;
 //! - [`headers`]: the NATS headers agents and distributors set;
+//! - [`batch`]: several packets for one analyzer in one NATS message, and how to read them;
 //! - [`deadletter`]: the reason codes and headers of a dead letter;
 //! - [`control`]: heartbeats, withdrawals and withdrawal confirmations;
 //! - [`stats`]: the values of the membership and stats KV buckets;
@@ -12,6 +13,7 @@
 //! How a process connects, opens buckets or shuts down is not contract and lives outside this
 //! module (`connect`, `buckets`, `shutdown`, … in the crate root).
 
+pub mod batch;
 pub mod control;
 pub mod deadletter;
 pub mod headers;

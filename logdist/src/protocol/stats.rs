@@ -100,6 +100,12 @@ pub struct DistributorStats {
     /// (its buffer, `--ingest-buffer`, was full). A lower bound while running (packets still
     /// in the buffer are not counted as dropped until they could be), exact in the final stats.
     pub ingest_dropped_packets: u64,
+    /// NATS messages to analyzers that carried a batch of two packets or more (coalescing,
+    /// `--linger`); `batched_packets` / `batches_sent` is the mean packets per batch. Packets
+    /// not in a batch went alone (`routed_packets` counts both).
+    pub batches_sent: u64,
+    /// Packets that went in those batches.
+    pub batched_packets: u64,
     pub slow_consumer_events: u64,
     pub disconnects: u64,
     pub reconnects: u64,
@@ -170,6 +176,9 @@ pub struct AnalyzerStats {
     pub bytes: u64,
     /// Packets dropped as repeats of one already analyzed (at-least-once mode).
     pub duplicates: u64,
+    /// NATS messages that were batches of packets (docs/protocol.md, "Batches"); each of their
+    /// packets is counted in `packets` as if it had come alone.
+    pub batches: u64,
     /// Packets that arrived but did not parse (should be 0: the distributor validates).
     pub invalid_packets: u64,
     /// Messages by canonical severity name (TRACE … FATAL).

@@ -1,0 +1,297 @@
+//! Coalescing against a real nats-server (docs/protocol.md "Batches"): packets for one analyzer
+//! go out together only to analyzers that announce `"batch": 1`, the shares by message count do
+//! not change, `--linger 0` sends one NATS message per packet, and every packet arrives whole
+//! with its own headers.
+//!
+//! The analyzers here are raw NATS subscribers that count NATS messages and the packets in
+//! them (read with `logdist::protocol::batch::split`, as any analyzer would).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::Client;
+use bytes::Bytes;
+use common::*;
+use futures::StreamExt;
+use logdist::protocol::batch;
+use logdist::protocol::control::{ControlMessage, Heartbeat};
+use logdist::protocol::headers;
+use logdist_testing::{wait_until, NatsServer};
+
+/// What one raw analyzer received.
+#[derive(Debug, Default, Clone)]
+struct Counts {
+    /// NATS messages.
+    nats_messages: u64,
+    /// Of those, batches.
+    batches: u64,
+    /// Packets (a batch's counted one by one).
+    packets: u64,
+    /// Log messages, from `Logdist-Count` of each packet.
+    messages: u64,
+    /// `Logdist-Seq` of every packet, in arrival order.
+    seqs: Vec<u64>,
+    /// Packets whose payload did not match its own `Logdist-Count` header (must stay 0).
+    mismatched: u64,
+}
+
+/// A raw analyzer: a queue subscription on `analyzer.<id>` and heartbeats announcing `batch`.
+struct RawAnalyzer {
+    id: String,
+    weight: f64,
+    counts: Arc<Mutex<Counts>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RawAnalyzer {
+    async fn start(client: &Client, id: &str, weight: f64, batch_version: u32) -> RawAnalyzer {
+        let subject = format!("analyzer.{id}");
+        let mut sub = client
+            .queue_subscribe(subject.clone(), subject.clone())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let sink = counts.clone();
+        let receive = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let mut c = sink.lock().unwrap();
+                c.nats_messages += 1;
+                let parts = batch::split(msg.headers.as_ref(), msg.payload.len())
+                    .expect("a readable batch");
+                let packets: Vec<(async_nats::HeaderMap, Bytes)> = match parts {
+                    Some(parts) => {
+                        c.batches += 1;
+                        let h = msg.headers.as_ref().unwrap();
+                        parts
+                            .iter()
+                            .map(|p| (p.headers(h), msg.payload.slice(p.range.clone())))
+                            .collect()
+                    }
+                    None => vec![(msg.headers.clone().unwrap_or_default(), msg.payload.clone())],
+                };
+                for (h, payload) in packets {
+                    let count: u64 = h.get(headers::COUNT).unwrap().as_str().parse().unwrap();
+                    let parsed = logdist::PacketValidator::default()
+                        .count_if_valid(&payload)
+                        .map(|n| n as u64);
+                    if parsed != Some(count) {
+                        c.mismatched += 1;
+                    }
+                    c.packets += 1;
+                    c.messages += count;
+                    if let Some(seq) = h.get(headers::SEQ) {
+                        c.seqs.push(seq.as_str().parse().unwrap());
+                    }
+                }
+            }
+        });
+        let beat = Bytes::from(
+            ControlMessage::Up(Heartbeat {
+                id: id.to_string(),
+                weight,
+                instance: "raw".into(),
+                interval_ms: HEARTBEAT.as_millis() as u64,
+                batch: batch_version,
+            })
+            .to_json(),
+        );
+        let beat_client = client.clone();
+        let control = control_subject(id);
+        let heartbeats = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                let _ = beat_client.publish(control.clone(), beat.clone()).await;
+                let _ = beat_client.flush().await;
+            }
+        });
+        RawAnalyzer {
+            id: id.to_string(),
+            weight,
+            counts,
+            tasks: vec![receive, heartbeats],
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        self.counts.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawAnalyzer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn wait_packets(analyzers: &[&RawAnalyzer], what: &str, packets: u64) {
+    wait_until(what, WAIT, || async {
+        analyzers.iter().map(|a| a.counts().packets).sum::<u64>() >= packets
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got: u64 = analyzers.iter().map(|a| a.counts().packets).sum();
+    assert_eq!(got, packets, "{what}: no packet twice");
+}
+
+/// Publishes `n` single-message packets with `Logdist-Seq` 0.. as fast as the client takes them.
+async fn burst(client: &Client, first_seq: u64, n: u64) {
+    let payload = Bytes::from(message(1));
+    for seq in first_seq..first_seq + n {
+        client
+            .publish_with_headers(INGEST, seq_headers(seq), payload.clone())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn held_packets_leave_as_bounded_batches_in_order() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut distributor = start_distributor(
+        &server,
+        "r1",
+        &["--linger", "50ms", "--batch-max-messages", "100"],
+    )
+    .await;
+    let (members, stats) = buckets(&client).await;
+    // No analyzer yet: the packets are held, and leave together once one is online.
+    burst(&client, 0, 1000).await;
+    wait_distributor_stats(&stats, "r1", "1000 packets held", |s| {
+        s.held_packets == 1000
+    })
+    .await;
+    let a = RawAnalyzer::start(&client, "a", 1.0, batch::BATCH_VERSION).await;
+    wait_member(&members, "a", true).await;
+    wait_packets(&[&a], "the held packets", 1000).await;
+    let c = a.counts();
+    assert_eq!(
+        c.mismatched, 0,
+        "each packet whole, with its own Logdist-Count"
+    );
+    assert_eq!(c.seqs, (0..1000).collect::<Vec<_>>(), "in order");
+    // At most 100 messages a batch: 1000 packets are at least 10 NATS messages, and a burst
+    // released at once fills them.
+    assert_eq!(c.nats_messages, 10, "{c:?}");
+    assert_eq!(c.batches, 10);
+    let s = wait_distributor_stats(&stats, "r1", "batches counted", |s| s.batches_sent == 10).await;
+    assert_eq!(s.batched_packets, 1000);
+    assert_eq!(s.routed_packets, 1000);
+    assert_eq!(s.analyzers["a"].packets, 1000);
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
+async fn linger_0_sends_one_message_per_packet() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut distributor = start_distributor(&server, "r1", &["--linger", "0"]).await;
+    let (members, stats) = buckets(&client).await;
+    burst(&client, 0, 500).await;
+    wait_distributor_stats(&stats, "r1", "500 packets held", |s| s.held_packets == 500).await;
+    let a = RawAnalyzer::start(&client, "a", 1.0, batch::BATCH_VERSION).await;
+    wait_member(&members, "a", true).await;
+    wait_packets(&[&a], "the held packets", 500).await;
+    let c = a.counts();
+    assert_eq!((c.nats_messages, c.batches), (500, 0), "{c:?}");
+    assert_eq!(c.seqs, (0..500).collect::<Vec<_>>());
+    let s = wait_distributor_stats(&stats, "r1", "all routed", |s| s.routed_packets == 500).await;
+    assert_eq!(s.batches_sent, 0);
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
+async fn under_load_batches_form_for_those_that_read_them_and_shares_hold() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    // The default linger and bounds; a buffer that takes every burst (nothing is lost to it).
+    let mut distributor = start_distributor(&server, "r1", &["--ingest-buffer", "65536"]).await;
+    let (members, stats) = buckets(&client).await;
+    // Analyzer "old" does not announce batches (a third-party or older analyzer).
+    let analyzers = [
+        RawAnalyzer::start(&client, "1", 0.5, batch::BATCH_VERSION).await,
+        RawAnalyzer::start(&client, "2", 0.3, batch::BATCH_VERSION).await,
+        RawAnalyzer::start(&client, "old", 0.2, 0).await,
+    ];
+    for a in &analyzers {
+        wait_member(&members, &a.id, true).await;
+    }
+    let refs: Vec<&RawAnalyzer> = analyzers.iter().collect();
+    // Packets of 1 to 20 messages, in bursts the distributor cannot route as fast as they come.
+    let packets: Vec<Bytes> = (0..=20).map(|n| Bytes::from(packet(n))).collect();
+    let mut rng = Lcg::new(11);
+    let (mut sent_messages, mut sent_packets) = (0u64, 0u64);
+    for round in 0..4 {
+        for _ in 0..5000 {
+            let n = rng.range(1, 20);
+            client
+                .publish_with_headers(
+                    INGEST,
+                    seq_headers(sent_packets),
+                    packets[n as usize].clone(),
+                )
+                .await
+                .unwrap();
+            sent_messages += n;
+            sent_packets += 1;
+        }
+        client.flush().await.unwrap();
+        wait_packets(&refs, &format!("round {round}"), sent_packets).await;
+    }
+    let by_id: HashMap<&str, Counts> = analyzers.iter().map(|a| (&*a.id, a.counts())).collect();
+    for (id, c) in &by_id {
+        assert_eq!(c.mismatched, 0, "analyzer {id}");
+        let mut sorted = c.seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, c.seqs, "analyzer {id}: packets in the order routed");
+    }
+    let old = &by_id["old"];
+    assert_eq!(
+        old.batches, 0,
+        "an analyzer that does not announce batches gets none"
+    );
+    assert_eq!(old.nats_messages, old.packets);
+    let batched: u64 = ["1", "2"].iter().map(|id| by_id[id].batches).sum();
+    let nats: u64 = ["1", "2"].iter().map(|id| by_id[id].nats_messages).sum();
+    let packets_12: u64 = ["1", "2"].iter().map(|id| by_id[id].packets).sum();
+    assert!(
+        batched > 0 && nats < packets_12,
+        "under load, batches form: {nats} NATS messages for {packets_12} packets"
+    );
+    // Shares by message count, within the bound the routing test holds without batches.
+    let total: u64 = by_id.values().map(|c| c.messages).sum();
+    assert_eq!(total, sent_messages, "nothing lost");
+    for a in &analyzers {
+        let share = 100.0 * by_id[&*a.id].messages as f64 / total as f64;
+        assert!(
+            (share - 100.0 * a.weight).abs() < 0.1,
+            "analyzer {}: {share:.4}% vs {}%",
+            a.id,
+            100.0 * a.weight
+        );
+    }
+    let s = wait_distributor_stats(&stats, "r1", "all routed", |s| {
+        s.routed_messages == sent_messages
+    })
+    .await;
+    assert_eq!(s.routed_packets, sent_packets);
+    assert_eq!(s.batches_sent, batched);
+    let url = server.url();
+    let mut cli =
+        logdist_testing::Process::spawn("distributor", &["stats", "--nats-url", &url], &[]);
+    assert!(cli.wait(WAIT).await.success(), "{}", cli.stderr());
+    assert!(
+        cli.stdout().contains("packets per batch"),
+        "{}",
+        cli.stdout()
+    );
+    assert!(distributor.terminate(WAIT).await.success());
+}

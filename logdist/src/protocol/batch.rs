@@ -1,0 +1,435 @@
+//! Batches: several packets routed to one analyzer, coalesced into one NATS message on
+//! `analyzer.<id>` (docs/protocol.md, "Batches"). Only analyzers that announce
+//! `"batch": 1` in their heartbeats get them; everyone else gets one message per packet.
+//!
+//! A batch is described entirely by its headers, so reading one needs no JSON: the payload is
+//! the packets' payloads back to back, `Logdist-Batch-Lengths` gives their byte lengths in
+//! order, and each per-packet header the contract knows (`Logdist-Agent`, `Logdist-Seq`,
+//! `Logdist-Sent-At`, `Logdist-Packet-Id`) travels as a comma-separated list with one entry per
+//! packet (empty where that packet had none). A packet with any other header, or with a value
+//! containing a comma, is never put in a batch: it goes alone, unchanged.
+//!
+//! [`BatchBuilder`] makes batches (the distributor); [`split`] reads them (analyzers).
+
+use std::ops::Range;
+
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::headers::name;
+
+/// The batch format version analyzers announce (`"batch": 1` in their heartbeats) and
+/// `Logdist-Batch` is written in.
+pub const BATCH_VERSION: u32 = 1;
+
+/// `Logdist-Batch: <packets>`: the message is a batch of this many packets (2 or more).
+pub const BATCH: &str = "Logdist-Batch";
+/// Byte length of each packet's payload, in order: `120,4077,98`.
+pub const LENGTHS: &str = "Logdist-Batch-Lengths";
+/// Log messages in each packet, in order (their sum is `Logdist-Count`).
+pub const COUNTS: &str = "Logdist-Batch-Counts";
+/// Each packet's `Logdist-Agent` (present when at least one packet had one).
+pub const AGENTS: &str = "Logdist-Batch-Agents";
+/// Each packet's `Logdist-Seq`.
+pub const SEQS: &str = "Logdist-Batch-Seqs";
+/// Each packet's `Logdist-Sent-At`.
+pub const SENT_AT: &str = "Logdist-Batch-Sent-At";
+/// Each packet's `Logdist-Packet-Id` (at-least-once mode).
+pub const PACKET_IDS: &str = "Logdist-Batch-Packet-Ids";
+
+mod hn {
+    use async_nats::header::HeaderName;
+    pub const BATCH: HeaderName = HeaderName::from_static(super::BATCH);
+    pub const LENGTHS: HeaderName = HeaderName::from_static(super::LENGTHS);
+    pub const COUNTS: HeaderName = HeaderName::from_static(super::COUNTS);
+    pub const AGENTS: HeaderName = HeaderName::from_static(super::AGENTS);
+    pub const SEQS: HeaderName = HeaderName::from_static(super::SEQS);
+    pub const SENT_AT: HeaderName = HeaderName::from_static(super::SENT_AT);
+    pub const PACKET_IDS: HeaderName = HeaderName::from_static(super::PACKET_IDS);
+}
+
+/// Whether a packet forwarded with `headers` can go in a batch: every header is one the batch
+/// carries per packet (or the distributor's own `Logdist-Count` / `Logdist-Distributor`), once,
+/// and no value contains a comma. Anything else would be lost in a batch, so it goes alone.
+pub fn coalescable(headers: &HeaderMap) -> bool {
+    headers.iter().all(|(name, values)| {
+        let known = *name == name::AGENT
+            || *name == name::SEQ
+            || *name == name::SENT_AT
+            || *name == name::PACKET_ID
+            || *name == name::COUNT
+            || *name == name::DISTRIBUTOR;
+        known && values.len() == 1 && !values[0].as_str().contains(',')
+    })
+}
+
+/// One comma-separated per-packet list header being built.
+#[derive(Debug, Default)]
+struct List {
+    text: String,
+    /// Whether any packet had a value (a list of empty entries is not sent).
+    any: bool,
+}
+
+impl List {
+    fn push(&mut self, first: bool, value: Option<&str>) {
+        if !first {
+            self.text.push(',');
+        }
+        if let Some(v) = value {
+            self.text.push_str(v);
+            self.any = true;
+        }
+    }
+
+    fn take(&mut self) -> Option<String> {
+        let any = std::mem::take(&mut self.any);
+        let text = std::mem::take(&mut self.text);
+        any.then_some(text)
+    }
+}
+
+/// Builds one batch at a time: [`push`](Self::push) packets, then [`finish`](Self::finish).
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    payload: BytesMut,
+    packets: usize,
+    messages: u64,
+    lengths: String,
+    counts: String,
+    agents: List,
+    seqs: List,
+    sent_at: List,
+    packet_ids: List,
+}
+
+impl BatchBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Packets pushed since the last [`finish`](Self::finish).
+    pub fn packets(&self) -> usize {
+        self.packets
+    }
+
+    /// Payload bytes pushed since the last [`finish`](Self::finish).
+    pub fn bytes(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// Log messages pushed since the last [`finish`](Self::finish).
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// Appends one packet of `messages` log messages that [`coalescable`] accepted.
+    pub fn push(&mut self, headers: &HeaderMap, payload: &[u8], messages: u64) {
+        use std::fmt::Write;
+        let first = self.packets == 0;
+        if !first {
+            self.lengths.push(',');
+            self.counts.push(',');
+        }
+        let _ = write!(self.lengths, "{}", payload.len());
+        let _ = write!(self.counts, "{messages}");
+        let get = |n: HeaderName| headers.get(n).map(HeaderValue::as_str);
+        self.agents.push(first, get(name::AGENT));
+        self.seqs.push(first, get(name::SEQ));
+        self.sent_at.push(first, get(name::SENT_AT));
+        self.packet_ids.push(first, get(name::PACKET_ID));
+        self.payload.extend_from_slice(payload);
+        self.packets += 1;
+        self.messages += messages;
+    }
+
+    /// The batch's headers and payload (`distributor` is the `Logdist-Distributor` value); the
+    /// builder is empty again afterwards.
+    pub fn finish(&mut self, distributor: &HeaderValue) -> (HeaderMap, Bytes) {
+        let mut headers = HeaderMap::new();
+        headers.insert(hn::BATCH, HeaderValue::from(self.packets as u64));
+        headers.insert(name::COUNT, HeaderValue::from(self.messages));
+        headers.insert(name::DISTRIBUTOR, distributor.clone());
+        headers.insert(hn::LENGTHS, std::mem::take(&mut self.lengths).as_str());
+        headers.insert(hn::COUNTS, std::mem::take(&mut self.counts).as_str());
+        for (n, list) in [
+            (hn::AGENTS, &mut self.agents),
+            (hn::SEQS, &mut self.seqs),
+            (hn::SENT_AT, &mut self.sent_at),
+            (hn::PACKET_IDS, &mut self.packet_ids),
+        ] {
+            if let Some(text) = list.take() {
+                headers.insert(n, text.as_str());
+            }
+        }
+        self.packets = 0;
+        self.messages = 0;
+        (headers, self.payload.split().freeze())
+    }
+}
+
+/// One packet of a batch, as [`split`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPart<'a> {
+    /// Where its payload is in the batch's payload.
+    pub range: Range<usize>,
+    /// Log messages in it (`Logdist-Batch-Counts`).
+    pub messages: u64,
+    pub agent: Option<&'a str>,
+    pub seq: Option<&'a str>,
+    pub sent_at: Option<&'a str>,
+    pub packet_id: Option<&'a str>,
+}
+
+impl BatchPart<'_> {
+    /// The headers the packet would have had alone: its own per-packet headers, its
+    /// `Logdist-Count`, and the batch's `Logdist-Distributor`.
+    pub fn headers(&self, batch: &HeaderMap) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        for (n, v) in [
+            (name::AGENT, self.agent),
+            (name::SEQ, self.seq),
+            (name::SENT_AT, self.sent_at),
+            (name::PACKET_ID, self.packet_id),
+        ] {
+            if let Some(v) = v {
+                out.insert(n, v);
+            }
+        }
+        out.insert(name::COUNT, HeaderValue::from(self.messages));
+        if let Some(d) = batch.get(name::DISTRIBUTOR) {
+            out.insert(name::DISTRIBUTOR, d.clone());
+        }
+        out
+    }
+}
+
+/// Why a message that says it is a batch cannot be read as one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("{header} is missing")]
+    Missing { header: &'static str },
+    #[error("{header} is not a list of numbers: {value:?}")]
+    NotNumbers { header: &'static str, value: String },
+    #[error("{header} has {found} entries for {packets} packets")]
+    WrongLength {
+        header: &'static str,
+        found: usize,
+        packets: usize,
+    },
+    #[error("the lengths add up to {lengths} bytes but the payload has {payload}")]
+    WrongTotal { lengths: usize, payload: usize },
+}
+
+impl BatchError {
+    /// Stable short name for counters and dead letters.
+    pub fn code(&self) -> &'static str {
+        "bad_batch"
+    }
+}
+
+/// Reads the packets of a batch: `Ok(None)` when the message is not a batch (no
+/// `Logdist-Batch`), a packet to read as it is.
+pub fn split<'a>(
+    headers: Option<&'a HeaderMap>,
+    payload_len: usize,
+) -> Result<Option<Vec<BatchPart<'a>>>, BatchError> {
+    let Some(headers) = headers else {
+        return Ok(None);
+    };
+    let Some(declared) = headers.get(hn::BATCH) else {
+        return Ok(None);
+    };
+    let packets: usize = declared
+        .as_str()
+        .trim()
+        .parse()
+        .map_err(|_| BatchError::NotNumbers {
+            header: BATCH,
+            value: declared.as_str().to_string(),
+        })?;
+    let numbers = |n: HeaderName, header: &'static str| -> Result<Vec<u64>, BatchError> {
+        let value = headers
+            .get(n)
+            .ok_or(BatchError::Missing { header })?
+            .as_str();
+        let parsed: Result<Vec<u64>, _> = value.split(',').map(|s| s.trim().parse()).collect();
+        let parsed = parsed.map_err(|_| BatchError::NotNumbers {
+            header,
+            value: value.chars().take(200).collect(),
+        })?;
+        if parsed.len() != packets {
+            return Err(BatchError::WrongLength {
+                header,
+                found: parsed.len(),
+                packets,
+            });
+        }
+        Ok(parsed)
+    };
+    let lengths = numbers(hn::LENGTHS, LENGTHS)?;
+    let counts = numbers(hn::COUNTS, COUNTS)?;
+    let list = |n: HeaderName, header: &'static str| -> Result<Vec<Option<&'a str>>, BatchError> {
+        let Some(value) = headers.get(n) else {
+            return Ok(vec![None; packets]);
+        };
+        let entries: Vec<Option<&str>> = value
+            .as_str()
+            .split(',')
+            .map(|s| (!s.is_empty()).then_some(s))
+            .collect();
+        if entries.len() != packets {
+            return Err(BatchError::WrongLength {
+                header,
+                found: entries.len(),
+                packets,
+            });
+        }
+        Ok(entries)
+    };
+    let agents = list(hn::AGENTS, AGENTS)?;
+    let seqs = list(hn::SEQS, SEQS)?;
+    let sent_at = list(hn::SENT_AT, SENT_AT)?;
+    let ids = list(hn::PACKET_IDS, PACKET_IDS)?;
+    let total = lengths
+        .iter()
+        .try_fold(0usize, |sum, &l| sum.checked_add(l as usize));
+    if total != Some(payload_len) {
+        return Err(BatchError::WrongTotal {
+            lengths: total.unwrap_or(usize::MAX),
+            payload: payload_len,
+        });
+    }
+    let mut start = 0;
+    let parts = (0..packets)
+        .map(|i| {
+            let end = start + lengths[i] as usize;
+            let part = BatchPart {
+                range: start..end,
+                messages: counts[i],
+                agent: agents[i],
+                seq: seqs[i],
+                sent_at: sent_at[i],
+                packet_id: ids[i],
+            };
+            start = end;
+            part
+        })
+        .collect();
+    Ok(Some(parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet_headers(agent: Option<&str>, sent_at: Option<&str>, id: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = agent {
+            h.insert(name::AGENT, a);
+        }
+        if let Some(s) = sent_at {
+            h.insert(name::SENT_AT, s);
+        }
+        if let Some(i) = id {
+            h.insert(name::PACKET_ID, i);
+        }
+        h.insert(name::COUNT, "1");
+        h.insert(name::DISTRIBUTOR, "r1");
+        h
+    }
+
+    #[test]
+    fn a_batch_round_trips_per_packet_headers_and_payloads() {
+        let mut b = BatchBuilder::new();
+        let p1 = br#"{"timestamp":1,"severity":"INFO","source":"a","message":"x"}"#;
+        let p2 = br#"[{"timestamp":2,"severity":"WARN","source":"b","message":"y, z"},{"timestamp":3,"severity":"INFO","source":"b","message":""}]"#;
+        let p3 = br#"{"timestamp":4,"severity":"ERROR","source":"c","message":"q"}"#;
+        b.push(
+            &packet_headers(Some("a1"), Some("100"), Some("LOGS:7")),
+            p1,
+            1,
+        );
+        b.push(&packet_headers(None, Some("200"), Some("LOGS:9")), p2, 2);
+        b.push(&packet_headers(Some("a3"), None, Some("LOGS:8")), p3, 1);
+        assert_eq!((b.packets(), b.messages()), (3, 4));
+        let (headers, payload) = b.finish(&HeaderValue::from("r1"));
+        assert_eq!(b.packets(), 0);
+        assert_eq!(headers.get(BATCH).unwrap().as_str(), "3");
+        assert_eq!(headers.get(name::COUNT).unwrap().as_str(), "4");
+        assert_eq!(headers.get(AGENTS).unwrap().as_str(), "a1,,a3");
+        assert_eq!(headers.get(SENT_AT).unwrap().as_str(), "100,200,");
+        assert!(headers.get(SEQS).is_none(), "no packet had a Logdist-Seq");
+        let parts = split(Some(&headers), payload.len()).unwrap().unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(&payload[parts[0].range.clone()], p1);
+        assert_eq!(&payload[parts[1].range.clone()], p2);
+        assert_eq!(&payload[parts[2].range.clone()], p3);
+        assert_eq!(parts[1].messages, 2);
+        assert_eq!(parts[1].agent, None);
+        assert_eq!(parts[2].packet_id, Some("LOGS:8"));
+        let alone = parts[0].headers(&headers);
+        assert_eq!(alone.get(name::AGENT).unwrap().as_str(), "a1");
+        assert_eq!(alone.get(name::SENT_AT).unwrap().as_str(), "100");
+        assert_eq!(alone.get(name::PACKET_ID).unwrap().as_str(), "LOGS:7");
+        assert_eq!(alone.get(name::COUNT).unwrap().as_str(), "1");
+        assert_eq!(alone.get(name::DISTRIBUTOR).unwrap().as_str(), "r1");
+        // The builder is reusable.
+        b.push(&packet_headers(None, None, None), p1, 1);
+        b.push(&packet_headers(None, None, None), p3, 1);
+        let (headers, payload) = b.finish(&HeaderValue::from("r1"));
+        assert!(headers.get(AGENTS).is_none());
+        assert_eq!(
+            split(Some(&headers), payload.len()).unwrap().unwrap().len(),
+            2
+        );
+    }
+
+    #[test]
+    fn only_packets_whose_headers_a_batch_carries_are_coalescable() {
+        assert!(coalescable(&packet_headers(Some("a"), Some("1"), None)));
+        assert!(coalescable(&HeaderMap::new()));
+        let mut other = packet_headers(Some("a"), None, None);
+        other.insert("Trace-Id", "x");
+        assert!(!coalescable(&other), "a header the batch cannot carry");
+        assert!(!coalescable(&packet_headers(Some("a,b"), None, None)));
+        let mut twice = packet_headers(Some("a"), None, None);
+        twice.append(name::AGENT, "b");
+        assert!(!coalescable(&twice), "a repeated header");
+    }
+
+    #[test]
+    fn a_plain_message_is_not_a_batch_and_a_broken_batch_is_an_error() {
+        assert_eq!(split(None, 10), Ok(None));
+        assert_eq!(split(Some(&packet_headers(None, None, None)), 10), Ok(None));
+        let mut h = HeaderMap::new();
+        h.insert(BATCH, "2");
+        assert_eq!(
+            split(Some(&h), 10),
+            Err(BatchError::Missing { header: LENGTHS })
+        );
+        h.insert(LENGTHS, "4,6");
+        h.insert(COUNTS, "1");
+        assert!(matches!(
+            split(Some(&h), 10),
+            Err(BatchError::WrongLength { header: COUNTS, .. })
+        ));
+        h.insert(COUNTS, "1,1");
+        assert_eq!(split(Some(&h), 10).unwrap().unwrap().len(), 2);
+        assert!(matches!(
+            split(Some(&h), 11),
+            Err(BatchError::WrongTotal { .. })
+        ));
+        h.insert(LENGTHS, "4,x");
+        assert!(matches!(
+            split(Some(&h), 10),
+            Err(BatchError::NotNumbers { .. })
+        ));
+        h.insert(LENGTHS, "4,6");
+        h.insert(AGENTS, "a,b,c");
+        assert!(matches!(
+            split(Some(&h), 10),
+            Err(BatchError::WrongLength { header: AGENTS, .. })
+        ));
+    }
+}
