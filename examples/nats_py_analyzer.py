@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A logdist analyzer in Python with nats-py, written from docs/protocol.md alone.
 
-It receives its share of packets on `analyzer.<id>` (queue group `analyzer.<id>`), counts log
-messages by severity, heartbeats on `logdist.control.<id>`, acknowledges request-style packets
+It receives its share of packets on `analyzer.<id>` (queue group `analyzer.<id>`), alone or
+coalesced in batches (it announces `"batch": 1`), counts log messages by severity, heartbeats on
+`logdist.control.<id>`, acknowledges request-style packets
 (at-least-once mode), writes its counters to the KV bucket `logdist_stats` under
 `analyzer.<id>.<instance>`, and on SIGINT/SIGTERM withdraws, waits for the distributors'
 confirmations, drains and writes its final counters.
@@ -37,6 +38,7 @@ class Analyzer:
         self.instance = args.instance or secrets.token_hex(4)
         self.started_at_ms = now_ms()
         self.messages = self.packets = self.bytes = self.duplicates = self.invalid = 0
+        self.batches = 0
         self.by_severity = collections.Counter()
         self.recent_ids = collections.OrderedDict()  # Logdist-Packet-Id de-duplication window
         self.replicas = {}  # Logdist-Distributor -> last packet time
@@ -47,17 +49,37 @@ class Analyzer:
         replica = headers.get("Logdist-Distributor")
         if replica:
             self.replicas[replica] = time.monotonic()
-        packet_id = headers.get("Logdist-Packet-Id")
-        if packet_id and packet_id in self.recent_ids:
-            self.duplicates += 1
-        else:
+        for packet_id, payload in self.packets_of(headers, msg.data):
+            if packet_id and packet_id in self.recent_ids:
+                self.duplicates += 1
+                continue
             if packet_id:
                 self.recent_ids[packet_id] = None
                 if len(self.recent_ids) > 100_000:
                     self.recent_ids.popitem(last=False)
-            self.count(msg.data)
-        if msg.reply:  # at-least-once: an empty reply acknowledges the packet
+            self.count(payload)
+        if msg.reply:  # at-least-once: one empty reply acknowledges the packet, or the whole batch
             await msg.respond(b"")
+
+    def packets_of(self, headers, data):
+        """(packet id, payload) of each packet: one, or those of a batch (docs/protocol.md)."""
+        if "Logdist-Batch" not in headers:
+            return [(headers.get("Logdist-Packet-Id"), data)]
+        try:
+            n = int(headers["Logdist-Batch"])
+            lengths = [int(x) for x in headers["Logdist-Batch-Lengths"].split(",")]
+            ids = headers.get("Logdist-Batch-Packet-Ids", "," * (n - 1)).split(",")
+            if len(lengths) != n or len(ids) != n or sum(lengths) != len(data):
+                raise ValueError("lengths do not match")
+        except (KeyError, ValueError):
+            self.invalid += 1
+            return []
+        self.batches += 1
+        packets, start = [], 0
+        for length, packet_id in zip(lengths, ids):
+            packets.append((packet_id or None, data[start:start + length]))
+            start += length
+        return packets
 
     def count(self, payload):
         try:
@@ -84,6 +106,7 @@ class Analyzer:
             "state": state, "started_at_ms": self.started_at_ms, "updated_at_ms": now_ms(),
             "messages": self.messages, "packets": self.packets, "bytes": self.bytes,
             "duplicates": self.duplicates, "invalid_packets": self.invalid,
+            "batches": self.batches,
             "by_severity": dict(self.by_severity),
         }).encode()
 
@@ -120,7 +143,8 @@ async def main():
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     heartbeat = json.dumps({"id": args.id, "weight": args.weight, "instance": analyzer.instance,
-                            "state": "up", "interval_ms": int(args.heartbeat_interval * 1000)})
+                            "state": "up", "interval_ms": int(args.heartbeat_interval * 1000),
+                            "batch": 1})
     next_report = 0.0
     while not stop.is_set():
         await nc.publish(control, heartbeat.encode())

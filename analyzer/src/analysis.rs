@@ -54,6 +54,7 @@ pub struct Analysis {
     packets: u64,
     bytes: u64,
     duplicates: u64,
+    batches: u64,
     invalid_packets: u64,
     skipped_records: u64,
     by_severity: [u64; Severity::ALL.len()],
@@ -72,6 +73,7 @@ impl Analysis {
             packets: 0,
             bytes: 0,
             duplicates: 0,
+            batches: 0,
             invalid_packets: 0,
             skipped_records: 0,
             by_severity: [0; Severity::ALL.len()],
@@ -132,6 +134,21 @@ impl Analysis {
     /// Whether a packet with this id was analyzed (within the de-duplication window).
     pub fn seen(&self, packet_id: &str) -> bool {
         self.dedup.contains(packet_id)
+    }
+
+    /// Counts a NATS message that was a batch (its packets are analyzed one by one).
+    pub fn count_batch(&mut self) {
+        self.batches += 1;
+    }
+
+    /// Batches received.
+    pub fn batches(&self) -> u64 {
+        self.batches
+    }
+
+    /// A message that says it is a batch but cannot be read as one: counted as invalid.
+    pub fn count_invalid(&mut self) {
+        self.invalid_packets += 1;
     }
 
     /// Counts a repeat of an analyzed packet without looking at it.

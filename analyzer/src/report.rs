@@ -76,6 +76,7 @@ impl Reporter {
             packets: analysis.packets(),
             bytes: analysis.bytes(),
             duplicates: analysis.duplicates(),
+            batches: analysis.batches(),
             invalid_packets: analysis.invalid_packets(),
             by_severity: Severity::ALL
                 .iter()

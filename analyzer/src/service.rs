@@ -34,6 +34,7 @@
 //! their retries end; in at-least-once mode those are not acknowledged (the distributor
 //! re-routes them), in at-most-once mode they are dead-lettered (`forward_failed`).
 
+use std::collections::HashMap;
 use std::io::{self, Stdout, Write};
 use std::time::{Duration, Instant};
 
@@ -41,8 +42,8 @@ use async_nats::{Client, HeaderName, Message, Subject};
 use futures::StreamExt;
 use logdist::metrics::{AnalyzerCollector, AnalyzerSnapshot, LatestSnapshot, NatsCollector};
 use logdist::protocol::control::{Heartbeat, WithdrawalConfirmed};
-use logdist::protocol::headers;
 use logdist::protocol::stats::{analyzer_key, AnalyzerStats};
+use logdist::protocol::{batch, headers};
 use logdist::telemetry::{self, Condition, NatsCondition, Readiness, Telemetry};
 use logdist::ConnectError;
 use logdist::{open_or_create_bucket, BucketError};
@@ -198,6 +199,7 @@ pub async fn run(
             weight: config.weight,
             instance: instance.to_string(),
             interval_ms: config.heartbeat_interval.as_millis() as u64,
+            batch: logdist::protocol::batch::BATCH_VERSION,
         },
         config.heartbeat_interval,
         heartbeat_stop.clone(),
@@ -471,6 +473,39 @@ struct PacketHandler {
     invalid_logged: bool,
     /// HTTP analyzers only.
     forward: Option<Forwarding>,
+    /// HTTP and process analyzers: batches whose packets are still out, by reply subject.
+    batches: HashMap<String, BatchAck>,
+}
+
+/// A batch (at-least-once) whose packets an HTTP or process analyzer is still delivering.
+struct BatchAck {
+    remaining: usize,
+    /// A packet failed for good: the batch is not acknowledged.
+    failed: bool,
+}
+
+/// A packet of a batch as a message of its own: the batch's subject and reply, the packet's
+/// headers ([`batch::BatchPart::headers`]) and its slice of the payload.
+struct Part;
+
+impl Part {
+    fn of(batch_message: &Message, part: &batch::BatchPart<'_>) -> Message {
+        let payload = batch_message.payload.slice(part.range.clone());
+        let headers = batch_message
+            .headers
+            .as_ref()
+            .map(|h| part.headers(h))
+            .unwrap_or_default();
+        Message {
+            subject: batch_message.subject.clone(),
+            reply: batch_message.reply.clone(),
+            length: payload.len(),
+            payload,
+            headers: Some(headers),
+            status: None,
+            description: None,
+        }
+    }
 }
 
 /// What an HTTP analyzer needs besides the counters: the forwarder, and what it takes to publish
@@ -516,6 +551,7 @@ impl PacketHandler {
                 .expect("the contract's header names are valid"),
             replicas: RoutingReplicas::default(),
             invalid_logged: false,
+            batches: HashMap::new(),
         }
     }
 
@@ -527,6 +563,23 @@ impl PacketHandler {
         if let Some(replica) = message_headers.and_then(|h| h.get(self.distributor_header.clone()))
         {
             self.replicas.saw(replica.as_str(), Instant::now());
+        }
+        match batch::split(message_headers, message.payload.len()) {
+            Ok(None) => {}
+            Ok(Some(parts)) => {
+                self.analysis.count_batch();
+                let parts = parts.into_iter().map(|p| Part::of(&message, &p)).collect();
+                return self.handle_batch(message, parts).await;
+            }
+            Err(error) => {
+                self.analysis.count_invalid();
+                if !self.invalid_logged {
+                    tracing::warn!(subject = %message.subject, code = error.code(), %error,
+                        "unreadable batch (counted in invalid_packets; further ones are logged at debug level)");
+                    self.invalid_logged = true;
+                }
+                return message.reply;
+            }
         }
         if let Some(forward) = self.forward.as_mut() {
             // A repeat of a packet already delivered is not posted again.
@@ -551,6 +604,58 @@ impl PacketHandler {
                 tracing::debug!(packet_id = ?self.meta(&message).packet_id, "duplicate packet dropped");
             }
             PacketOutcome::Invalid(error) => self.log_invalid(&message, &error),
+        }
+        message.reply
+    }
+
+    /// The packets of one batch, one by one, as if each had come alone; the batch's reply is
+    /// returned (for the next checkpoint) once every packet is settled, or, for an HTTP or
+    /// process analyzer, by [`settle`](Self::settle) when the last one is. In at-least-once mode
+    /// a batch with a packet that failed for good is not acknowledged: the distributor
+    /// re-routes its packets one by one (those delivered are then repeats, dropped by packet id
+    /// here, or delivered again elsewhere, as at-least-once allows).
+    async fn handle_batch(&mut self, message: Message, parts: Vec<Message>) -> Option<Subject> {
+        if let Some(forward) = self.forward.as_mut() {
+            let mut dispatched = 0;
+            for part in parts {
+                let packet_id = part
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(self.packet_id_header.clone()))
+                    .map(|v| v.as_str());
+                if packet_id.is_some_and(|id| self.analysis.seen(id)) {
+                    self.analysis.count_duplicate();
+                    continue;
+                }
+                forward.forwarder.dispatch(part);
+                dispatched += 1;
+            }
+            return match message.reply {
+                Some(reply) if dispatched > 0 => {
+                    self.batches.insert(
+                        reply.to_string(),
+                        BatchAck {
+                            remaining: dispatched,
+                            failed: false,
+                        },
+                    );
+                    None
+                }
+                reply => reply,
+            };
+        }
+        for part in &parts {
+            match self.count(&part.payload, part) {
+                PacketOutcome::Analyzed { messages } => {
+                    if let Some(until) = self.work.add(messages, Instant::now()) {
+                        tokio::time::sleep_until(until.into()).await;
+                    }
+                }
+                PacketOutcome::Duplicate => {
+                    tracing::debug!(packet_id = ?self.meta(part).packet_id, "duplicate packet dropped");
+                }
+                PacketOutcome::Invalid(error) => self.log_invalid(part, &error),
+            }
         }
         message.reply
     }
@@ -618,6 +723,25 @@ impl PacketHandler {
     /// reply subject to acknowledge. In at-least-once mode a packet with a request that failed
     /// for good is neither counted nor acknowledged: the distributor re-routes it whole.
     async fn settle(&mut self, done: Forwarded) -> Option<Subject> {
+        let reply = done.message.reply.clone();
+        let settled = self.settle_packet(done).await;
+        let Some(reply) = reply else {
+            return settled;
+        };
+        let Some(batch) = self.batches.get_mut(reply.as_str()) else {
+            return settled;
+        };
+        batch.remaining -= 1;
+        batch.failed |= settled.is_none();
+        if batch.remaining > 0 {
+            return None;
+        }
+        let batch = self.batches.remove(reply.as_str()).expect("present");
+        (!batch.failed).then_some(reply)
+    }
+
+    /// [`settle`](Self::settle) for one packet (alone, or of a batch).
+    async fn settle_packet(&mut self, done: Forwarded) -> Option<Subject> {
         let forward = self.forward.as_mut()?;
         forward.forwarder.settled();
         let Forwarded { message, outcome } = done;

@@ -237,6 +237,7 @@ async fn heartbeats_at_the_interval_then_withdraw_on_sigterm() {
         weight: 0.5,
         instance: "hb-1".into(),
         interval_ms: 100,
+        batch: logdist::protocol::batch::BATCH_VERSION,
     };
     assert_eq!(first, expected);
 

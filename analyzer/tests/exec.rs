@@ -24,11 +24,7 @@ for line in sys.stdin:
 "#;
 
 fn lines(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    file_lines(path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

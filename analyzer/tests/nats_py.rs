@@ -78,3 +78,62 @@ async fn the_nats_py_example_gets_its_share() {
     assert!(example.stdout().contains("down:"), "{}", example.stdout());
     wait_for_members(&url, 2, WAIT).await;
 }
+
+/// The example reads batches: packets held while no analyzer was online leave coalesced once it
+/// announces itself, and it counts every message of them, one packet at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_py_example_reads_batches() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (_distributor, stats) = coalescing_distributor(&url).await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let sent = publish(&client, "py", 0..2_000, 1000, Duration::ZERO).await;
+    let total = sent.len() as u64;
+    logdist_testing::wait_distributor_stats(&stats, "d1", "2000 packets held", |s| {
+        s.held_packets == 2000
+    })
+    .await;
+    let script = workspace_root().join("examples/nats_py_analyzer.py");
+    let mut example = Process::spawn_at(
+        &python(),
+        &[
+            script.to_str().unwrap(),
+            "--nats-url",
+            &url,
+            "--id",
+            "py",
+            "--weight",
+            "1",
+            "--instance",
+            "ipy",
+            "--report-interval",
+            "0.2",
+        ],
+        &[],
+    );
+    let stats = &stats;
+    let record = || async move {
+        match stats.get("analyzer.py.ipy").await {
+            Ok(Some(v)) => serde_json::from_slice::<serde_json::Value>(&v).unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        }
+    };
+    logdist_testing::wait_until("the example counts every message", WAIT, || async move {
+        record().await["messages"] == total
+    })
+    .await;
+    let r = record().await;
+    assert_eq!(r["packets"], 2000, "{r}");
+    assert_eq!(r["invalid_packets"], 0, "{r}");
+    let batches = r["batches"].as_u64().unwrap();
+    let d = logdist_testing::distributor_stats(stats, "d1")
+        .await
+        .unwrap();
+    assert!(d.batches_sent > 0, "{d:?}");
+    assert_eq!(batches, d.batches_sent, "every batch read as one");
+    assert!(
+        example.terminate(WAIT).await.success(),
+        "{}",
+        example.stderr()
+    );
+}

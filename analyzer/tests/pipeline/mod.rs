@@ -208,6 +208,52 @@ pub fn distributor_with(
     )
 }
 
+/// An at-most-once distributor `d1` that coalesces with a long `--linger` (batches form for
+/// certain from packets it held), and the stats bucket once its first record is in (it is then
+/// subscribed to the ingest subjects).
+pub async fn coalescing_distributor(url: &str) -> (Process, async_nats::jetstream::kv::Store) {
+    let process = Process::spawn(
+        "distributor",
+        &[
+            "run",
+            "--nats-url",
+            url,
+            "--replica-id",
+            "d1",
+            "--stats-interval",
+            "100ms",
+            "--linger",
+            "100ms",
+        ],
+        &[],
+    );
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let deadline = std::time::Instant::now() + WAIT;
+    let stats = loop {
+        if let Ok(store) = js.get_key_value("logdist_stats").await {
+            break store;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stats bucket after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    logdist_testing::wait_distributor_stats(&stats, "d1", "the distributor running", |_| true)
+        .await;
+    (process, stats)
+}
+
+/// The lines of a file (none while it does not exist).
+pub fn file_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// An analyzer `id` (instance `i<id>`) with fast heartbeats and reports, and `extra` flags.
 pub fn analyzer(url: &str, id: &str, weight: &str, extra: &[&str]) -> Process {
     let instance = format!("i{id}");

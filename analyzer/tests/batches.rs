@@ -1,0 +1,127 @@
+//! Our analyzer reads batches (docs/protocol.md "Batches") in every mode — built-in analysis,
+//! `--forward-http` and `--exec` — behind a real distributor and nats-server: every log message
+//! once, and the batches counted in its stats record.
+//!
+//! Packets published while no analyzer is online are held by the distributor and leave together
+//! when one comes online, so batches form for certain, whatever the machine's load.
+
+mod pipeline;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use logdist::protocol::stats::{analyzer_key, AnalyzerStats};
+use logdist_testing::{wait_distributor_stats, wait_for_members, NatsServer};
+use pipeline::*;
+
+async fn record(stats: &async_nats::jetstream::kv::Store, id: &str) -> AnalyzerStats {
+    let key = analyzer_key(id, &format!("i{id}"));
+    match stats.get(key).await {
+        Ok(Some(value)) => serde_json::from_slice(&value).unwrap_or_default(),
+        _ => AnalyzerStats::default(),
+    }
+}
+
+/// Publishes packets `range` of `tag` while no analyzer is online and waits until the
+/// distributor holds them all (`held` in total so far).
+async fn publish_held(
+    client: &async_nats::Client,
+    stats: &async_nats::jetstream::kv::Store,
+    tag: &str,
+    range: std::ops::Range<usize>,
+) -> BTreeSet<String> {
+    let n = range.len() as u64;
+    let sent = publish(client, tag, range, 1000, Duration::ZERO).await;
+    wait_distributor_stats(stats, "d1", &format!("{tag}: {n} packets held"), |s| {
+        s.held_packets == n
+    })
+    .await;
+    sent
+}
+
+fn lines(path: &std::path::Path) -> BTreeSet<String> {
+    file_lines(path).into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_reads_batches() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (_distributor, stats) = coalescing_distributor(&url).await;
+    let client = async_nats::connect(&url).await.unwrap();
+
+    // Built-in analysis, printing each message.
+    let sent = publish_held(&client, &stats, "native", 0..1000).await;
+    let mut native = analyzer(&url, "1", "1", &["--print"]);
+    let total = sent.len() as u64;
+    let stats_ref = &stats;
+    eventually(
+        "the built-in analyzer counts every message",
+        || async move { record(stats_ref, "1").await.messages == total },
+    )
+    .await;
+    let r = record(&stats, "1").await;
+    assert_eq!(
+        r.packets, 1000,
+        "each packet of a batch counted as a packet"
+    );
+    assert!(r.batches > 0 && r.batches < 1000, "batches: {}", r.batches);
+    assert_eq!(r.invalid_packets, 0);
+    assert!(
+        native.terminate(WAIT).await.success(),
+        "{}",
+        native.stderr()
+    );
+    let printed: Vec<String> = native
+        .stdout()
+        .lines()
+        .filter_map(|line| line.rsplit_once(": ").map(|(_, id)| id.to_string()))
+        .filter(|id| id.starts_with("native-"))
+        .collect();
+    assert_eq!(printed.len(), sent.len(), "every message printed once");
+    assert_eq!(printed.into_iter().collect::<BTreeSet<_>>(), sent);
+    wait_for_members(&url, 0, WAIT).await;
+
+    // An HTTP analyzer: each packet of a batch is its own request, as if it had come alone.
+    let sent = publish_held(&client, &stats, "http", 0..1000).await;
+    let endpoint = TestEndpoint::start();
+    let mut http = analyzer(&url, "2", "1", &["--forward-http", &endpoint.url()]);
+    let (total, received) = (sent.len() as u64, &endpoint.received);
+    eventually("the endpoint receives every message", || async move {
+        received.messages() == total
+    })
+    .await;
+    assert_eq!(endpoint.received.ids(), sent, "every message once");
+    // Its stats record catches up at the next report.
+    eventually("batches counted", || async move {
+        let r = record(stats_ref, "2").await;
+        r.messages == total && r.batches > 0
+    })
+    .await;
+    assert!(http.terminate(WAIT).await.success(), "{}", http.stderr());
+    wait_for_members(&url, 0, WAIT).await;
+
+    // A process analyzer: one line per log message on its stdin.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lines.txt");
+    let command = format!(
+        "exec '{}' -u -c 'import json,sys\nfor l in sys.stdin: print(json.loads(l)[\"message\"], flush=True)' >> '{}'",
+        python().display(),
+        out.display()
+    );
+    let sent = publish_held(&client, &stats, "exec", 0..1000).await;
+    let mut child = analyzer(&url, "3", "1", &["--exec", &command]);
+    let (total, out_ref) = (sent.len(), &out);
+    eventually("the child reads every message", || async move {
+        lines(out_ref).len() == total
+    })
+    .await;
+    assert_eq!(lines(&out), sent);
+    // Its stats record catches up at the next report.
+    eventually("batches counted", || async move {
+        let r = record(stats_ref, "3").await;
+        r.messages == total as u64 && r.batches > 0
+    })
+    .await;
+    assert!(child.terminate(WAIT).await.success(), "{}", child.stderr());
+}
