@@ -2,8 +2,11 @@
 //! one analyzer and forgotten. See `docs/delivery.md` for what this mode can lose.
 //!
 //! Packets come from two core-NATS queue subscriptions (`<ingest>` and `<ingest>.>`, queue group
-//! `distributors`) on an ingest connection of its own. The loop is the core's ([`CoreSources`]
-//! first: shutdown, control, expiry, stats), then the two ingest subscriptions. Per packet:
+//! `distributors`) on an ingest connection of its own, and with `--http` from the gateway of this
+//! process, through a bounded queue ([`LocalPacket`]s it validated already: no round trip through
+//! NATS to ourselves). The loop is the core's ([`CoreSources`] first: shutdown, control, expiry,
+//! stats), then the gateway's queue (its clients wait for their answer, so it is bounded by their
+//! concurrency and pushes back with 503 when full), then the two ingest subscriptions. Per packet:
 //! validate in the core (what is invalid is dead-lettered), then publish to the analyzer the
 //! selector picks; while no analyzer is online, hold it in a bounded FIFO ([`HoldQueue`]) and
 //! publish it once one is (a routing change, [`DeliveryMode::routing_changed`]); when the hold
@@ -18,7 +21,8 @@
 //! it).
 //!
 //! Shutdown (SIGINT/SIGTERM): the ingest subscriptions are drained (unsubscribed, then what the
-//! client already buffered is still routed), packets still held are dead-lettered
+//! client already buffered is still routed), so is the gateway's queue (until the gateway has
+//! answered its last request), packets still held are dead-lettered
 //! (`no_analyzer_online`); the caller flushes and writes the final stats.
 
 use std::pin::Pin;
@@ -31,6 +35,8 @@ use futures::StreamExt;
 use logdist::protocol::deadletter::{Reason, NO_ANALYZER_ONLINE};
 use logdist::protocol::names::DISTRIBUTOR_QUEUE_GROUP;
 use logdist::{ConnectError, ConnectionEvents};
+use logdist_http::LocalPacket;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::coalescer::{Coalescer, Ready};
@@ -107,12 +113,14 @@ struct AtMostOnce {
     linger: Pin<Box<tokio::time::Sleep>>,
 }
 
-/// Runs at-most-once delivery until `shutdown`, then drains the ingest subscriptions and
-/// dead-letters what is still held. Returns the mode's part of the final stats.
+/// Runs at-most-once delivery until `shutdown`, then drains the ingest subscriptions (and the
+/// gateway's queue `local`, with `--http`) and dead-letters what is still held. Returns the
+/// mode's part of the final stats.
 pub(crate) async fn run(
     args: &RunArgs,
     core: &mut Distributor,
     control: &mut ControlSubscriptions,
+    mut local: Option<mpsc::Receiver<LocalPacket>>,
     publisher: &StatsPublisher,
     shutdown: &CancellationToken,
 ) -> Result<ModeStats, RunError> {
@@ -170,8 +178,14 @@ pub(crate) async fn run(
         "distributor running"
     );
     let mut sources = CoreSources::new(core, control, publisher, args.stats_interval, shutdown);
-    mode.event_loop(core, &mut sources, &mut ingest, &mut ingest_agents)
-        .await;
+    mode.event_loop(
+        core,
+        &mut sources,
+        &mut local,
+        &mut ingest,
+        &mut ingest_agents,
+    )
+    .await;
 
     // Shutdown: take no new packets, route what is in hand. Every step is bounded: with the
     // server gone (a node going down with us) an unsubscribe or a publish can wait forever for
@@ -179,7 +193,13 @@ pub(crate) async fn run(
     tracing::info!("draining the ingest subscriptions");
     let drained = tokio::time::timeout(
         DRAIN_TIMEOUT,
-        mode.drain(core, &mut sources, &mut ingest, &mut ingest_agents),
+        mode.drain(
+            core,
+            &mut sources,
+            &mut local,
+            &mut ingest,
+            &mut ingest_agents,
+        ),
     )
     .await;
     match drained {
@@ -220,6 +240,7 @@ impl AtMostOnce {
         &mut self,
         core: &mut Distributor,
         sources: &mut CoreSources<'_>,
+        local: &mut Option<mpsc::Receiver<LocalPacket>>,
         ingest: &mut Subscriber,
         ingest_agents: &mut SelectAll<Subscriber>,
     ) {
@@ -232,6 +253,7 @@ impl AtMostOnce {
                     }
                 }
                 () = &mut self.linger, if self.coalescer.is_pending() => self.flush(core).await,
+                Some(packet) = next_local(local) => self.on_local(core, packet).await,
                 Some(message) = ingest.next() => self.on_ingest(core, message).await,
                 Some(message) = ingest_agents.next() => self.on_ingest(core, message).await,
                 // Nothing else is ready: no packet waits, so what was coalesced goes now.
@@ -246,6 +268,7 @@ impl AtMostOnce {
         &mut self,
         core: &mut Distributor,
         sources: &mut CoreSources<'_>,
+        local: &mut Option<mpsc::Receiver<LocalPacket>>,
         ingest: &mut Subscriber,
         ingest_agents: &mut SelectAll<Subscriber>,
     ) {
@@ -255,10 +278,15 @@ impl AtMostOnce {
             }
         }
         let (mut open, mut agents_open) = (true, true);
-        while open || agents_open {
+        while open || agents_open || local.is_some() {
             tokio::select! {
                 biased;
                 Some(message) = sources.control().next() => core.on_control(&message, self).await,
+                // Ends when the gateway has answered its last request (it stops at shutdown too).
+                packet = next_local(local), if local.is_some() => match packet {
+                    Some(packet) => self.on_local(core, packet).await,
+                    None => *local = None,
+                },
                 message = ingest.next(), if open => match message {
                     Some(message) => self.on_ingest(core, message).await,
                     None => open = false,
@@ -282,6 +310,22 @@ impl AtMostOnce {
         } = message;
         self.ingest.taken += 1;
         if let Some(out) = core.validate(subject, headers, payload).await {
+            self.forward(core, out).await;
+        }
+    }
+
+    /// One packet from the gateway of this process, validated there: route, hold or dead-letter.
+    async fn on_local(&mut self, core: &mut Distributor, packet: LocalPacket) {
+        let LocalPacket {
+            subject,
+            headers,
+            payload,
+            messages,
+        } = packet;
+        if let Some(out) = core
+            .accept_validated(subject, headers, payload, messages)
+            .await
+        {
             self.forward(core, out).await;
         }
     }
@@ -419,6 +463,14 @@ async fn send_ready(core: &mut Distributor, ready: &mut Vec<Ready>) {
         {
             tracing::error!(error = %e, packets = r.packets, "cannot publish to an analyzer");
         }
+    }
+}
+
+/// The next packet in the gateway's queue; never, without `--http`.
+async fn next_local(local: &mut Option<mpsc::Receiver<LocalPacket>>) -> Option<LocalPacket> {
+    match local {
+        Some(queue) => queue.recv().await,
+        None => std::future::pending().await,
     }
 }
 

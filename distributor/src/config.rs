@@ -197,6 +197,16 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     pub http_max_body_bytes: usize,
 
+    /// With --http, at-most-once: most HTTP packets waiting for this replica's router. The
+    /// gateway hands accepted packets to the router of its own process through this queue
+    /// (no NATS round trip); a request that finds it full for 200 ms is answered 503
+    /// `overloaded` with `Retry-After: 1`, nothing accepted. It bounds memory to this many
+    /// request bodies.
+    #[arg(long, env = "DISTRIBUTOR_HTTP_QUEUE", value_name = "PACKETS",
+          default_value_t = logdist_http::DEFAULT_LOCAL_QUEUE,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576).map(|v| v as usize))]
+    pub http_queue: usize,
+
     /// At-most-once: most packets this replica's ingest connection buffers between the socket
     /// and the router. It bounds memory when agents publish faster than the replica routes: past
     /// it the client drops what arrives, counted exactly in the stats' `ingest_dropped_packets`

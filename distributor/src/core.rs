@@ -458,6 +458,35 @@ impl Distributor {
         }
     }
 
+    /// A packet the HTTP gateway of this process accepted (validated there with the same
+    /// validator, `messages` log messages, canonical whatever `--ingest-format` says of
+    /// `subject`): counted as received and made ready to forward without a second validation.
+    /// One over `--max-packet-bytes` (the gateway's limit is `--http-max-body-bytes`) takes the
+    /// careful path and is dead-lettered `too_large`, as when it came through NATS.
+    pub(crate) async fn accept_validated(
+        &mut self,
+        subject: Subject,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+        messages: u64,
+    ) -> Option<Outgoing> {
+        if payload.len() > self.validator.max_bytes() {
+            return self.validate(subject, Some(headers), payload).await;
+        }
+        self.counters.received_packets += 1;
+        self.counters.received_bytes += payload.len() as u64;
+        self.counters.received_messages += messages;
+        let key = self.affinity.extract(&subject, Some(&headers), &payload);
+        let headers = outgoing::forward_headers(Some(headers), messages, &self.replica_header);
+        Some(Outgoing {
+            subject,
+            headers,
+            payload,
+            messages,
+            key,
+        })
+    }
+
     /// [`validate`](Self::validate) for a subject of a shipper's format: maps the payload's
     /// records to the canonical shape and dead-letters, one by one, those that cannot be mapped
     /// (a payload that is not of the format at all, whole). Returns the mapped packet to forward.

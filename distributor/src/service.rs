@@ -69,10 +69,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
             "cannot read the membership bucket; waiting for heartbeats"),
     }
 
-    // The HTTP gateway publishes to the ingest subject like any agent, so its packets take the
-    // same path; it stops taking requests at shutdown, before the ingest side drains.
-    // With it come the old service's analyzer registrations, which every replica bridges.
+    // The HTTP gateway: at-most-once it hands its packets to this replica's router through a
+    // bounded queue (no round trip through NATS to ourselves); at-least-once it publishes to the
+    // stream, which is the guarantee. It stops taking requests at shutdown, before the ingest
+    // side drains. With it come the old service's analyzer registrations, which every replica
+    // bridges.
     let mut routing_shutdown = shutdown.clone();
+    let mut local_queue = None;
     let http = match args.http {
         Some(listen) => {
             let registrations = open_or_create_bucket(
@@ -81,6 +84,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
                 "logdist: the old service's analyzers registered over HTTP (one key per id)",
             )
             .await?;
+            let local_router = (args.delivery == Delivery::AtMostOnce).then(|| {
+                let (queue, receiver) = tokio::sync::mpsc::channel(args.http_queue);
+                local_queue = Some(receiver);
+                logdist_http::LocalRouter {
+                    queue,
+                    max_wait: logdist_http::DEFAULT_LOCAL_MAX_WAIT,
+                }
+            });
             let gateway = logdist_http::start_with_registrations(
                 logdist_http::GatewayConfig {
                     listen,
@@ -88,6 +99,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
                     max_body_bytes: args.http_max_body_bytes,
                     acknowledged: args.delivery == Delivery::AtLeastOnce,
                     mapping,
+                    local_router,
                 },
                 client.clone(),
                 shutdown.child_token(),
@@ -119,7 +131,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     distributor.set_mirror(MembershipMirror::spawn(members_kv));
     let mode_stats = match args.delivery {
         Delivery::AtMostOnce => {
-            at_most_once::run(&args, &mut distributor, &mut control, &publisher, &shutdown).await?
+            at_most_once::run(
+                &args,
+                &mut distributor,
+                &mut control,
+                local_queue,
+                &publisher,
+                &shutdown,
+            )
+            .await?
         }
         Delivery::AtLeastOnce => {
             tracing::info!(

@@ -11,13 +11,16 @@
 //! | `GET /healthz` | 200 while connected to NATS, 503 otherwise |
 //! | `POST /analyzer/register`, `POST /analyzer/deregister` | the old service's analyzer registration ([`registration`]) |
 //!
-//! Each accepted body is validated with the same [`PacketValidator`] as NATS ingest and published
-//! to `<ingest-subject>.http`, so it takes the same path, shares and guarantees as any packet. With
-//! `acknowledged` (the distributor's at-least-once mode) the publish goes through JetStream and the
-//! response waits for the stream's ack: a 200 means stored. A request is accepted whole or not at
+//! Each accepted body is validated with the same [`PacketValidator`] as NATS ingest and takes the
+//! same routing, shares and guarantees as any packet from `<ingest-subject>.http`. Where it goes:
+//! with a [`LocalRouter`] (the distributor's at-most-once mode) straight into the router of the
+//! same process, through a bounded queue — no NATS round trip to itself; with `acknowledged`
+//! (at-least-once) through JetStream, the response waiting for the stream's ack (a 200 means
+//! stored); otherwise published to `<ingest-subject>.http`. A request is accepted whole or not at
 //! all: 400 (invalid, with the field and reason), 413 (over the size limit), 415 (content type),
-//! 503 (NATS unreachable) — never a 200 for something that was dropped. `/v1/logs` answers as the
-//! OTLP specification asks instead (see [`otlp`]).
+//! 503 (NATS unreachable, or the router's queue full: `overloaded`, with `Retry-After`) — never a
+//! 200 for something that was dropped. `/v1/logs` answers as the OTLP specification asks instead
+//! (see [`otlp`]).
 
 pub mod otlp;
 
@@ -25,6 +28,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use axum::extract::rejection::BytesRejection;
@@ -64,7 +68,40 @@ pub struct GatewayConfig {
     /// How `POST /messages?format=…` maps shippers' records (the distributor's
     /// `--ingest-format`, `--field`, `--default-*` flags).
     pub mapping: Mapping,
+    /// Hand accepted packets to the router of this process instead of publishing them (ignored
+    /// with `acknowledged`: at-least-once, the stream is the guarantee).
+    pub local_router: Option<LocalRouter>,
 }
+
+/// A packet the gateway accepted, for the router of the same process: what it would have
+/// published to the ingest subject, already validated.
+#[derive(Debug)]
+pub struct LocalPacket {
+    /// The ingest subject it stands for (`<ingest>.http`, `<ingest>.otlp`): dead letters and
+    /// `--affinity` read it as if it had come from there.
+    pub subject: async_nats::Subject,
+    /// `Logdist-Agent` and `Logdist-Sent-At`, as on a published packet.
+    pub headers: async_nats::HeaderMap,
+    /// A canonical packet that passed [`PacketValidator`].
+    pub payload: Bytes,
+    /// Log messages in `payload`.
+    pub messages: u64,
+}
+
+/// The bounded queue into the router of the same process (at-most-once): a request waits at most
+/// `max_wait` for room, then is refused with 503 `overloaded` and `Retry-After`, so a router that
+/// falls behind pushes back on HTTP clients instead of buffering without bound.
+#[derive(Debug, Clone)]
+pub struct LocalRouter {
+    pub queue: tokio::sync::mpsc::Sender<LocalPacket>,
+    pub max_wait: Duration,
+}
+
+/// Default length of the router's queue of HTTP packets (`--http-queue`).
+pub const DEFAULT_LOCAL_QUEUE: usize = 256;
+
+/// How long a request waits for room in a full router queue before its 503.
+pub const DEFAULT_LOCAL_MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// Counters of what the gateway did, for the distributor's logs and tests.
 #[derive(Debug, Default)]
@@ -72,6 +109,9 @@ pub struct GatewayCounters {
     pub accepted_requests: AtomicU64,
     pub accepted_messages: AtomicU64,
     pub rejected_requests: AtomicU64,
+    /// Requests refused with 503 `overloaded`: the router's queue stayed full (also counted in
+    /// `rejected_requests`).
+    pub overloaded_requests: AtomicU64,
     /// Dead letters the gateway published itself (OTLP requests and records it refused).
     pub deadletters: AtomicU64,
 }
@@ -86,6 +126,8 @@ struct Gateway {
     validator: PacketValidator,
     max_body_bytes: usize,
     acknowledged: bool,
+    /// `None` in acknowledged mode, whatever the config says.
+    local_router: Option<LocalRouter>,
     mapping: Mapping,
     counters: Arc<GatewayCounters>,
     registrations: Option<Registrations>,
@@ -144,6 +186,7 @@ pub async fn start_with_registrations(
         validator: PacketValidator::new(config.max_body_bytes),
         max_body_bytes: config.max_body_bytes,
         acknowledged: config.acknowledged,
+        local_router: config.local_router.filter(|_| !config.acknowledged),
         mapping: config.mapping,
         counters: counters.clone(),
         registrations,
@@ -202,6 +245,8 @@ struct InvalidMessage {
 struct ApiError {
     status: StatusCode,
     body: ErrorBody,
+    /// Seconds for a `Retry-After` header (503 `overloaded`).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -214,13 +259,20 @@ impl ApiError {
                 field: None,
                 invalid: Vec::new(),
             },
+            retry_after: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -259,6 +311,11 @@ async fn send_one(
     let result = async {
         let body = gw.body(&headers, body)?;
         gw.require_content_type(&headers, &["application/json"])?;
+        // The common case in one pass that builds nothing; the careful path says what is wrong.
+        let object = body.trim_ascii_start().first() == Some(&b'{');
+        if object && gw.validator.count_if_valid(&body) == Some(1) {
+            return gw.publish(&gw.subject, "http", body, 1).await;
+        }
         let packet = gw.validator.parse(&body)?;
         if packet.form != PacketForm::Object {
             return Err(ApiError::new(
@@ -304,6 +361,9 @@ async fn send_many(
         };
         if format != IngestFormat::Logdist {
             return gw.send_mapped(format, payload).await;
+        }
+        if let Some(count) = gw.validator.count_if_valid(&payload) {
+            return gw.publish(&gw.subject, "http", payload, count as u64).await;
         }
         let packet = gw.validator.parse(&payload)?;
         if !packet.invalid.is_empty() {
@@ -479,8 +539,9 @@ impl Gateway {
             })
     }
 
-    /// Publishes one packet of `count` log messages to `subject` as agent `agent`; in
-    /// acknowledged mode, through JetStream and only `Ok` once the stream stored it.
+    /// Hands one packet of `count` log messages, meant for `subject` as agent `agent`, to where
+    /// accepted packets go: the local router's queue, JetStream (acknowledged mode: only `Ok`
+    /// once the stream stored it) or a plain publish.
     async fn publish(
         &self,
         subject: &async_nats::Subject,
@@ -497,7 +558,10 @@ impl Gateway {
                 .to_string()
                 .as_str(),
         );
-        if self.acknowledged {
+        if let Some(local) = &self.local_router {
+            self.queue_locally(local, subject, headers, payload, count)
+                .await?;
+        } else if self.acknowledged {
             let ack = self
                 .jetstream
                 .publish_with_headers(subject.clone(), headers, payload)
@@ -517,6 +581,52 @@ impl Gateway {
             accepted: count,
             stored: self.acknowledged,
         })
+    }
+
+    /// Puts a packet in the local router's queue, waiting at most `max_wait` for room; a queue
+    /// still full is a 503 `overloaded` with `Retry-After`, and nothing was accepted.
+    async fn queue_locally(
+        &self,
+        local: &LocalRouter,
+        subject: &async_nats::Subject,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+        messages: u64,
+    ) -> Result<(), ApiError> {
+        let permit = match local.queue.try_reserve() {
+            Ok(permit) => permit,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {
+                match tokio::time::timeout(local.max_wait, local.queue.reserve()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(router_stopped()),
+                    Err(_) => {
+                        self.counters
+                            .overloaded_requests
+                            .fetch_add(1, Ordering::Relaxed);
+                        let mut api = ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "overloaded",
+                            format!(
+                                "the distributor's router is behind: its queue of {} HTTP packets \
+                                 stayed full for {} ms; nothing was accepted, retry later",
+                                local.queue.max_capacity(),
+                                local.max_wait.as_millis()
+                            ),
+                        );
+                        api.retry_after = Some(1);
+                        return Err(api);
+                    }
+                }
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => return Err(router_stopped()),
+        };
+        permit.send(LocalPacket {
+            subject: subject.clone(),
+            headers,
+            payload,
+            messages,
+        });
+        Ok(())
     }
 
     /// `POST /messages?format=…`: maps the records to the canonical shape and publishes them as
@@ -637,6 +747,17 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The router stopped taking packets: the distributor is shutting down.
+fn router_stopped() -> ApiError {
+    let mut api = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "stopping",
+        "the distributor is shutting down; nothing was accepted, retry later",
+    );
+    api.retry_after = Some(1);
+    api
 }
 
 fn nats_unavailable(e: String) -> ApiError {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use logdist::Names;
-use logdist_http::{start, GatewayConfig};
+use logdist_http::{start, GatewayConfig, LocalPacket, LocalRouter};
 use logdist_testing::NatsServer;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,15 @@ struct Fixture {
 }
 
 async fn fixture(max_body_bytes: usize, acknowledged: bool) -> Fixture {
+    fixture_with(max_body_bytes, acknowledged, None).await
+}
+
+/// [`fixture`] whose gateway hands its packets to `local_router` instead of publishing them.
+async fn fixture_with(
+    max_body_bytes: usize,
+    acknowledged: bool,
+    local_router: Option<LocalRouter>,
+) -> Fixture {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
     let ingest = client
@@ -37,6 +46,7 @@ async fn fixture(max_body_bytes: usize, acknowledged: bool) -> Fixture {
             max_body_bytes,
             acknowledged,
             mapping: logdist::ingest_format::Mapping::default(),
+            local_router,
         },
         client.clone(),
         shutdown.clone(),
@@ -352,6 +362,81 @@ async fn every_error_status_and_nothing_published() {
         r.json::<serde_json::Value>().await.unwrap()["error"],
         "nats_unavailable"
     );
+}
+
+/// At-most-once in the distributor: accepted packets go to the router's queue, not to NATS; a
+/// queue that stays full is a 503 `overloaded` with `Retry-After`, a closed one (the router
+/// stopped) a 503 `stopping`, and neither accepts anything.
+#[tokio::test]
+async fn a_local_router_gets_the_packets_and_a_full_one_pushes_back() {
+    let (queue, mut router) = tokio::sync::mpsc::channel::<LocalPacket>(2);
+    let local = LocalRouter {
+        queue,
+        max_wait: Duration::from_millis(100),
+    };
+    let mut f = fixture_with(1 << 20, false, Some(local)).await;
+    let http = reqwest::Client::new();
+    let send = |body: String| {
+        http.post(format!("{}/message/send", f.base))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    for _ in 0..2 {
+        let r = send(HELLO.to_string()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body, serde_json::json!({"accepted": 1, "stored": false}));
+    }
+    let packet = http
+        .post(format!("{}/messages", f.base))
+        .body(format!("[{HELLO},{HELLO},{HELLO}]"));
+
+    // The router takes nothing: the third request waits 100 ms for room, then is refused.
+    let started = std::time::Instant::now();
+    let r = packet.try_clone().unwrap().send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "overloaded");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("queue of 2 HTTP packets") && reason.contains("nothing was accepted"),
+        "{reason}"
+    );
+
+    // What was accepted is in the queue, as it would have been published; nothing went to NATS.
+    for _ in 0..2 {
+        let p = router.try_recv().expect("an accepted packet in the queue");
+        assert_eq!(
+            p.subject.as_str(),
+            Names::default().agent_ingest_subject("http")
+        );
+        assert_eq!(&p.payload[..], HELLO.as_bytes());
+        assert_eq!(p.messages, 1);
+        let agent = p.headers.get(logdist::protocol::headers::AGENT).unwrap();
+        assert_eq!(agent.as_str(), "http");
+        assert!(p.headers.get(logdist::protocol::headers::SENT_AT).is_some());
+    }
+    assert!(
+        router.try_recv().is_err(),
+        "the refused packet is not queued"
+    );
+    nothing_more(&mut f.ingest).await;
+
+    // Room again: accepted, with its count of messages.
+    let r = packet.try_clone().unwrap().send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(router.recv().await.unwrap().messages, 3);
+
+    // The router stopped: refused at once, as the distributor shuts down.
+    drop(router);
+    let r = send(HELLO.to_string()).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "stopping");
+    nothing_more(&mut f.ingest).await;
 }
 
 #[tokio::test]
@@ -741,6 +826,7 @@ async fn old_service_registration_is_recorded_for_the_bridges() {
             max_body_bytes: 1 << 20,
             acknowledged: false,
             mapping: logdist::ingest_format::Mapping::default(),
+            local_router: None,
         },
         client.clone(),
         shutdown,

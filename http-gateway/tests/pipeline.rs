@@ -103,9 +103,33 @@ async fn pipeline() -> Pipeline {
     }
 }
 
+/// Counts what is published to `<ingest>.http`: at-most-once, the gateway hands its packets to
+/// the router of its own process, so nothing may be there.
+async fn watch_ingest_http(server: &NatsServer) -> tokio::task::JoinHandle<u64> {
+    use futures::StreamExt;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut sub = client
+        .subscribe(logdist::Names::default().agent_ingest_subject("http"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    tokio::spawn(async move {
+        let _client = client;
+        let mut seen = 0;
+        while tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_ok_and(|m| m.is_some())
+        {
+            seen += 1;
+        }
+        seen
+    })
+}
+
 #[tokio::test]
 async fn http_packets_reach_analyzers_with_the_same_share_accuracy() {
     let Pipeline { server, base, .. } = &pipeline().await;
+    let on_nats = watch_ingest_http(server).await;
 
     // 1,500 packets of 1..=40 messages from 6 concurrent HTTP clients.
     let mut tasks = tokio::task::JoinSet::new();
@@ -134,6 +158,11 @@ async fn http_packets_reach_analyzers_with_the_same_share_accuracy() {
         sent += r.unwrap();
     }
     let counts = analyzed(server, sent).await;
+    assert_eq!(
+        on_nats.await.unwrap(),
+        0,
+        "no packet took the hop through NATS"
+    );
     let total: u64 = counts.iter().map(|(_, m)| m).sum();
     for ((id, messages), target) in counts.iter().zip([50.0, 30.0, 20.0]) {
         let share = 100.0 * *messages as f64 / total as f64;
@@ -143,6 +172,76 @@ async fn http_packets_reach_analyzers_with_the_same_share_accuracy() {
             "analyzer {id}: {share:.3}% vs {target}%"
         );
     }
+}
+
+/// At-most-once, a 200 means the packet is in the router's queue: stopping the distributor
+/// (SIGTERM) while clients post routes every accepted packet before it exits; what comes after
+/// is refused (503 or no connection), never accepted and dropped.
+#[tokio::test]
+async fn every_200_is_analyzed_across_a_shutdown() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let port = free_port();
+    let mut distributor = DistributorOptions::new(&url)
+        .args(&["--http", &format!("127.0.0.1:{port}")])
+        .spawn();
+    let _analyzers = [analyzer(&url, "1", 0.7), analyzer(&url, "2", 0.3)];
+    let base = format!("http://127.0.0.1:{port}");
+    healthy(&base).await;
+    wait_for_members(&url, 2, WAIT).await;
+
+    // 16 clients posting 50-message packets keep the router busy (a debug build validates
+    // slowly), so its queue holds accepted packets when the signal comes.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for worker in 0..16usize {
+        let (base, accepted) = (base.clone(), accepted.clone());
+        clients.spawn(async move {
+            let http = reqwest::Client::new();
+            // Until the gateway stops answering (bounded: the distributor is stopped below).
+            for n in 0..1_000_000usize {
+                let body = packet(50, worker * 1_000_000 + n);
+                match http
+                    .post(format!("{base}/messages"))
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => {
+                        accepted.fetch_add(50, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        assert_eq!(r.status(), 503, "refused only with 503");
+                        let body: serde_json::Value = r.json().await.unwrap();
+                        match body["error"].as_str() {
+                            // The router is behind: retry, as a client would.
+                            Some("overloaded") => continue,
+                            Some("stopping") => return,
+                            other => panic!("unexpected 503 {other:?}"),
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    wait_until("20,000 messages accepted", WAIT, || {
+        let n = accepted.load(std::sync::atomic::Ordering::Relaxed);
+        async move { n >= 20_000 }
+    })
+    .await;
+    let status = distributor.terminate(WAIT).await;
+    assert!(status.success(), "{status:?}\n{}", distributor.stderr());
+    tokio::time::timeout(WAIT, async {
+        while let Some(r) = clients.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await
+    .expect("the clients stopped with the gateway");
+    let accepted = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let counts = analyzed(&server, accepted).await;
+    assert_eq!(counts.iter().map(|(_, m)| m).sum::<u64>(), accepted);
 }
 
 #[tokio::test]
