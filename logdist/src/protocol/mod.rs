@@ -19,4 +19,6 @@ pub mod deadletter;
 pub mod headers;
 pub mod names;
 pub mod packet;
+mod packet_scan;
 pub mod stats;
+mod structural;

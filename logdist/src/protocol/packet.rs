@@ -21,6 +21,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use super::structural::Kernel as ScanKernel;
+
 /// Default largest payload, in bytes, that a distributor accepts: 8 MiB, the `max_payload` that
 /// `nats.conf` sets, so any packet the server accepts is also accepted here.
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 8 * 1024 * 1024;
@@ -83,8 +85,13 @@ impl Severity {
     /// WARNING and CRITICAL, and the syslog keywords of RFC 5424 with their common spellings
     /// (docs/protocol.md, "Severities", has the table). `None` for anything else.
     pub fn parse(name: &str) -> Option<Severity> {
+        Severity::parse_bytes(name.as_bytes())
+    }
+
+    /// [`Severity::parse`] of a name's bytes (the fast validator has bytes, not a `str`; no
+    /// severity name has a non-ASCII byte, so none matches one).
+    pub(crate) fn parse_bytes(bytes: &[u8]) -> Option<Severity> {
         use Severity::*;
-        let bytes = name.as_bytes();
         if bytes.len() > 8 {
             return [
                 ("emergency", Fatal),
@@ -92,7 +99,7 @@ impl Severity {
                 ("informational", Info),
             ]
             .into_iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(bytes))
             .map(|(_, s)| s);
         }
         // Up to 8 bytes as one lower-cased word, matched against constants: a few instructions
@@ -318,9 +325,28 @@ impl PacketValidator {
     }
 
     /// The number of log messages in `payload` when it is a packet whose every element is
-    /// valid, or `None` (then [`parse`](Self::parse) tells what is wrong). One pass that builds
-    /// nothing: what a router needs, about a third cheaper than `parse` (BENCHMARKS.md).
+    /// valid, or `None` (then [`parse`](Self::parse) tells what is wrong). Builds nothing: a
+    /// structural scanner in the manner of simdjson (`structural.rs`, `packet_scan.rs`), with
+    /// AVX2 where the CPU has it; what a router needs, several times cheaper than `parse`
+    /// (BENCHMARKS.md). Its verdict is that of [`count_if_valid_serde`](Self::count_if_valid_serde)
+    /// on every input (property-tested).
     pub fn count_if_valid(&self, payload: &[u8]) -> Option<usize> {
+        self.count_if_valid_using(ScanKernel::detect(), payload)
+    }
+
+    /// [`count_if_valid`](Self::count_if_valid) with the stage-1 kernel given (see
+    /// [`ScanKernel::available`]): for tests and benchmarks that pin one.
+    pub fn count_if_valid_using(&self, kernel: ScanKernel, payload: &[u8]) -> Option<usize> {
+        if payload.len() > self.max_bytes {
+            return None;
+        }
+        super::packet_scan::count_valid(payload, kernel)
+    }
+
+    /// The same verdict as [`count_if_valid`](Self::count_if_valid), by serde_json reading the
+    /// four fields (the validator before the scanner): the reference the scanner is
+    /// property-tested against and benchmarked beside.
+    pub fn count_if_valid_serde(&self, payload: &[u8]) -> Option<usize> {
         if payload.len() > self.max_bytes {
             return None;
         }

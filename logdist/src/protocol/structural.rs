@@ -1,0 +1,536 @@
+//! Stage 1 of the fast packet validator ([`PacketValidator::count_if_valid`]): finds the JSON
+//! structure of a payload 64 bytes at a time, in the manner of simdjson's first stage, and hands
+//! stage 2 (`packet_scan.rs`) the positions that matter, in order ([`Structurals`]).
+//!
+//! Each 64-byte block becomes a few 64-bit masks (bit *i* for byte *i*): quotes, backslashes,
+//! the operators `{ } [ ] : ,`, JSON whitespace, control bytes and non-ASCII bytes. From them,
+//! with the state carried from the block before: which characters a backslash escapes, which
+//! quotes are real, which bytes lie inside a string (a prefix XOR of the real quotes: a
+//! carry-less multiply by all ones on x86-64), and where each run of other bytes (a number, a
+//! literal, or garbage) starts. The index lists, in order: operators outside strings, every
+//! real quote (so a string's end is the next index after its start), each escaping backslash
+//! inside a string, and the first byte of each run. Stage 1 also notes what only it can see: a
+//! control byte inside a string, a string still open at the end, and whether any byte is
+//! non-ASCII (then the whole payload gets one UTF-8 check).
+//!
+//! Two kernels classify a block, with the same answers: AVX2 (with PCLMULQDQ) where the CPU has
+//! it, chosen at run time, and a portable one for every other CPU. Everything after the block's
+//! masks is shared, safe code.
+//!
+//! **Unsafe.** This is the only module of the validator with `unsafe`, and it is used for two
+//! things only: calling the AVX2 kernel, which is sound because [`Kernel::Avx2`] can only be
+//! obtained after `is_x86_feature_detected!` said the CPU has AVX2 and PCLMULQDQ; and the two
+//! unaligned 32-byte loads in it, which read from a `&[u8; 64]`, so every byte read is inside
+//! one borrowed array.
+//!
+//! [`PacketValidator::count_if_valid`]: super::packet::PacketValidator::count_if_valid
+
+/// Which block classifier stage 1 runs. Both give the same answers on every input; the tests
+/// run both on every input they make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Byte by byte through a lookup table: any CPU.
+    Portable,
+    /// AVX2 and PCLMULQDQ (with POPCNT and BMI1, which every AVX2 CPU has) on x86-64. Only [`Kernel::detect`] and [`Kernel::available`] make it,
+    /// after checking the CPU.
+    #[cfg(target_arch = "x86_64")]
+    Avx2(Avx2Token),
+}
+
+/// Proof that the CPU has AVX2, PCLMULQDQ, POPCNT and BMI1: private field, so it can only be built by
+/// [`Avx2Token::detect`].
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Avx2Token(());
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Token {
+    fn detect() -> Option<Avx2Token> {
+        (is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("pclmulqdq")
+            && is_x86_feature_detected!("popcnt")
+            && is_x86_feature_detected!("bmi1"))
+        .then_some(Avx2Token(()))
+    }
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(token) = Avx2Token::detect() {
+            return Kernel::Avx2(token);
+        }
+        Kernel::Portable
+    }
+
+    /// Every kernel this CPU runs, portable first.
+    pub fn available() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        kernels.extend(Avx2Token::detect().map(Kernel::Avx2));
+        kernels
+    }
+
+    /// A short name, for benchmarks and test messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(_) => "avx2",
+        }
+    }
+}
+
+/// The masks of one 64-byte block; bit *i* stands for byte *i*.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct BlockMasks {
+    quote: u64,
+    backslash: u64,
+    /// `{ } [ ] : ,`
+    op: u64,
+    /// Space, tab, line feed, carriage return: JSON's whitespace, no more.
+    ws: u64,
+    /// Bytes below 0x20, which a JSON string may not hold unescaped.
+    ctrl: u64,
+    non_ascii: u64,
+}
+
+/// What stage 1 carries from one block to the next, and what it found wrong.
+#[derive(Debug, Default)]
+struct CarriedState {
+    /// 1 when the block before ended with an escaping backslash: byte 0 is escaped.
+    escaped_carry: u64,
+    /// All ones when the block before ended inside a string.
+    in_string: u64,
+    /// 1 when the block before ended inside a run of other bytes.
+    run_carry: u64,
+    /// Control bytes seen inside strings (any bit set: the payload is invalid).
+    ctrl_in_string: u64,
+    /// Non-ASCII bytes seen (any bit set: the payload needs a UTF-8 check).
+    non_ascii: u64,
+}
+
+/// Marks the bytes that a backslash escapes, and the backslashes that escape (a backslash that
+/// is itself escaped escapes nothing). Backslashes are rare, so this walks them one by one.
+#[inline(always)]
+fn escapes(backslash: u64, carry: &mut u64) -> (u64, u64) {
+    if backslash | *carry == 0 {
+        return (0, 0);
+    }
+    let mut escaped = *carry;
+    let mut escaping = 0u64;
+    let mut rest = backslash & !escaped;
+    while rest != 0 {
+        let bit = rest & rest.wrapping_neg();
+        escaping |= bit;
+        escaped |= bit << 1;
+        rest &= !(bit | bit << 1);
+    }
+    *carry = escaping >> 63;
+    (escaped, escaping)
+}
+
+/// Prefix XOR without a carry-less multiply: bit *i* of the result is the XOR of bits 0..=*i*.
+#[inline(always)]
+fn prefix_xor_portable(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
+}
+
+/// From a block's masks to its structural bits (see the module docs), updating the carried
+/// state. `prefix_xor` is the kernel's.
+#[inline(always)]
+fn structural_bits(
+    m: BlockMasks,
+    state: &mut CarriedState,
+    prefix_xor: impl Fn(u64) -> u64,
+) -> u64 {
+    let (escaped, escaping) = escapes(m.backslash, &mut state.escaped_carry);
+    let quote = m.quote & !escaped;
+    // Set from an opening quote up to the byte before its closing quote.
+    let in_string = prefix_xor(quote) ^ state.in_string;
+    state.in_string = ((in_string as i64) >> 63) as u64;
+    state.ctrl_in_string |= m.ctrl & in_string;
+    state.non_ascii |= m.non_ascii;
+    let outside = !in_string & !quote;
+    let run = outside & !m.op & !m.ws;
+    let run_start = run & !((run << 1) | state.run_carry);
+    state.run_carry = run >> 63;
+    (m.op & outside) | quote | (escaping & in_string) | run_start
+}
+
+/// Class bits of one byte for the portable kernel.
+const QUOTE: u8 = 1;
+const BACKSLASH: u8 = 2;
+const OP: u8 = 4;
+const WS: u8 = 8;
+const CTRL: u8 = 16;
+const NON_ASCII: u8 = 32;
+
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            b'"' => QUOTE,
+            b'\\' => BACKSLASH,
+            b'{' | b'}' | b'[' | b']' | b':' | b',' => OP,
+            b' ' => WS,
+            b'\t' | b'\n' | b'\r' => WS | CTRL,
+            0..=0x1f => CTRL,
+            0x80..=0xff => NON_ASCII,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
+fn classify_portable(block: &[u8; 64]) -> BlockMasks {
+    let mut m = BlockMasks::default();
+    for (i, &b) in block.iter().enumerate() {
+        let class = CLASS[b as usize];
+        let bit = |flag: u8| u64::from(class & flag != 0) << i;
+        m.quote |= bit(QUOTE);
+        m.backslash |= bit(BACKSLASH);
+        m.op |= bit(OP);
+        m.ws |= bit(WS);
+        m.ctrl |= bit(CTRL);
+        m.non_ascii |= bit(NON_ASCII);
+    }
+    m
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::BlockMasks;
+    use std::arch::x86_64::*;
+
+    /// Nibble tables: a byte is an operator or whitespace when the entries of its low and high
+    /// nibble share a bit. Bits 0–2 are operators (`,` `:` and the four brackets), bits 3–4
+    /// whitespace (space; tab, line feed, carriage return). No other byte has a shared bit.
+    const LOW_NIBBLE: [i8; 16] = [8, 0, 0, 0, 0, 0, 0, 0, 0, 16, 2 | 16, 4, 1, 4 | 16, 0, 0];
+    const HIGH_NIBBLE: [i8; 16] = [16, 0, 1 | 8, 2, 0, 4, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// Masks of 32 bytes, in the low 32 bits of each field.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (the caller holds an `Avx2Token`).
+    #[target_feature(enable = "avx2")]
+    unsafe fn half(bytes: __m256i) -> BlockMasks {
+        let low_table = _mm256_broadcastsi128_si256(_mm_loadu_si128(LOW_NIBBLE.as_ptr().cast()));
+        let high_table = _mm256_broadcastsi128_si256(_mm_loadu_si128(HIGH_NIBBLE.as_ptr().cast()));
+        let nibble = _mm256_set1_epi8(0x0f);
+        let low = _mm256_shuffle_epi8(low_table, _mm256_and_si256(bytes, nibble));
+        let high = _mm256_shuffle_epi8(
+            high_table,
+            _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble),
+        );
+        let class = _mm256_and_si256(low, high);
+        let zero = _mm256_setzero_si256();
+        let none_of = |bits: i8| {
+            let hit = _mm256_and_si256(class, _mm256_set1_epi8(bits));
+            !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(hit, zero)) as u32) as u64
+        };
+        let equal = |byte: u8| {
+            _mm256_movemask_epi8(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi8(byte as i8))) as u32
+                as u64
+        };
+        let below_space = _mm256_cmpeq_epi8(
+            _mm256_max_epu8(bytes, _mm256_set1_epi8(0x1f)),
+            _mm256_set1_epi8(0x1f),
+        );
+        BlockMasks {
+            quote: equal(b'"'),
+            backslash: equal(b'\\'),
+            op: none_of(7),
+            ws: none_of(8 | 16),
+            ctrl: _mm256_movemask_epi8(below_space) as u32 as u64,
+            non_ascii: _mm256_movemask_epi8(bytes) as u32 as u64,
+        }
+    }
+
+    /// The masks of a 64-byte block.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (the caller holds an `Avx2Token`). Both loads read 32 bytes
+    /// inside `block`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn classify(block: &[u8; 64]) -> BlockMasks {
+        let lo = half(_mm256_loadu_si256(block.as_ptr().cast()));
+        let hi = half(_mm256_loadu_si256(block.as_ptr().add(32).cast()));
+        BlockMasks {
+            quote: lo.quote | hi.quote << 32,
+            backslash: lo.backslash | hi.backslash << 32,
+            op: lo.op | hi.op << 32,
+            ws: lo.ws | hi.ws << 32,
+            ctrl: lo.ctrl | hi.ctrl << 32,
+            non_ascii: lo.non_ascii | hi.non_ascii << 32,
+        }
+    }
+
+    /// Prefix XOR as a carry-less multiply by all ones.
+    ///
+    /// # Safety
+    /// The CPU must have PCLMULQDQ (the caller holds an `Avx2Token`).
+    #[target_feature(enable = "pclmulqdq,sse2")]
+    pub(super) unsafe fn prefix_xor(x: u64) -> u64 {
+        let product = _mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), _mm_set1_epi8(-1), 0);
+        _mm_cvtsi128_si64(product) as u64
+    }
+
+    /// Runs stage 1 over `blocks` (whole 64-byte blocks starting at offset `base` of the
+    /// input), appending each block's structural positions to `out`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and PCLMULQDQ (the caller holds an `Avx2Token`).
+    #[target_feature(enable = "avx2,pclmulqdq,popcnt,bmi1")]
+    pub(super) unsafe fn run(
+        base: usize,
+        blocks: &[u8],
+        state: &mut super::CarriedState,
+        out: &mut super::IndexBuffer,
+    ) {
+        for (i, block) in blocks.chunks_exact(64).enumerate() {
+            let block = block.try_into().expect("chunks of 64 bytes");
+            let bits = super::structural_bits(classify(block), state, |x| prefix_xor(x));
+            out.push_bits((base + 64 * i) as u32, bits);
+        }
+    }
+}
+
+/// Positions found by stage 1 but not yet taken by stage 2.
+#[derive(Debug)]
+pub(crate) struct IndexBuffer {
+    positions: [u32; BUFFER],
+    len: usize,
+}
+
+/// Room for this many positions: 8 blocks' worth (a block yields at most 64). Zeroed once per
+/// payload, so not larger than it needs to be.
+const BUFFER: usize = 512;
+
+/// Stage 2 looks at up to this many positions at once ([`Structurals::window`]): more than a
+/// log object of the common shape has, so such an object is read in one go.
+pub(crate) const WINDOW: usize = 96;
+
+impl IndexBuffer {
+    /// Appends the positions of the set bits of a block that starts at `base`. The caller
+    /// leaves 64 slots free.
+    #[inline(always)]
+    fn push_bits(&mut self, base: u32, mut bits: u64) {
+        let count = bits.count_ones() as usize;
+        let slots = &mut self.positions[self.len..self.len + 64];
+        for slot in &mut slots[..count] {
+            *slot = base + bits.trailing_zeros();
+            bits &= bits.wrapping_sub(1);
+        }
+        self.len += count;
+    }
+}
+
+/// The structural positions of one payload, in order, produced a few blocks at a time as
+/// stage 2 asks for them (no allocation, whatever the payload's size).
+pub(crate) struct Structurals<'a> {
+    input: &'a [u8],
+    kernel: Kernel,
+    state: CarriedState,
+    /// Offset of the next block to classify.
+    next_block: usize,
+    buffer: IndexBuffer,
+    taken: usize,
+}
+
+impl<'a> Structurals<'a> {
+    /// Stage 1 over `input`, with the kernel given. Inputs of 4 GiB or more are not supported
+    /// (positions are `u32`): [`Structurals::new`] returns `None` for them.
+    pub(crate) fn new(input: &'a [u8], kernel: Kernel) -> Option<Structurals<'a>> {
+        u32::try_from(input.len()).ok()?;
+        Some(Structurals {
+            input,
+            kernel,
+            state: CarriedState::default(),
+            next_block: 0,
+            buffer: IndexBuffer {
+                positions: [0; BUFFER],
+                len: 0,
+            },
+            taken: 0,
+        })
+    }
+
+    /// The next structural position, or `None` at the end of the payload.
+    #[inline(always)]
+    pub(crate) fn next(&mut self) -> Option<usize> {
+        let taken = self.taken;
+        if taken < self.buffer.len {
+            self.taken = taken + 1;
+            return Some(self.buffer.positions[taken % BUFFER] as usize);
+        }
+        self.next_after_top_up()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn next_after_top_up(&mut self) -> Option<usize> {
+        self.top_up();
+        let taken = self.taken;
+        (taken < self.buffer.len).then(|| {
+            self.taken = taken + 1;
+            self.buffer.positions[taken] as usize
+        })
+    }
+
+    /// The positions not yet taken, at least [`WINDOW`] of them unless the payload has fewer
+    /// left; [`take`](Self::take) consumes them.
+    #[inline(always)]
+    pub(crate) fn window(&mut self) -> &[u32] {
+        if self.buffer.len - self.taken < WINDOW && self.next_block < self.input.len() {
+            self.top_up();
+        }
+        &self.buffer.positions[self.taken..self.buffer.len]
+    }
+
+    /// Consumes `n` positions of the [`window`](Self::window).
+    #[inline(always)]
+    pub(crate) fn take(&mut self, n: usize) {
+        debug_assert!(self.taken + n <= self.buffer.len);
+        self.taken += n;
+    }
+
+    /// Once [`next`](Self::next) has returned `None`: true when stage 1 saw nothing wrong in the
+    /// payload (no control byte inside a string, no string left open, valid UTF-8).
+    pub(crate) fn clean(&self) -> bool {
+        debug_assert!(
+            self.next_block >= self.input.len(),
+            "stage 1 has not finished"
+        );
+        self.state.ctrl_in_string == 0
+            && self.state.in_string == 0
+            && (self.state.non_ascii == 0 || std::str::from_utf8(self.input).is_ok())
+    }
+
+    /// Moves the positions not yet taken to the front, then classifies blocks while 64 slots
+    /// stay free and input is left, and until at least [`WINDOW`] positions wait (or the
+    /// input ends). The last, partial block is classified from a copy padded with spaces.
+    #[inline(never)]
+    fn top_up(&mut self) {
+        self.buffer
+            .positions
+            .copy_within(self.taken..self.buffer.len, 0);
+        self.buffer.len -= self.taken;
+        self.taken = 0;
+        let whole_blocks_end = self.input.len() / 64 * 64;
+        while self.buffer.len < WINDOW && self.next_block < self.input.len() {
+            let start = self.next_block;
+            if start < whole_blocks_end {
+                let room = (BUFFER - self.buffer.len) / 64 - 1;
+                let end = (start + 64 * room).min(whole_blocks_end);
+                self.classify(start, &self.input[start..end]);
+                self.next_block = end;
+            } else {
+                let mut tail = [b' '; 64];
+                tail[..self.input.len() - start].copy_from_slice(&self.input[start..]);
+                self.classify(start, &tail);
+                self.next_block = self.input.len();
+            }
+        }
+    }
+
+    /// Stage 1 over `blocks` (whole 64-byte blocks) that start at offset `base` of the input.
+    fn classify(&mut self, base: usize, blocks: &[u8]) {
+        match self.kernel {
+            Kernel::Portable => {
+                for (i, block) in blocks.chunks_exact(64).enumerate() {
+                    let block = block.try_into().expect("chunks of 64 bytes");
+                    let bits = structural_bits(
+                        classify_portable(block),
+                        &mut self.state,
+                        prefix_xor_portable,
+                    );
+                    self.buffer.push_bits((base + 64 * i) as u32, bits);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Avx2Token` exists only once the CPU was found to have AVX2 and
+            // PCLMULQDQ (`Avx2Token::detect`).
+            Kernel::Avx2(_) => unsafe {
+                avx2::run(base, blocks, &mut self.state, &mut self.buffer)
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn positions(input: &[u8], kernel: Kernel) -> (Vec<usize>, bool) {
+        let mut s = Structurals::new(input, kernel).unwrap();
+        let mut out = Vec::new();
+        while let Some(p) = s.next() {
+            out.push(p);
+        }
+        (out, s.clean())
+    }
+
+    #[test]
+    fn kernels_agree_on_masks_for_every_byte() {
+        let mut block = [0u8; 64];
+        for start in (0..256).step_by(64) {
+            for (i, b) in block.iter_mut().enumerate() {
+                *b = (start + i) as u8;
+            }
+            for kernel in Kernel::available() {
+                if let Kernel::Portable = kernel {
+                    continue;
+                }
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `available` gives Avx2 only after detection.
+                let simd = unsafe { avx2::classify(&block) };
+                #[cfg(target_arch = "x86_64")]
+                assert_eq!(simd, classify_portable(&block), "bytes {start}..");
+            }
+        }
+    }
+
+    #[test]
+    fn finds_operators_quotes_escapes_and_runs() {
+        let input = br#"{"a\"b":[1, true],"c":"x\\"}"#;
+        for kernel in Kernel::available() {
+            let (found, clean) = positions(input, kernel);
+            let chars: String = found.iter().map(|&p| input[p] as char).collect();
+            assert_eq!(chars, r#"{"\":[1,t],"":"\"}"#, "{}", kernel.name());
+            assert!(clean);
+        }
+    }
+
+    #[test]
+    fn escapes_and_strings_carry_across_blocks() {
+        // A backslash as the last byte of a block escapes the first byte of the next.
+        let mut input = vec![b' '; 62];
+        input[0] = b'"';
+        input.push(b'\\');
+        input.push(b'\\');
+        input.extend_from_slice(b"\\\"x\" 12");
+        for kernel in Kernel::available() {
+            let (found, clean) = positions(&input, kernel);
+            assert_eq!(found, vec![0, 62, 64, 67, 69], "{}", kernel.name());
+            assert!(clean);
+        }
+        for kernel in Kernel::available() {
+            let (_, clean) = positions(b"\"open", kernel);
+            assert!(!clean, "an open string is not clean");
+            let (_, clean) = positions(b"\"a\x01\"", kernel);
+            assert!(!clean, "a control byte in a string is not clean");
+            let (_, clean) = positions(b"\"\xff\"", kernel);
+            assert!(!clean, "invalid UTF-8 is not clean");
+        }
+    }
+}
