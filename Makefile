@@ -71,6 +71,7 @@ demo: tools
 # and docs/shares.png.
 bench: tools
 	$(CARGO) build --release --bins
+	$(CARGO) build --release -p logdist --example count_if_valid
 	target/release/logdist-bench $(BENCH_ARGS)
 
 clean-tools:

@@ -7,6 +7,7 @@
 mod affinity;
 mod plot;
 mod scenario;
+mod validator;
 
 use std::fmt::Write as _;
 
@@ -28,7 +29,8 @@ struct Args {
 
     /// Only these scenarios (comma-separated: raw, mapping, logdist-amo, logdist-alo,
     /// logdist-http, affinity). `affinity` is the pair of keyed runs (`--affinity agent` beside
-    /// the default). Default: all.
+    /// the default). `--only validator` alone prints the validator's figures (ns and callgrind
+    /// instructions per message) and writes nothing. Default: all.
     #[arg(long, env = "BENCH_ONLY", value_delimiter = ',')]
     only: Vec<String>,
 
@@ -120,12 +122,17 @@ async fn sustained_rate(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.only == ["validator"] {
+        // The validator alone needs no server and writes no file.
+        println!("Validation alone: {}.", validator::cost());
+        return Ok(());
+    }
     let bins = Binaries::next_to_me()?;
     let root = scenario::workspace_root();
     for name in &args.only {
         if name != "affinity" && !Scenario::ALL.iter().any(|s| s.short() == name) {
             anyhow::bail!(
-                "--only: unknown scenario {name:?} (raw, mapping, logdist-amo, logdist-alo, logdist-http, affinity)"
+                "--only: unknown scenario {name:?} (raw, mapping, logdist-amo, logdist-alo, logdist-http, affinity; or validator alone)"
             );
         }
     }
@@ -215,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
         "make bench   (= cargo build --release --bins && target/release/logdist-bench --seconds {} --repetitions {})",
         args.seconds, args.repetitions
     );
-    let validator = validator_cost();
+    let validator = validator::cost();
     let table = render_table(&rows);
     if !rows.is_empty() {
         println!("{table}");
@@ -281,37 +288,6 @@ async fn main() -> anyhow::Result<()> {
 
 /// Heading of the hand-written section of BENCHMARKS.md, which the bench carries over as is.
 const READING_HEADING: &str = "## Where the targets stand";
-
-/// Nanoseconds per message of `PacketValidator::parse` (analyzers) and `count_if_valid`
-/// (distributor) alone, for 100-message packets and for single-object payloads: the floor of the
-/// per-message cost in the analyzers and the distributor.
-fn validator_cost() -> String {
-    let record = r#"{"timestamp":1764064800000,"severity":"INFO","source":"api-gateway","message":"GET /api/v1/orders 200 17 ms","host":"node-3"}"#;
-    let packet = format!("[{}]", vec![record; 100].join(","));
-    let validator = logdist::PacketValidator::default();
-    // Nanoseconds per message of `validate` (which returns the messages it found valid).
-    let per_message =
-        |validate: &dyn Fn(&[u8]) -> usize, payload: &str, messages: usize, rounds: usize| {
-            let start = std::time::Instant::now();
-            let mut seen = 0;
-            for _ in 0..rounds {
-                seen += validate(payload.as_bytes());
-            }
-            assert_eq!(seen, messages * rounds);
-            start.elapsed().as_nanos() as f64 / seen as f64
-        };
-    let parse = |p: &[u8]| validator.parse(p).map_or(0, |p| p.records.len());
-    let count = |p: &[u8]| validator.count_if_valid(p).unwrap_or(0);
-    let packet_ns = per_message(&parse, &packet, 100, 20_000);
-    let single_ns = per_message(&parse, record, 1, 1_000_000);
-    let count_packet_ns = per_message(&count, &packet, 100, 20_000);
-    let count_single_ns = per_message(&count, record, 1, 1_000_000);
-    format!(
-        "`parse` (analyzers, builds the records): {packet_ns:.0} ns per message in 100-message packets ({:.1} M messages/s), {single_ns:.0} ns per single-message payload; `count_if_valid` (distributor, builds nothing): {count_packet_ns:.0} ns per message in 100-message packets ({:.1} M messages/s), {count_single_ns:.0} ns per single-message payload",
-        1e3 / packet_ns,
-        1e3 / count_packet_ns
-    )
-}
 
 fn render_table(rows: &[Row]) -> String {
     let mut out = String::new();
