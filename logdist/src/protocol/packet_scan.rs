@@ -457,29 +457,10 @@ fn common_record(input: &[u8], positions: &[u32]) -> Option<usize> {
 fn epoch(input: &[u8], at: usize) -> Option<()> {
     let negative = input[at] == b'-';
     let digits = input.get(at + usize::from(negative)..)?;
-    let (mut value, mut n) = (0u64, 0);
-    // Eight digits at a time while there are, at most twice (16 digits < 10^16), then one by
-    // one up to 20: more than any `i64` has (20 digits without a leading zero are >= 10^19).
-    while n < 16 {
-        match digits.get(n..n + 8).and_then(eight_digits) {
-            Some(eight) => value = value * 100_000_000 + eight,
-            None => break,
-        }
-        n += 8;
-    }
-    while n < 20 {
-        match digits.get(n) {
-            // The 20th digit may wrap; that value is refused below.
-            Some(&d @ b'0'..=b'9') => {
-                value = value.wrapping_mul(10).wrapping_add(u64::from(d - b'0'))
-            }
-            _ => break,
-        }
-        n += 1;
-    }
-    // No digit, a leading zero, 20 digits or more, or not the end of the token: serde_json
-    // would not read an `i64`.
-    if n == 0 || n == 20 || (digits[0] == b'0' && n > 1) || !ends_token(digits.get(n)) {
+    let (value, n) = digit_run(digits);
+    // No digit, a leading zero, 20 digits or more (without a leading zero that is >= 10^19,
+    // beyond any `i64`), or not the end of the token: serde_json would not read an `i64`.
+    if n == 0 || n >= 20 || (digits[0] == b'0' && n > 1) || !ends_token(digits.get(n)) {
         return None;
     }
     let in_range = if negative {
@@ -490,23 +471,70 @@ fn epoch(input: &[u8], at: usize) -> Option<()> {
     in_range.then_some(())
 }
 
-/// The value of eight ASCII digits, most significant first, or `None` if any byte is not a
-/// digit. All eight at once in one word (SWAR).
+/// The leading ASCII digits of `bytes`: their value and count. Up to 16 digits a word at a
+/// time (SWAR); the value is meaningful only below 20 digits.
 #[inline(always)]
-fn eight_digits(bytes: &[u8]) -> Option<u64> {
-    let word = u64::from_le_bytes(bytes.try_into().ok()?);
-    // A digit is 0x30..=0x39: high nibble 3, and adding 6 keeps it 3. (A carry out of a byte
-    // needs 0xfa or more there, whose high nibble already fails.)
+fn digit_run(bytes: &[u8]) -> (u64, usize) {
+    if let Some(first) = word(bytes, 0) {
+        let n = leading_digits(first);
+        if n < 8 {
+            return (digits_value(first, n), n);
+        }
+        if let Some(second) = word(bytes, 8) {
+            let m = leading_digits(second);
+            if m < 8 {
+                return (
+                    digits_value(first, 8) * POW10[m] + digits_value(second, m),
+                    8 + m,
+                );
+            }
+        }
+    }
+    // Near the end of the payload, or 16 digits and more: one by one (wrapping past 19
+    // digits, which the caller refuses anyway).
+    let mut value = 0u64;
+    let mut n = 0;
+    while let Some(&d @ b'0'..=b'9') = bytes.get(n) {
+        value = value.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+        n += 1;
+    }
+    (value, n)
+}
+
+const POW10: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+
+/// Eight bytes from `at` as a little-endian word (the first byte lowest), if there are eight.
+#[inline(always)]
+fn word(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// How many of a word's bytes, from the first, are ASCII digits.
+#[inline(always)]
+fn leading_digits(word: u64) -> usize {
+    // A digit is 0x30..=0x39: high nibble 3, and still 3 after adding 6. A byte that carries
+    // into the next one (0xfa and up) is itself no digit, so the first one flagged is the
+    // first that is not a digit.
     let high = word & 0xf0f0_f0f0_f0f0_f0f0;
     let plus_six = word.wrapping_add(0x0606_0606_0606_0606) & 0xf0f0_f0f0_f0f0_f0f0;
-    if high | plus_six >> 4 != 0x3333_3333_3333_3333 {
-        return None;
+    let flagged = (high ^ 0x3030_3030_3030_3030) | (plus_six ^ 0x3030_3030_3030_3030);
+    flagged.trailing_zeros() as usize / 8
+}
+
+/// The value of the first `n` (at most 8) bytes of a word, all ASCII digits, most significant
+/// first.
+#[inline(always)]
+fn digits_value(word: u64, n: usize) -> u64 {
+    if n == 0 {
+        return 0;
     }
-    // Each byte is now 0..=9, the first digit in the lowest byte. Pairs, then fours, then eight.
-    let d = word - 0x3030_3030_3030_3030;
+    // Keep the n digits as values 0..=9, moved to the top so the bytes below read as leading
+    // zeros; then pairs, fours and eight at once.
+    let keep = u64::MAX >> (64 - 8 * n);
+    let d = ((word & keep) - (0x3030_3030_3030_3030 & keep)) << (64 - 8 * n);
     let pairs = (d * 10 + (d >> 8)) & 0x00ff_00ff_00ff_00ff;
     let fours = (pairs * 100 + (pairs >> 16)) & 0x0000_ffff_0000_ffff;
-    Some((fours * 10_000 + (fours >> 32)) & 0xffff_ffff)
+    (fours * 10_000 + (fours >> 32)) & 0xffff_ffff
 }
 
 /// A number as serde_json skips one (any size, fraction, exponent), with what ends it.
@@ -727,28 +755,47 @@ mod tests {
     }
 
     #[test]
-    fn eight_digits_at_once() {
-        for n in [
-            0u64, 1, 9, 10, 12_345_678, 99_999_999, 10_000_000, 90_807_060,
+    fn digit_runs_a_word_at_a_time() {
+        for text in [
+            "",
+            "x",
+            "0",
+            "7",
+            "12",
+            "1234567",
+            "12345678",
+            "123456789",
+            "1764064800000",
+            "123456789012345",
+            "1234567890123456",
+            "12345678901234567",
+            "1234567890123456789",
+            "99999999999999999999",
+            "0000000000000000000001",
+            "1,",
+            "1764064800000}",
+            "12345678:",
+            "1234\u{ff}",
+            "9\u{fa}9",
         ] {
-            assert_eq!(eight_digits(format!("{n:08}").as_bytes()), Some(n), "{n}");
+            let n = text.bytes().take_while(u8::is_ascii_digit).count();
+            let expected = text[..n].bytes().fold(0u64, |v, d| {
+                v.wrapping_mul(10).wrapping_add(u64::from(d - b'0'))
+            });
+            let (value, count) = digit_run(text.as_bytes());
+            assert_eq!(count, n, "{text:?}");
+            if n < 20 {
+                assert_eq!(value, expected, "{text:?}");
+            }
         }
-        for bad in [
-            "1234567/",
-            "1234567:",
-            "a2345678",
-            "1234 678",
-            "\u{ff}2345678",
-        ] {
-            assert_eq!(eight_digits(bad.as_bytes()), None, "{bad}");
-        }
-        let mut byte = *b"12345678";
+        // Every byte value in every position of a word.
+        let digits = *b"12345678";
         for at in 0..8 {
             for b in 0..=255u8 {
-                byte[at] = b;
-                let expected = byte.iter().all(u8::is_ascii_digit);
-                assert_eq!(eight_digits(&byte).is_some(), expected, "{byte:?}");
-                byte[at] = b"12345678"[at];
+                let mut bytes = digits;
+                bytes[at] = b;
+                let n = bytes.iter().take_while(|d| d.is_ascii_digit()).count();
+                assert_eq!(leading_digits(u64::from_le_bytes(bytes)), n, "{bytes:?}");
             }
         }
     }
