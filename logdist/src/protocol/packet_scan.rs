@@ -25,40 +25,17 @@
 use std::borrow::Cow;
 
 use super::packet::Severity;
-use super::structural::{Kernel, Structurals};
+use super::structural::{scan, Kernel, Structurals};
 
 /// The number of log messages in `payload` if it is a packet whose every element is valid.
 pub(crate) fn count_valid(payload: &[u8], kernel: Kernel) -> Option<usize> {
-    let mut walk = Walk {
-        input: payload,
-        structurals: Structurals::new(payload, kernel)?,
-    };
-    let first = walk.next()?;
-    let count = match payload[first] {
-        b'{' => {
-            walk.record()?;
-            1
+    scan(payload, kernel, |structurals| {
+        Walk {
+            input: payload,
+            structurals,
         }
-        b'[' => {
-            let mut count = 0;
-            loop {
-                walk.expect(b'{')?;
-                walk.record()?;
-                count += 1;
-                match walk.next_byte()? {
-                    b',' => {}
-                    b']' => break,
-                    _ => return None,
-                }
-            }
-            count
-        }
-        _ => return None,
-    };
-    if walk.next().is_some() {
-        return None;
-    }
-    walk.structurals.clean().then_some(count)
+        .packet()
+    })
 }
 
 /// How a string is read: decoded (serde's `parse_str`: surrogates must pair) or skipped
@@ -120,12 +97,42 @@ fn hex4(digits: &[u8]) -> Option<u16> {
 const LEADING: std::ops::RangeInclusive<u16> = 0xd800..=0xdbff;
 const TRAILING: std::ops::RangeInclusive<u16> = 0xdc00..=0xdfff;
 
-struct Walk<'a> {
+struct Walk<'a, 's, 'b> {
     input: &'a [u8],
-    structurals: Structurals<'a>,
+    structurals: &'s mut Structurals<'a, 'b>,
 }
 
-impl Walk<'_> {
+impl Walk<'_, '_, '_> {
+    /// The whole payload: one log object or an array of them, nothing after.
+    fn packet(&mut self) -> Option<usize> {
+        let first = self.next()?;
+        let count = match self.input[first] {
+            b'{' => {
+                self.record()?;
+                1
+            }
+            b'[' => {
+                let mut count = 0;
+                loop {
+                    self.expect(b'{')?;
+                    self.record()?;
+                    count += 1;
+                    match self.next_byte()? {
+                        b',' => {}
+                        b']' => break,
+                        _ => return None,
+                    }
+                }
+                count
+            }
+            _ => return None,
+        };
+        if self.next().is_some() {
+            return None;
+        }
+        self.structurals.clean().then_some(count)
+    }
+
     #[inline(always)]
     fn next(&mut self) -> Option<usize> {
         self.structurals.next()

@@ -295,7 +295,7 @@ mod avx2 {
         base: usize,
         blocks: &[u8],
         state: &mut super::CarriedState,
-        out: &mut super::IndexBuffer,
+        out: &mut super::IndexBuffer<'_>,
     ) {
         for (i, block) in blocks.chunks_exact(64).enumerate() {
             let block = block.try_into().expect("chunks of 64 bytes");
@@ -305,64 +305,87 @@ mod avx2 {
     }
 }
 
-/// Positions found by stage 1 but not yet taken by stage 2.
-#[derive(Debug)]
-pub(crate) struct IndexBuffer {
-    positions: [u32; BUFFER],
+/// Positions found by stage 1 but not yet taken by stage 2: a buffer kept per thread (so it is
+/// neither allocated nor zeroed per payload) and its length.
+pub(crate) struct IndexBuffer<'b> {
+    positions: &'b mut [u32; BUFFER],
     len: usize,
 }
 
-/// Room for this many positions: 8 blocks' worth (a block yields at most 64). Zeroed once per
-/// payload, so not larger than it needs to be.
-const BUFFER: usize = 512;
+/// Room for this many positions (16 KiB a thread).
+const BUFFER: usize = 4096;
+
+/// Blocks classified per top-up: 1 KiB of input, at most 1,024 positions.
+const TOP_UP_BLOCKS: usize = 16;
 
 /// Stage 2 looks at up to this many positions at once ([`Structurals::window`]): more than a
 /// log object of the common shape has, so such an object is read in one go.
 pub(crate) const WINDOW: usize = 96;
 
-impl IndexBuffer {
-    /// Appends the positions of the set bits of a block that starts at `base`. The caller
-    /// leaves 64 slots free.
+thread_local! {
+    static POSITIONS: std::cell::RefCell<Box<[u32; BUFFER]>> =
+        std::cell::RefCell::new(Box::new([0; BUFFER]));
+}
+
+impl IndexBuffer<'_> {
+    /// Appends the positions of the set bits of a block that starts at `base`, eight at a time
+    /// (the slots past the last position get junk that is never read). The caller leaves 64
+    /// slots free.
     #[inline(always)]
     fn push_bits(&mut self, base: u32, mut bits: u64) {
         let count = bits.count_ones() as usize;
         let slots = &mut self.positions[self.len..self.len + 64];
-        for slot in &mut slots[..count] {
-            *slot = base + bits.trailing_zeros();
-            bits &= bits.wrapping_sub(1);
+        for eight in slots.chunks_exact_mut(8).take(count.div_ceil(8)) {
+            for slot in eight {
+                *slot = base + bits.trailing_zeros();
+                bits &= bits.wrapping_sub(1);
+            }
         }
         self.len += count;
     }
 }
 
+/// Runs `walk` over the structural positions of `input` (stage 1 with the kernel given), with
+/// this thread's buffer. `None` for inputs of 4 GiB or more (positions are `u32`).
+pub(crate) fn scan<'a, R>(
+    input: &'a [u8],
+    kernel: Kernel,
+    walk: impl FnOnce(&mut Structurals<'a, '_>) -> Option<R>,
+) -> Option<R> {
+    u32::try_from(input.len()).ok()?;
+    POSITIONS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut positions) => walk(&mut Structurals::new(input, kernel, &mut positions)),
+        // Only if `walk` itself scanned again, which it does not.
+        Err(_) => walk(&mut Structurals::new(
+            input,
+            kernel,
+            &mut Box::new([0; BUFFER]),
+        )),
+    })
+}
+
 /// The structural positions of one payload, in order, produced a few blocks at a time as
 /// stage 2 asks for them (no allocation, whatever the payload's size).
-pub(crate) struct Structurals<'a> {
+pub(crate) struct Structurals<'a, 'b> {
     input: &'a [u8],
     kernel: Kernel,
     state: CarriedState,
     /// Offset of the next block to classify.
     next_block: usize,
-    buffer: IndexBuffer,
+    buffer: IndexBuffer<'b>,
     taken: usize,
 }
 
-impl<'a> Structurals<'a> {
-    /// Stage 1 over `input`, with the kernel given. Inputs of 4 GiB or more are not supported
-    /// (positions are `u32`): [`Structurals::new`] returns `None` for them.
-    pub(crate) fn new(input: &'a [u8], kernel: Kernel) -> Option<Structurals<'a>> {
-        u32::try_from(input.len()).ok()?;
-        Some(Structurals {
+impl<'a, 'b> Structurals<'a, 'b> {
+    fn new(input: &'a [u8], kernel: Kernel, positions: &'b mut [u32; BUFFER]) -> Self {
+        Structurals {
             input,
             kernel,
             state: CarriedState::default(),
             next_block: 0,
-            buffer: IndexBuffer {
-                positions: [0; BUFFER],
-                len: 0,
-            },
+            buffer: IndexBuffer { positions, len: 0 },
             taken: 0,
-        })
+        }
     }
 
     /// The next structural position, or `None` at the end of the payload.
@@ -416,22 +439,24 @@ impl<'a> Structurals<'a> {
             && (self.state.non_ascii == 0 || std::str::from_utf8(self.input).is_ok())
     }
 
-    /// Moves the positions not yet taken to the front, then classifies blocks while 64 slots
-    /// stay free and input is left, and until at least [`WINDOW`] positions wait (or the
-    /// input ends). The last, partial block is classified from a copy padded with spaces.
+    /// Classifies [`TOP_UP_BLOCKS`] blocks at a time until at least [`WINDOW`] positions wait
+    /// or the input ends, first moving the positions not yet taken to the front when the
+    /// buffer has no room for a top-up. The last, partial block is classified from a copy
+    /// padded with spaces.
     #[inline(never)]
     fn top_up(&mut self) {
-        self.buffer
-            .positions
-            .copy_within(self.taken..self.buffer.len, 0);
-        self.buffer.len -= self.taken;
-        self.taken = 0;
         let whole_blocks_end = self.input.len() / 64 * 64;
-        while self.buffer.len < WINDOW && self.next_block < self.input.len() {
+        while self.buffer.len - self.taken < WINDOW && self.next_block < self.input.len() {
+            if BUFFER - self.buffer.len < 64 * (TOP_UP_BLOCKS + 1) {
+                self.buffer
+                    .positions
+                    .copy_within(self.taken..self.buffer.len, 0);
+                self.buffer.len -= self.taken;
+                self.taken = 0;
+            }
             let start = self.next_block;
             if start < whole_blocks_end {
-                let room = (BUFFER - self.buffer.len) / 64 - 1;
-                let end = (start + 64 * room).min(whole_blocks_end);
+                let end = (start + 64 * TOP_UP_BLOCKS).min(whole_blocks_end);
                 self.classify(start, &self.input[start..end]);
                 self.next_block = end;
             } else {
@@ -472,12 +497,14 @@ mod tests {
     use super::*;
 
     fn positions(input: &[u8], kernel: Kernel) -> (Vec<usize>, bool) {
-        let mut s = Structurals::new(input, kernel).unwrap();
-        let mut out = Vec::new();
-        while let Some(p) = s.next() {
-            out.push(p);
-        }
-        (out, s.clean())
+        scan(input, kernel, |s| {
+            let mut out = Vec::new();
+            while let Some(p) = s.next() {
+                out.push(p);
+            }
+            Some((out, s.clean()))
+        })
+        .unwrap()
     }
 
     #[test]
