@@ -102,10 +102,11 @@ pub struct RunArgs {
     #[arg(long, env = "DISTRIBUTOR_LEGACY_CONTROL_SUBJECT")]
     pub legacy_control_subject: bool,
 
-    /// Largest dead-letter report of one packet, in bytes: the invalid elements of a packet go
-    /// out as one dead letter listing each (index, reason, element); when that list would be
-    /// larger, the packet is dead-lettered whole, once, with a summary of the reasons. Never
-    /// more than the server's max_payload allows. The default is 1 MiB.
+    /// Largest dead-letter report of one packet, in bytes: the invalid elements of a packet (the
+    /// unmappable records of a shipper's payload, the refused records of an OTLP request to
+    /// --http) go out as one dead letter listing each (index, reason, element); when that list
+    /// would be larger, the packet is dead-lettered whole, once, with a summary of the reasons.
+    /// Never more than the server's max_payload allows. The default is 1 MiB.
     #[arg(long, env = "DISTRIBUTOR_DEADLETTER_REPORT_MAX_BYTES", value_name = "BYTES",
           default_value_t = logdist::protocol::deadletter::DEFAULT_REPORT_MAX_BYTES,
           value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]

@@ -27,7 +27,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use logdist::ingest_format::{IngestFormat, Mapping};
 use logdist::protocol::control::{ControlMessage, Withdraw, WithdrawalConfirmed};
-use logdist::protocol::deadletter::{packet_deadletter_headers, PacketDeadLetter, Reason};
+use logdist::protocol::deadletter::{
+    packet_deadletter_headers, DeadLetterBody, PacketDeadLetter, Reason, RejectedElement,
+    SizeLimits,
+};
 use logdist::protocol::stats::{unix_millis_now, DistributorStats, MemberRecord};
 use logdist::{BucketError, ConnectError, ConnectionEvents, PacketValidator};
 use tokio_util::sync::CancellationToken;
@@ -215,9 +218,9 @@ pub(crate) struct Distributor {
     /// subject.
     mapped_formats: bool,
     deadletter_subject: Subject,
-    /// Largest dead-letter report of one packet (`--deadletter-report-max-bytes`, within the
-    /// server's max_payload).
-    deadletter_report_max_bytes: usize,
+    /// Largest dead-letter report of one packet (`--deadletter-report-max-bytes`), and the
+    /// server's max_payload.
+    deadletter_limits: SizeLimits,
     /// A few log lines per kind of bad input; every occurrence is counted regardless.
     log_throttle: LogThrottle,
     names: logdist::Names,
@@ -241,11 +244,10 @@ impl Distributor {
         client: Client,
         events: Arc<ConnectionEvents>,
     ) -> Self {
-        // Room for the headers (the original ones, the reason) beside the report.
-        let max_payload = client.server_info().max_payload;
-        let deadletter_report_max_bytes = args
-            .deadletter_report_max_bytes
-            .min(max_payload.saturating_sub(64 << 10).max(4096));
+        let deadletter_limits = SizeLimits {
+            report_max_bytes: args.deadletter_report_max_bytes,
+            max_payload: client.server_info().max_payload,
+        };
         Distributor {
             client,
             delivery: args.delivery,
@@ -255,7 +257,7 @@ impl Distributor {
             mapped_formats: !mapping.is_all_logdist(),
             mapping,
             deadletter_subject: Subject::from(args.names.deadletter_subject.clone()),
-            deadletter_report_max_bytes,
+            deadletter_limits,
             log_throttle: LogThrottle::default(),
             names: args.names.clone(),
             replica: replica.to_string(),
@@ -428,8 +430,14 @@ impl Distributor {
             }
             Ok(packet) => {
                 self.counters.received_messages += packet.len() as u64;
-                self.deadletter_elements(&subject, headers.as_ref(), &payload, &packet)
-                    .await;
+                self.deadletter_elements(
+                    &subject,
+                    headers.as_ref(),
+                    &payload,
+                    &packet.invalid,
+                    packet.len(),
+                )
+                .await;
                 if packet.records.is_empty() {
                     return None;
                 }
@@ -451,7 +459,7 @@ impl Distributor {
                     code: error.code(),
                     text: &text,
                 };
-                self.deadletter(&subject, headers.as_ref(), payload.clone(), 1, reason, None)
+                self.deadletter(&subject, headers.as_ref(), payload.clone(), 1, reason)
                     .await;
                 None
             }
@@ -488,8 +496,9 @@ impl Distributor {
     }
 
     /// [`validate`](Self::validate) for a subject of a shipper's format: maps the payload's
-    /// records to the canonical shape and dead-letters, one by one, those that cannot be mapped
-    /// (a payload that is not of the format at all, whole). Returns the mapped packet to forward.
+    /// records to the canonical shape and dead-letters those that cannot be mapped in one dead
+    /// letter (a payload that is not of the format at all, whole). Returns the mapped packet to
+    /// forward.
     async fn map_ingest(
         &mut self,
         format: IngestFormat,
@@ -505,28 +514,21 @@ impl Distributor {
                     code: error.code,
                     text: &error.reason,
                 };
-                self.deadletter(&subject, headers.as_ref(), payload.clone(), 1, reason, None)
+                self.deadletter(&subject, headers.as_ref(), payload.clone(), 1, reason)
                     .await;
                 return None;
             }
         };
-        self.counters.received_messages += (mapped.messages + mapped.invalid.len()) as u64;
-        for unmapped in &mapped.invalid {
-            let reason = Reason {
-                code: unmapped.code,
-                text: &unmapped.reason,
-            };
-            let element = payload.slice_ref(unmapped.raw.as_bytes());
-            self.deadletter(
-                &subject,
-                headers.as_ref(),
-                element,
-                1,
-                reason,
-                Some(unmapped.index),
-            )
-            .await;
-        }
+        let elements = mapped.messages + mapped.invalid.len();
+        self.counters.received_messages += elements as u64;
+        self.deadletter_elements(
+            &subject,
+            headers.as_ref(),
+            &payload,
+            &mapped.invalid,
+            elements,
+        )
+        .await;
         let packet = mapped.packet?;
         let messages = mapped.messages as u64;
         if packet.len() > self.validator.max_bytes() {
@@ -540,7 +542,7 @@ impl Distributor {
                 code: "too_large",
                 text: &text,
             };
-            self.deadletter(&subject, headers.as_ref(), payload, messages, reason, None)
+            self.deadletter(&subject, headers.as_ref(), payload, messages, reason)
                 .await;
             return None;
         }
@@ -565,13 +567,12 @@ impl Distributor {
             messages,
             ..
         } = out;
-        self.deadletter(&subject, Some(&headers), payload, messages, reason, None)
+        self.deadletter(&subject, Some(&headers), payload, messages, reason)
             .await;
     }
 
-    /// Publishes rejected bytes (`messages` log messages; one record at `index` of its payload,
-    /// or a whole payload) to the dead-letter subject with the contract's headers, and counts
-    /// them.
+    /// Publishes a rejected payload (`messages` log messages) whole to the dead-letter subject
+    /// with the contract's headers, and counts it.
     async fn deadletter(
         &mut self,
         subject: &Subject,
@@ -579,36 +580,36 @@ impl Distributor {
         payload: Bytes,
         messages: u64,
         reason: Reason<'_>,
-        index: Option<usize>,
     ) {
         self.count_deadletter(messages, [(reason.code, messages)], subject, reason);
         let headers = logdist::protocol::deadletter::deadletter_headers(
             original,
             reason,
             subject,
-            index,
+            None,
             &self.replica_header,
         );
         self.publish_deadletter(headers, payload).await;
     }
 
-    /// The one dead letter of a packet with invalid elements (see [`PacketDeadLetter`]): a report
-    /// of every invalid element, or the packet whole with a summary. Counts each element.
-    async fn deadletter_elements(
+    /// The one dead letter of a payload of `elements` elements with `invalid` ones (invalid
+    /// elements of a packet, or records of a shipper's format that cannot be mapped; see
+    /// [`PacketDeadLetter`]): a report of each, or the payload whole with a summary. Counts
+    /// each element.
+    async fn deadletter_elements<R: RejectedElement>(
         &mut self,
         subject: &Subject,
         original: Option<&async_nats::HeaderMap>,
         payload: &Bytes,
-        packet: &logdist::Packet<'_>,
+        invalid: &[R],
+        elements: usize,
     ) {
-        if packet.invalid.is_empty() {
+        if invalid.is_empty() {
             return;
         }
-        let letter = PacketDeadLetter::build(
-            &packet.invalid,
-            packet.len(),
-            self.deadletter_report_max_bytes,
-        );
+        let (max_report, max_payload) = self.deadletter_limits.for_headers(original);
+        let letter =
+            PacketDeadLetter::build(invalid, elements, payload.len(), max_report, max_payload);
         let reason = Reason {
             code: logdist::protocol::deadletter::INVALID_ELEMENTS,
             text: &letter.summary,
@@ -617,9 +618,11 @@ impl Distributor {
             letter.by_code.iter().map(|(c, n)| (*c, *n)).collect();
         self.count_deadletter(letter.rejected as u64, by_code, subject, reason);
         let headers = packet_deadletter_headers(original, &letter, subject, &self.replica_header);
-        let body = match letter.report {
-            Some(report) => Bytes::from(report),
-            None => payload.clone(),
+        let body = match letter.body {
+            DeadLetterBody::Report(report) | DeadLetterBody::Truncated { report, .. } => {
+                Bytes::from(report)
+            }
+            DeadLetterBody::Whole => payload.clone(),
         };
         self.publish_deadletter(headers, body).await;
     }

@@ -1,7 +1,8 @@
 //! What real shippers send, against a real nats-server, a real distributor and a real analyzer:
 //! syslog severities in the contract, Fluent Bit's NATS output, Vector's NATS sink and a generic
 //! field map on their subjects — routed, counted under their canonical levels and sources, and
-//! what cannot be mapped dead-lettered with the field and the format in the reason.
+//! what cannot be mapped dead-lettered with the field and the format in the reason, one dead
+//! letter per payload.
 
 mod common;
 
@@ -180,17 +181,24 @@ async fn shippers_records_and_syslog_severities_are_analyzed_in_the_canonical_sh
     assert_eq!(sources["edge-2"], 2, "Vector's host");
     assert_eq!(sources["checkout-1"], 2, "the field map's nested path");
 
-    // Exactly the two unmappable records, each alone, naming its field and format.
+    // Exactly the two unmappable records, one dead letter for each payload, naming the field
+    // and the format.
     let letters = dead.wait(2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(dead.all().len(), 2, "nothing else was dead-lettered");
-    let mut reasons: Vec<(String, String, String, String)> = letters
+    let mut reasons: Vec<(String, String, String, u64, String, String)> = letters
         .iter()
-        .map(|(h, _)| {
+        .map(|(h, p)| {
+            assert_eq!(header(h, headers::PAYLOAD), "elements");
+            assert_eq!(header(h, headers::INVALID_COUNT), "1");
+            let report: Vec<serde_json::Value> = serde_json::from_slice(p).unwrap();
+            assert_eq!(report.len(), 1);
             (
                 header(h, headers::SUBJECT),
                 header(h, headers::ERROR_CODE),
-                header(h, headers::INDEX),
+                report[0]["code"].as_str().unwrap().to_string(),
+                report[0]["index"].as_u64().unwrap(),
+                report[0]["error"].as_str().unwrap().to_string(),
                 header(h, headers::ERROR),
             )
         })
@@ -201,18 +209,74 @@ async fn shippers_records_and_syslog_severities_are_analyzed_in_the_canonical_sh
         [
             (
                 "logs.apps.checkout".into(),
+                "invalid_elements".into(),
                 "missing_field".into(),
-                "2".into(),
-                "fields record has no `lvl` field (or set --default-severity)".into()
+                2,
+                "fields record has no `lvl` field (or set --default-severity)".into(),
+                "1 of 3 elements are invalid (missing_field 1); the payload lists each with its \
+                 index and reason"
+                    .into()
             ),
             (
                 "logs.fluentbit.cpu".into(),
+                "invalid_elements".into(),
                 "missing_field".into(),
-                "0".into(),
-                "fluent-bit record has no `log` (nor `message`) field".into()
+                0,
+                "fluent-bit record has no `log` (nor `message`) field".into(),
+                "1 of 2 elements are invalid (missing_field 1); the payload lists each with its \
+                 index and reason"
+                    .into()
             ),
         ]
     );
+}
+
+/// A shipper's payload of 40,000 records that cannot be mapped used to cost 40,000 dead
+/// letters: now one, the payload whole with a summary, while the counters count each record and
+/// the payload's one mappable record is analyzed.
+#[tokio::test]
+async fn a_payload_of_40000_unmappable_records_costs_one_dead_letter() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let _distributor = start_distributor(
+        &server,
+        "r1",
+        &["--ingest-format", "logs.fluentbit.>=fluent-bit"],
+    )
+    .await;
+    let (_analyzer, stats) = analyzer(&server, &client).await;
+    let dead = DeadLetters::subscribe(&client).await;
+    let mut records = vec![r#"[1457108507,{"tag":"t"}]"#; 40_000];
+    records.insert(20_000, r#"[1457108508,{"tag":"t","log":"ok"}]"#);
+    let payload = format!("[{}]", records.join(","));
+    client
+        .publish("logs.fluentbit.flood", payload.clone().into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    assert_eq!(analyzed(&stats, 1).await.messages, 1);
+    let letters = dead.wait(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dead.all().len(), 1, "one dead letter for the payload");
+    let (h, p) = &letters[0];
+    assert_eq!(header(h, headers::ERROR_CODE), "invalid_elements");
+    assert_eq!(header(h, headers::PAYLOAD), "packet");
+    assert_eq!(header(h, headers::INVALID_COUNT), "40000");
+    assert!(
+        header(h, headers::ERROR).starts_with(
+            "40000 of 40001 elements are invalid (missing_field 40000); their report would exceed"
+        ),
+        "{}",
+        header(h, headers::ERROR)
+    );
+    assert_eq!(p.as_ref(), payload.as_bytes(), "the payload, whole");
+    let s = wait_distributor_stats(&stats, "r1", "the flood counted", |s| {
+        s.deadletter_messages == 40_000
+    })
+    .await;
+    assert_eq!(s.deadletter_packets, 1);
+    assert_eq!(s.deadletter_reasons["missing_field"], 40_000);
+    assert_eq!(s.received_messages, 40_001);
 }
 
 /// At-least-once: a stream made before `--ingest-format` named a subject outside the ingest

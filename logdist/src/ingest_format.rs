@@ -17,8 +17,8 @@
 //! A mapped record becomes `{"timestamp", "severity", "source", "message", …}` followed by the
 //! record's other fields; the fields it was mapped from are consumed, and an unconsumed field
 //! that has a canonical name is kept as `original_<name>`. What cannot be mapped is an
-//! [`UnmappedRecord`] with a reason that names the missing or wrong field and the format, for its
-//! dead letter. [`Mapping::map`] is the one entry point.
+//! [`UnmappedRecord`] with a reason that names the missing or wrong field and the format: an entry
+//! of its payload's one dead letter. [`Mapping::map`] is the one entry point.
 
 use std::fmt;
 use std::str::FromStr;
@@ -508,7 +508,7 @@ pub struct Mapped<'a> {
     pub invalid: Vec<UnmappedRecord<'a>>,
 }
 
-/// A record that could not be mapped: for a dead letter of its own.
+/// A record that could not be mapped: an entry of its payload's one dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnmappedRecord<'a> {
     /// Position in the payload.
@@ -520,6 +520,21 @@ pub struct UnmappedRecord<'a> {
     pub code: &'static str,
     /// Names the field and the format.
     pub reason: String,
+}
+
+impl crate::protocol::deadletter::RejectedElement for UnmappedRecord<'_> {
+    fn index(&self) -> usize {
+        self.index
+    }
+    fn code(&self) -> &'static str {
+        self.code
+    }
+    fn reason(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(&self.reason)
+    }
+    fn element(&self) -> &str {
+        self.raw.trim()
+    }
 }
 
 /// A payload that is not a packet of its format at all: dead-lettered whole.

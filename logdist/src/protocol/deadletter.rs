@@ -5,7 +5,10 @@
 //!
 //! A packet with invalid elements costs one dead letter ([`PacketDeadLetter`]), however many:
 //! a JSON report of every invalid element (index, reason code, reason, the element's own JSON),
-//! or, when that report would pass a size limit, the packet itself, whole, with a summary.
+//! or, when that report would pass a size limit, the packet itself, whole, with a summary. The
+//! distributor writes it for a packet of the contract and for a shipper's payload with records
+//! it cannot map; the HTTP gateway for an OTLP request with records it refuses. Each of those
+//! rejected things is a [`RejectedElement`].
 //!
 //! ```json
 //! [{"index":1,"code":"unknown_severity","error":"field `severity` is \"LOUD\", …","element":{"severity":"LOUD"}},
@@ -17,6 +20,7 @@
 //! [`PacketError::code`](super::packet::PacketError::code) and
 //! [`RecordError::code`](super::packet::RecordError::code); the delivery codes are here.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
@@ -115,9 +119,18 @@ pub fn packet_deadletter_headers(
         text: &letter.summary,
     };
     let mut headers = deadletter_headers(original, reason, subject, None, replica);
+    insert_packet_headers(&mut headers, letter);
+    headers
+}
+
+/// Sets the headers that make `headers` those of `letter`: `Logdist-Error` (the summary),
+/// `Logdist-Error-Code` ([`INVALID_ELEMENTS`]), `Logdist-Payload` and `Logdist-Invalid-Count`.
+/// For a writer that builds the rest of its headers itself (the HTTP gateway).
+pub fn insert_packet_headers(headers: &mut HeaderMap, letter: &PacketDeadLetter) {
+    headers.insert(ERROR, HeaderValue::from(one_line(&letter.summary)));
+    headers.insert(ERROR_CODE, HeaderValue::from(INVALID_ELEMENTS));
     headers.insert(PAYLOAD, HeaderValue::from(letter.payload_kind()));
     headers.insert(INVALID_COUNT, HeaderValue::from(letter.rejected));
-    headers
 }
 
 fn without_ours(headers: &HeaderMap, drop_index: bool) -> HeaderMap {
@@ -141,13 +154,96 @@ pub const DEFAULT_REPORT_MAX_BYTES: usize = 1 << 20;
 /// and reason, punctuation. A lower bound, to skip building a report that cannot fit.
 const MIN_ENTRY_OVERHEAD: usize = 40;
 
+/// Most bytes the headers a dead letter adds take (names, codes, the subject, the summary,
+/// whose quoted reason is cut to [`SUMMARY_REASON_CHARS`]).
+pub const OWN_HEADERS_ROOM: usize = 4096;
+
+/// Longest reason quoted in a summary, in characters.
+pub const SUMMARY_REASON_CHARS: usize = 200;
+
+/// How large one dead letter may be: NATS refuses a message (headers and payload) over the
+/// server's `max_payload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeLimits {
+    /// The largest report wanted (`--deadletter-report-max-bytes`).
+    pub report_max_bytes: usize,
+    /// The server's `max_payload` (`Client::server_info().max_payload`).
+    pub max_payload: usize,
+}
+
+impl SizeLimits {
+    /// `(largest report, largest payload)` of a dead letter that carries the `original` headers
+    /// beside its own: the room the server leaves, and the report no larger than wanted.
+    pub fn for_headers(&self, original: Option<&HeaderMap>) -> (usize, usize) {
+        let theirs = original.map_or(0, header_bytes);
+        let payload = self.max_payload.saturating_sub(OWN_HEADERS_ROOM + theirs);
+        (self.report_max_bytes.min(payload), payload)
+    }
+}
+
+/// The size of `headers` on the wire (`NATS/1.0\r\n`, `Name: value\r\n` each, `\r\n`).
+fn header_bytes(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n\r\n".len() + lines
+}
+
+/// One rejected element of a packet, as its dead letter reports it: where it was, why, and its
+/// JSON text. The distributor's invalid elements and unmapped records and the gateway's refused
+/// OTLP records all are.
+pub trait RejectedElement {
+    /// Position in its packet or request, from 0.
+    fn index(&self) -> usize;
+    /// The reason code (the element codes of docs/protocol.md).
+    fn code(&self) -> &'static str;
+    /// The reason, for people.
+    fn reason(&self) -> Cow<'_, str>;
+    /// The element as JSON text (valid JSON: it goes into the report as it is).
+    fn element(&self) -> &str;
+}
+
+impl RejectedElement for InvalidRecord<'_> {
+    fn index(&self) -> usize {
+        self.index
+    }
+    fn code(&self) -> &'static str {
+        self.error.code()
+    }
+    fn reason(&self) -> Cow<'_, str> {
+        Cow::Owned(self.error.to_string())
+    }
+    fn element(&self) -> &str {
+        self.raw.trim()
+    }
+}
+
+/// What the payload of a packet's dead letter is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterBody {
+    /// The JSON report of every rejected element (`Logdist-Payload: elements`).
+    Report(Vec<u8>),
+    /// The packet (or request) as it came, whole (`Logdist-Payload: packet`).
+    Whole,
+    /// The report of the first `listed` rejected elements only (`Logdist-Payload: elements`,
+    /// fewer entries than `Logdist-Invalid-Count`): neither the full report nor the packet fit
+    /// in one NATS message. Only a gateway request larger than the server's max_payload gets it.
+    Truncated { report: Vec<u8>, listed: usize },
+}
+
 /// What to publish for one packet's invalid elements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketDeadLetter {
     /// How many elements were rejected.
     pub rejected: usize,
-    /// The JSON report, or `None` for "the original packet, whole".
-    pub report: Option<Vec<u8>>,
+    /// The payload: the report, or the packet whole.
+    pub body: DeadLetterBody,
     /// The `Logdist-Error` text: how many elements of how many, by reason, and (for a whole
     /// packet) why the report was not sent and the first element's reason.
     pub summary: String,
@@ -156,12 +252,20 @@ pub struct PacketDeadLetter {
 }
 
 impl PacketDeadLetter {
-    /// The dead letter of a packet of `elements` elements whose invalid ones are `invalid`
-    /// (at least one), with a report of at most `max_report_bytes`.
-    pub fn build(invalid: &[InvalidRecord<'_>], elements: usize, max_report_bytes: usize) -> Self {
+    /// The dead letter of a packet of `elements` elements and `packet_bytes` bytes whose
+    /// rejected ones are `invalid` (at least one): the report if it takes at most
+    /// `max_report_bytes`, else the packet whole if it takes at most `max_payload_bytes`, else
+    /// as much of the report as fits in `max_report_bytes` (see [`SizeLimits::for_headers`]).
+    pub fn build<R: RejectedElement>(
+        invalid: &[R],
+        elements: usize,
+        packet_bytes: usize,
+        max_report_bytes: usize,
+        max_payload_bytes: usize,
+    ) -> Self {
         let mut by_code: BTreeMap<&'static str, u64> = BTreeMap::new();
         for record in invalid {
-            *by_code.entry(record.error.code()).or_insert(0) += 1;
+            *by_code.entry(record.code()).or_insert(0) += 1;
         }
         let counts = by_code
             .iter()
@@ -172,75 +276,120 @@ impl PacketDeadLetter {
             "{} of {elements} elements are invalid ({counts})",
             invalid.len()
         );
-        match report(invalid, max_report_bytes) {
-            Some(report) => PacketDeadLetter {
-                rejected: invalid.len(),
-                report: Some(report),
-                summary: format!("{head}; the payload lists each with its index and reason"),
-                by_code,
-            },
-            None => {
-                let first = invalid
-                    .first()
-                    .map(|r| format!("; the first, at index {}: {}", r.index, r.error))
-                    .unwrap_or_default();
-                PacketDeadLetter {
-                    rejected: invalid.len(),
-                    report: None,
-                    summary: format!(
-                        "{head}; their report would exceed {max_report_bytes} bytes, so the payload is the packet, whole{first}"
-                    ),
-                    by_code,
-                }
+        let first = || {
+            invalid
+                .first()
+                .map(|r| {
+                    let reason = r.reason();
+                    let cut: String = reason.chars().take(SUMMARY_REASON_CHARS).collect();
+                    let more = if cut.len() < reason.len() { "…" } else { "" };
+                    format!("; the first, at index {}: {cut}{more}", r.index())
+                })
+                .unwrap_or_default()
+        };
+        let (body, summary) = if let Some(report) = report(invalid, max_report_bytes) {
+            (
+                DeadLetterBody::Report(report),
+                format!("{head}; the payload lists each with its index and reason"),
+            )
+        } else if packet_bytes <= max_payload_bytes {
+            (
+                DeadLetterBody::Whole,
+                format!(
+                    "{head}; their report would exceed {max_report_bytes} bytes, so the payload \
+                     is the packet, whole{}",
+                    first()
+                ),
+            )
+        } else {
+            let (report, listed) = truncated_report(invalid, max_report_bytes);
+            let summary = format!(
+                "{head}; neither their report nor the packet ({packet_bytes} bytes) fits in one \
+                 message of at most {max_payload_bytes} bytes, so the payload lists the first \
+                 {listed} only{}",
+                first()
+            );
+            (DeadLetterBody::Truncated { report, listed }, summary)
+        };
+        PacketDeadLetter {
+            rejected: invalid.len(),
+            body,
+            summary,
+            by_code,
+        }
+    }
+
+    /// The report, or `None` for "the original packet, whole".
+    pub fn report(&self) -> Option<&[u8]> {
+        match &self.body {
+            DeadLetterBody::Report(report) | DeadLetterBody::Truncated { report, .. } => {
+                Some(report)
             }
+            DeadLetterBody::Whole => None,
         }
     }
 
     /// The `Logdist-Payload` header value.
     pub fn payload_kind(&self) -> &'static str {
-        if self.report.is_some() {
-            PAYLOAD_ELEMENTS
-        } else {
-            PAYLOAD_PACKET
+        match self.body {
+            DeadLetterBody::Whole => PAYLOAD_PACKET,
+            _ => PAYLOAD_ELEMENTS,
         }
     }
 }
 
 /// The JSON array of `invalid`, or `None` when it would exceed `limit` bytes.
-fn report(invalid: &[InvalidRecord<'_>], limit: usize) -> Option<Vec<u8>> {
+fn report<R: RejectedElement>(invalid: &[R], limit: usize) -> Option<Vec<u8>> {
     // Cheap lower bound first, so a flood of tiny elements never builds a report it drops.
     let at_least: usize = invalid
         .iter()
-        .map(|r| r.raw.len() + MIN_ENTRY_OVERHEAD)
+        .map(|r| r.element().len() + MIN_ENTRY_OVERHEAD)
         .sum();
     if at_least > limit {
         return None;
     }
-    let mut out = Vec::with_capacity(at_least + 2);
+    let (report, listed) = truncated_report(invalid, limit);
+    (listed == invalid.len()).then_some(report)
+}
+
+/// The JSON array of as many of `invalid`, from the first, as fit in `limit` bytes, and how
+/// many that is.
+fn truncated_report<R: RejectedElement>(invalid: &[R], limit: usize) -> (Vec<u8>, usize) {
+    let estimate: usize = invalid
+        .iter()
+        .map(|r| r.element().len() + 2 * MIN_ENTRY_OVERHEAD)
+        .sum();
+    let mut out = Vec::with_capacity(estimate.min(limit) + 2);
     out.push(b'[');
-    for (i, record) in invalid.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    let mut entry = Vec::new();
+    let mut listed = 0;
+    for record in invalid {
+        entry.clear();
+        if listed > 0 {
+            entry.push(b',');
         }
         write!(
-            out,
+            entry,
             r#"{{"index":{},"code":"{}","error":"#,
-            record.index,
-            record.error.code()
+            record.index(),
+            record.code()
         )
         .expect("writing to a Vec cannot fail");
-        serde_json::to_writer(&mut out, &record.error.to_string())
+        serde_json::to_writer(&mut entry, record.reason().as_ref())
             .expect("a string always serializes");
-        out.extend_from_slice(b",\"element\":");
+        entry.extend_from_slice(b",\"element\":");
         // The element's exact text: valid JSON (it was parsed as one element of the array).
-        out.extend_from_slice(record.raw.trim().as_bytes());
-        out.push(b'}');
-        if out.len() + 1 > limit {
-            return None;
+        entry.extend_from_slice(record.element().as_bytes());
+        entry.push(b'}');
+        // The closing bracket must fit too.
+        if out.len() + entry.len() + 1 > limit {
+            break;
         }
+        out.extend_from_slice(&entry);
+        listed += 1;
     }
     out.push(b']');
-    Some(out)
+    (out, listed)
 }
 
 fn one_line(text: &str) -> String {
@@ -264,13 +413,19 @@ mod tests {
         let packet = crate::PacketValidator::new(1 << 20)
             .parse(payload.as_bytes())
             .unwrap();
-        let letter = PacketDeadLetter::build(&packet.invalid, packet.len(), 1 << 20);
+        let letter = PacketDeadLetter::build(
+            &packet.invalid,
+            packet.len(),
+            payload.len(),
+            1 << 20,
+            1 << 20,
+        );
         assert_eq!(letter.payload_kind(), PAYLOAD_ELEMENTS);
         assert_eq!(
             letter.summary,
             "3 of 5 elements are invalid (missing_field 1, not_an_object 1, unknown_severity 1); the payload lists each with its index and reason"
         );
-        let report: Vec<Value> = serde_json::from_slice(letter.report.as_ref().unwrap()).unwrap();
+        let report: Vec<Value> = serde_json::from_slice(letter.report().unwrap()).unwrap();
         let indexes: Vec<u64> = report
             .iter()
             .map(|e| e["index"].as_u64().unwrap())
@@ -294,8 +449,14 @@ mod tests {
         let packet = crate::PacketValidator::new(8 << 20)
             .parse(payload.as_bytes())
             .unwrap();
-        let letter = PacketDeadLetter::build(&packet.invalid, packet.len(), 1 << 20);
-        assert_eq!(letter.report, None);
+        let letter = PacketDeadLetter::build(
+            &packet.invalid,
+            packet.len(),
+            payload.len(),
+            1 << 20,
+            8 << 20,
+        );
+        assert_eq!(letter.body, DeadLetterBody::Whole);
         assert_eq!(letter.payload_kind(), PAYLOAD_PACKET);
         assert_eq!(
             letter.summary,
@@ -310,16 +471,75 @@ mod tests {
         let packet = crate::PacketValidator::new(1 << 20)
             .parse(payload.as_bytes())
             .unwrap();
-        let full = PacketDeadLetter::build(&packet.invalid, 50, 1 << 20)
-            .report
-            .unwrap();
+        let build = |report, max_payload| {
+            PacketDeadLetter::build(&packet.invalid, 50, payload.len(), report, max_payload)
+        };
+        let full = build(1 << 20, 1 << 20).report().unwrap().to_vec();
         // Exactly the size fits; a byte less sends the packet whole.
-        let fits = PacketDeadLetter::build(&packet.invalid, 50, full.len());
-        assert_eq!(fits.report.as_deref(), Some(full.as_slice()));
-        assert_eq!(
-            PacketDeadLetter::build(&packet.invalid, 50, full.len() - 1).report,
-            None
+        let fits = build(full.len(), 1 << 20);
+        assert_eq!(fits.body, DeadLetterBody::Report(full.clone()));
+        assert_eq!(build(full.len() - 1, 1 << 20).body, DeadLetterBody::Whole);
+        // Neither fits: the first entries that do, and the summary says how many.
+        let limit = full.len() / 2;
+        let cut = build(limit, payload.len() - 1);
+        let DeadLetterBody::Truncated { report, listed } = &cut.body else {
+            panic!("{:?}", cut.body);
+        };
+        assert!(
+            report.len() <= limit && *listed > 0 && *listed < 50,
+            "{listed}"
         );
+        let entries: Vec<Value> = serde_json::from_slice(report).unwrap();
+        assert_eq!(entries.len(), *listed);
+        assert_eq!(entries[*listed - 1]["index"], *listed as u64 - 1);
+        assert_eq!(cut.rejected, 50);
+        assert_eq!(cut.payload_kind(), PAYLOAD_ELEMENTS);
+        assert!(
+            cut.summary
+                .contains(&format!("lists the first {listed} only")),
+            "{}",
+            cut.summary
+        );
+    }
+
+    #[test]
+    fn limits_leave_room_for_every_header() {
+        let limits = SizeLimits {
+            report_max_bytes: 1 << 20,
+            max_payload: 1 << 20,
+        };
+        let (report, payload) = limits.for_headers(None);
+        assert_eq!(payload, (1 << 20) - OWN_HEADERS_ROOM);
+        assert_eq!(report, payload);
+        let mut agent = HeaderMap::new();
+        agent.insert(headers::AGENT, "a1");
+        agent.append(headers::SEQ, "7");
+        // "NATS/1.0\r\n" "Logdist-Agent: a1\r\n" "Logdist-Seq: 7\r\n" "\r\n"
+        let wire = "NATS/1.0\r\nLogdist-Agent: a1\r\nLogdist-Seq: 7\r\n\r\n".len();
+        assert_eq!(limits.for_headers(Some(&agent)).1, payload - wire);
+        let small = SizeLimits {
+            report_max_bytes: 4096,
+            max_payload: 8 << 20,
+        };
+        assert_eq!(
+            small.for_headers(None),
+            (4096, (8 << 20) - OWN_HEADERS_ROOM)
+        );
+    }
+
+    #[test]
+    fn a_summary_quotes_at_most_a_short_reason() {
+        let long = format!(
+            r#"[{{"timestamp":1,"severity":"{}","source":"s","message":"m"}}]"#,
+            "X".repeat(5000)
+        );
+        let packet = crate::PacketValidator::new(1 << 20)
+            .parse(long.as_bytes())
+            .unwrap();
+        let letter = PacketDeadLetter::build(&packet.invalid, 1, long.len(), 100, 1 << 20);
+        assert_eq!(letter.body, DeadLetterBody::Whole);
+        assert!(letter.summary.len() < 600, "{}", letter.summary);
+        assert!(letter.summary.ends_with('…'), "{}", letter.summary);
     }
 
     #[test]
@@ -328,7 +548,7 @@ mod tests {
         let packet = crate::PacketValidator::new(1 << 20)
             .parse(payload.as_bytes())
             .unwrap();
-        let letter = PacketDeadLetter::build(&packet.invalid, packet.len(), 1 << 20);
+        let letter = PacketDeadLetter::build(&packet.invalid, packet.len(), 6, 1 << 20, 1 << 20);
         let mut agent = HeaderMap::new();
         agent.insert(headers::PAYLOAD, "packet");
         agent.insert(headers::INVALID_COUNT, "0");

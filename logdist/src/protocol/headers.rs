@@ -24,8 +24,9 @@ pub const ERROR: &str = "Logdist-Error";
 pub const ERROR_CODE: &str = "Logdist-Error-Code";
 /// Dead letters: the subject the rejected bytes were published on.
 pub const SUBJECT: &str = "Logdist-Subject";
-/// Dead letters of the HTTP gateway's OTLP endpoint: position of the rejected log record in its
-/// request (docs/http.md). The distributor sends one dead letter per packet, without it.
+/// Dead letters of an HTTP analyzer with `--forward-format message`: position of the rejected
+/// message in its packet. A packet's (or an OTLP request's) one dead letter has none: its report
+/// gives each element's index.
 pub const INDEX: &str = "Logdist-Index";
 /// Dead letters from an HTTP analyzer: the status its endpoint answered (e.g. `400`).
 pub const HTTP_STATUS: &str = "Logdist-Http-Status";
@@ -36,6 +37,10 @@ pub const ANALYZER: &str = "Logdist-Analyzer";
 pub const PAYLOAD: &str = "Logdist-Payload";
 /// Dead letters of a packet with invalid elements: how many of its elements were rejected.
 pub const INVALID_COUNT: &str = "Logdist-Invalid-Count";
+/// Dead letters of the HTTP gateway's OTLP endpoint: the media type of the payload
+/// (`application/x-protobuf` or `application/json` for a request body, `application/json` for a
+/// report).
+pub const CONTENT_TYPE: &str = "Content-Type";
 
 /// The same names as typed [`HeaderName`](async_nats::header::HeaderName) constants, so a hot
 /// path that sets them does not parse them per message.
