@@ -100,6 +100,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
                     acknowledged: args.delivery == Delivery::AtLeastOnce,
                     mapping,
                     local_router,
+                    deadletter_report_max_bytes: args.deadletter_report_max_bytes,
                 },
                 client.clone(),
                 shutdown.child_token(),

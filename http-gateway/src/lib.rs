@@ -71,6 +71,9 @@ pub struct GatewayConfig {
     /// Hand accepted packets to the router of this process instead of publishing them (ignored
     /// with `acknowledged`: at-least-once, the stream is the guarantee).
     pub local_router: Option<LocalRouter>,
+    /// Largest report of one OTLP request's refused records (the distributor's
+    /// `--deadletter-report-max-bytes`; within the server's max_payload).
+    pub deadletter_report_max_bytes: usize,
 }
 
 /// A packet the gateway accepted, for the router of the same process: what it would have
@@ -112,8 +115,11 @@ pub struct GatewayCounters {
     /// Requests refused with 503 `overloaded`: the router's queue stayed full (also counted in
     /// `rejected_requests`).
     pub overloaded_requests: AtomicU64,
-    /// Dead letters the gateway published itself (OTLP requests and records it refused).
+    /// Dead letters the gateway published itself (OTLP requests it refused, and one per request
+    /// for the records it refused).
     pub deadletters: AtomicU64,
+    /// OTLP log records refused one by one (each counted; one dead letter carries a request's).
+    pub rejected_records: AtomicU64,
 }
 
 struct Gateway {
@@ -129,6 +135,8 @@ struct Gateway {
     /// `None` in acknowledged mode, whatever the config says.
     local_router: Option<LocalRouter>,
     mapping: Mapping,
+    /// Largest dead-letter report, and the server's max_payload.
+    deadletter_limits: logdist::protocol::deadletter::SizeLimits,
     counters: Arc<GatewayCounters>,
     registrations: Option<Registrations>,
 }
@@ -177,6 +185,10 @@ pub async fn start_with_registrations(
         source,
     })?;
     let counters = Arc::new(GatewayCounters::default());
+    let deadletter_limits = logdist::protocol::deadletter::SizeLimits {
+        report_max_bytes: config.deadletter_report_max_bytes,
+        max_payload: client.server_info().max_payload,
+    };
     let gateway = Arc::new(Gateway {
         jetstream: jetstream::new(client.clone()),
         subject: config.names.agent_ingest_subject("http").into(),
@@ -188,6 +200,7 @@ pub async fn start_with_registrations(
         acknowledged: config.acknowledged,
         local_router: config.local_router.filter(|_| !config.acknowledged),
         mapping: config.mapping,
+        deadletter_limits,
         counters: counters.clone(),
         registrations,
     });
@@ -695,33 +708,79 @@ impl Gateway {
     }
 
     /// Publishes `payload`, refused by the gateway itself, to the dead-letter subject with the
-    /// headers of docs/protocol.md (`Logdist-Subject` is the ingest subject it was meant for).
+    /// headers of docs/protocol.md (`Logdist-Subject` is the ingest subject it was meant for,
+    /// `Content-Type` the payload's media type).
     /// An error means the copy was not kept, so the request must not be answered as final.
     async fn deadletter(
         &self,
         agent: &str,
         payload: Bytes,
+        content_type: &str,
         code: &'static str,
         reason: &str,
-        index: Option<usize>,
     ) -> Result<(), ApiError> {
-        self.require_connected()?;
-        let subject = self.names.agent_ingest_subject(agent);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(logdist::protocol::headers::AGENT, agent);
+        let mut headers = self.deadletter_headers(agent, content_type);
         // Header values cannot hold line breaks; reasons may quote user input.
         headers.insert(
             logdist::protocol::headers::ERROR,
             reason.replace(['\r', '\n'], " ").as_str(),
         );
         headers.insert(logdist::protocol::headers::ERROR_CODE, code);
-        headers.insert(logdist::protocol::headers::SUBJECT, subject.as_str());
-        if let Some(index) = index {
-            headers.insert(
-                logdist::protocol::headers::INDEX,
-                index.to_string().as_str(),
-            );
+        self.publish_deadletter(headers, payload).await
+    }
+
+    /// The one dead letter of a request whose `invalid` elements (of `elements`) were refused
+    /// ([`PacketDeadLetter`]): their report as JSON, or past the report limit `body` whole, of
+    /// media type `content_type`. Counts each refused element.
+    ///
+    /// [`PacketDeadLetter`]: logdist::protocol::deadletter::PacketDeadLetter
+    async fn elements_deadletter<R: logdist::protocol::deadletter::RejectedElement>(
+        &self,
+        agent: &str,
+        body: &Bytes,
+        content_type: &str,
+        invalid: &[R],
+        elements: usize,
+    ) -> Result<(), ApiError> {
+        use logdist::protocol::deadletter::{DeadLetterBody, PacketDeadLetter};
+        // The headers are ours alone (the request's are not forwarded).
+        let (max_report, max_payload) = self.deadletter_limits.for_headers(None);
+        let letter =
+            PacketDeadLetter::build(invalid, elements, body.len(), max_report, max_payload);
+        let (payload, content_type) = match letter.body {
+            DeadLetterBody::Whole => (body.clone(), content_type),
+            DeadLetterBody::Report(ref report) | DeadLetterBody::Truncated { ref report, .. } => {
+                (Bytes::copy_from_slice(report), "application/json")
+            }
+        };
+        let mut headers = self.deadletter_headers(agent, content_type);
+        logdist::protocol::deadletter::insert_packet_headers(&mut headers, &letter);
+        self.publish_deadletter(headers, payload).await?;
+        self.counters
+            .rejected_records
+            .fetch_add(invalid.len() as u64, Ordering::Relaxed);
+        if let DeadLetterBody::Truncated { listed, .. } = letter.body {
+            tracing::warn!(agent, rejected = invalid.len(), listed, body_bytes = body.len(),
+                "a request's refused records do not fit in one dead letter; its report lists the first");
         }
+        Ok(())
+    }
+
+    fn deadletter_headers(&self, agent: &str, content_type: &str) -> async_nats::HeaderMap {
+        let subject = self.names.agent_ingest_subject(agent);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(logdist::protocol::headers::AGENT, agent);
+        headers.insert(logdist::protocol::headers::SUBJECT, subject.as_str());
+        headers.insert(logdist::protocol::headers::CONTENT_TYPE, content_type);
+        headers
+    }
+
+    async fn publish_deadletter(
+        &self,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), ApiError> {
+        self.require_connected()?;
         self.client
             .publish_with_headers(self.names.deadletter_subject.clone(), headers, payload)
             .await

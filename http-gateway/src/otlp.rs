@@ -21,7 +21,9 @@
 //! does not decode; 413 over the size limit; 415 for another content type; 503 when NATS does not
 //! take the packet — the only retryable one. Error bodies are a `google.rpc.Status`, in the
 //! request's encoding. The client drops what a 400/413 or a partial success refuses, so the
-//! gateway keeps the copy: a dead letter on the dead-letter subject, with the reason.
+//! gateway keeps the copy: one dead letter on the dead-letter subject per request, with the
+//! reason — for refused records, the one `invalid_elements` dead letter of docs/protocol.md
+//! (a report of each refused record as OTLP/JSON, or past the report limit the body whole).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -34,7 +36,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
-use logdist::protocol::deadletter::{BAD_OTLP_JSON, BAD_PROTOBUF};
+use logdist::protocol::deadletter::{RejectedElement, BAD_OTLP_JSON, BAD_PROTOBUF};
 use logdist::Severity;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -76,11 +78,26 @@ pub struct Converted {
 pub struct RejectedRecord {
     /// Position of the record in the request, counting every record of every resource and scope.
     pub index: usize,
-    /// The record as OTLP/JSON, for its dead letter.
+    /// The record as OTLP/JSON, for its entry in the request's dead letter.
     pub otlp_json: String,
     /// Stable reason code (docs/protocol.md's dead-letter codes).
     pub code: &'static str,
     pub reason: String,
+}
+
+impl RejectedElement for RejectedRecord {
+    fn index(&self) -> usize {
+        self.index
+    }
+    fn code(&self) -> &'static str {
+        self.code
+    }
+    fn reason(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.reason)
+    }
+    fn element(&self) -> &str {
+        &self.otlp_json
+    }
 }
 
 /// Converts one export request into one packet; see the module docs for the mapping.
@@ -120,7 +137,8 @@ pub fn to_packet(request: &ExportLogsServiceRequest, received_at_nanos: u64) -> 
                     }
                     Err(reason) => rejected.push(RejectedRecord {
                         index,
-                        otlp_json: serde_json::to_string(record).unwrap_or_default(),
+                        // Valid JSON either way: it goes into the report as it is.
+                        otlp_json: serde_json::to_string(record).unwrap_or_else(|_| "null".into()),
                         code: "unknown_severity",
                         reason,
                     }),
@@ -473,7 +491,9 @@ async fn export(
         Ok(request) => request,
         Err((code, reason)) => {
             // The client must not retry a 400 and drops the data: keep it as a dead letter.
-            gw.deadletter(AGENT, body, code, &reason, None).await?;
+            let media = encoding.content_type();
+            gw.deadletter(AGENT, body, media.to_str().unwrap_or(""), code, &reason)
+                .await?;
             return Err(Failure::new(StatusCode::BAD_REQUEST, reason));
         }
     };
@@ -489,19 +509,28 @@ async fn export(
                 packet.len(),
                 gw.validator.max_bytes()
             );
-            gw.deadletter(AGENT, body, "too_large", &reason, None)
-                .await?;
+            let media = encoding.content_type();
+            gw.deadletter(
+                AGENT,
+                body,
+                media.to_str().unwrap_or(""),
+                "too_large",
+                &reason,
+            )
+            .await?;
             return Err(Failure::new(StatusCode::PAYLOAD_TOO_LARGE, reason));
         }
     }
-    // Dead letters first: should NATS fail now, the 503 makes the client send it all again.
-    for record in &converted.rejected {
-        gw.deadletter(
+    // The dead letter first: should NATS fail now, the 503 makes the client send it all again.
+    // One for the request, however many records it refuses.
+    if !converted.rejected.is_empty() {
+        let media = encoding.content_type();
+        gw.elements_deadletter(
             AGENT,
-            Bytes::from(record.otlp_json.clone()),
-            record.code,
-            &record.reason,
-            Some(record.index),
+            &body,
+            media.to_str().unwrap_or(""),
+            &converted.rejected,
+            converted.accepted + converted.rejected.len(),
         )
         .await?;
     }

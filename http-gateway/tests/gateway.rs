@@ -18,6 +18,7 @@ struct Fixture {
     client: async_nats::Client,
     base: String,
     ingest: async_nats::Subscriber,
+    counters: std::sync::Arc<logdist_http::GatewayCounters>,
     _shutdown: tokio_util::sync::DropGuard,
 }
 
@@ -31,7 +32,25 @@ async fn fixture_with(
     acknowledged: bool,
     local_router: Option<LocalRouter>,
 ) -> Fixture {
-    let server = NatsServer::start();
+    fixture_on(
+        max_body_bytes,
+        acknowledged,
+        local_router,
+        logdist::protocol::deadletter::DEFAULT_REPORT_MAX_BYTES,
+        "",
+    )
+    .await
+}
+
+/// [`fixture_with`] with a dead-letter report limit and extra nats-server configuration.
+async fn fixture_on(
+    max_body_bytes: usize,
+    acknowledged: bool,
+    local_router: Option<LocalRouter>,
+    deadletter_report_max_bytes: usize,
+    server_config: &str,
+) -> Fixture {
+    let server = NatsServer::with_config(server_config);
     let client = async_nats::connect(server.url()).await.unwrap();
     let ingest = client
         .subscribe(logdist::Names::default().agent_ingest_subject("http"))
@@ -47,6 +66,7 @@ async fn fixture_with(
             acknowledged,
             mapping: logdist::ingest_format::Mapping::default(),
             local_router,
+            deadletter_report_max_bytes,
         },
         client.clone(),
         shutdown.clone(),
@@ -58,6 +78,7 @@ async fn fixture_with(
         server,
         client,
         ingest,
+        counters: running.counters.clone(),
         _shutdown: shutdown.drop_guard(),
     }
 }
@@ -672,13 +693,33 @@ mod otlp {
         nothing_more(&mut s.deadletter).await;
     }
 
+    fn loud(body: &str) -> LogRecord {
+        let mut loud = record(0, body);
+        loud.severity_text = "LOUD".into();
+        loud
+    }
+
+    /// The report of a packet's dead letter (`Logdist-Payload: elements`).
+    fn report(dead: &async_nats::Message) -> Vec<serde_json::Value> {
+        assert_eq!(
+            header(dead, logdist::protocol::headers::PAYLOAD),
+            "elements"
+        );
+        assert_eq!(
+            header(dead, logdist::protocol::headers::CONTENT_TYPE),
+            "application/json"
+        );
+        serde_json::from_slice(&dead.payload).unwrap()
+    }
+
     #[tokio::test]
-    async fn refused_records_are_a_partial_success_and_dead_letters() {
+    async fn refused_records_are_a_partial_success_and_one_dead_letter() {
         let f = fixture(1 << 20, false).await;
         let mut s = subscribe(&f).await;
-        let mut loud = record(0, "loud");
-        loud.severity_text = "LOUD".into();
-        let req = request("web", vec![record(9, "ok"), loud, record(13, "ok too")]);
+        let req = request(
+            "web",
+            vec![record(9, "ok"), loud("loud"), record(13, "ok too")],
+        );
         let r = post(&f, "application/x-protobuf", false, req.encode_to_vec()).await;
         assert_eq!(r.status(), 200);
         let answer = ExportLogsServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
@@ -692,15 +733,30 @@ mod otlp {
         let dead = next(&mut s.deadletter).await;
         assert_eq!(
             header(&dead, logdist::protocol::headers::ERROR_CODE),
-            "unknown_severity"
+            "invalid_elements"
         );
-        assert_eq!(header(&dead, logdist::protocol::headers::INDEX), "1");
+        assert_eq!(
+            header(&dead, logdist::protocol::headers::INVALID_COUNT),
+            "1"
+        );
         assert_eq!(
             header(&dead, logdist::protocol::headers::SUBJECT),
             logdist::Names::default().agent_ingest_subject("otlp")
         );
-        let kept: LogRecord = serde_json::from_slice(&dead.payload).unwrap();
-        assert_eq!(kept.severity_text, "LOUD");
+        assert!(dead
+            .headers
+            .as_ref()
+            .unwrap()
+            .get(logdist::protocol::headers::INDEX)
+            .is_none());
+        let entries = report(&dead);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["index"], 1);
+        assert_eq!(entries[0]["code"], "unknown_severity");
+        assert!(entries[0]["error"].as_str().unwrap().contains("\"LOUD\""));
+        // The element is the record itself, as OTLP/JSON.
+        let kept: LogRecord = serde_json::from_value(entries[0]["element"].clone()).unwrap();
+        assert_eq!(kept, loud("loud"));
         let packet = next(&mut s.ingest).await;
         assert_eq!(
             logdist::PacketValidator::default().count_if_valid(&packet.payload),
@@ -713,11 +769,118 @@ mod otlp {
         assert_eq!(r.status(), 200);
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["partialSuccess"]["rejectedLogRecords"], "1");
-        next(&mut s.deadletter).await;
+        let entries = report(&next(&mut s.deadletter).await);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["element"]["severityNumber"], 99);
         let packet = next(&mut s.ingest).await;
         let messages: Vec<serde_json::Value> = serde_json::from_slice(&packet.payload).unwrap();
         assert_eq!(messages[0]["source"], "unknown_service");
         assert_eq!(messages[0]["severity"], "TRACE");
+        nothing_more(&mut s.deadletter).await;
+        let counted =
+            |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(counted(&f.counters.deadletters), 2);
+        assert_eq!(counted(&f.counters.rejected_records), 2);
+    }
+
+    /// 10,000 refused records: one dead letter, the request whole (their report is over the
+    /// 1 MiB limit), in its own encoding; the valid records still go out as one packet.
+    #[tokio::test]
+    async fn a_request_of_10000_refused_records_costs_one_dead_letter() {
+        let f = fixture(8 << 20, false).await;
+        let mut s = subscribe(&f).await;
+        let mut records: Vec<LogRecord> = (0..10_000).map(|i| loud(&format!("bad {i}"))).collect();
+        for i in 0..5 {
+            records.insert(i * 2_000, record(9, &format!("good {i}")));
+        }
+        let body = request("web", records).encode_to_vec();
+        let r = post(&f, "application/x-protobuf", false, body.clone()).await;
+        assert_eq!(r.status(), 200);
+        let answer = ExportLogsServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
+        assert_eq!(answer.partial_success.unwrap().rejected_log_records, 10_000);
+
+        let dead = next(&mut s.deadletter).await;
+        nothing_more(&mut s.deadletter).await;
+        assert_eq!(
+            header(&dead, logdist::protocol::headers::ERROR_CODE),
+            "invalid_elements"
+        );
+        assert_eq!(header(&dead, logdist::protocol::headers::PAYLOAD), "packet");
+        assert_eq!(
+            header(&dead, logdist::protocol::headers::INVALID_COUNT),
+            "10000"
+        );
+        assert_eq!(
+            header(&dead, logdist::protocol::headers::CONTENT_TYPE),
+            "application/x-protobuf"
+        );
+        let summary = header(&dead, logdist::protocol::headers::ERROR);
+        assert!(
+            summary.starts_with("10000 of 10005 elements are invalid (unknown_severity 10000)"),
+            "{summary}"
+        );
+        // Every refused record is in it: the request as it came.
+        assert_eq!(&dead.payload[..], &body[..]);
+        let kept = ExportLogsServiceRequest::decode(&dead.payload[..]).unwrap();
+        let loud = kept.resource_logs[0].scope_logs[0]
+            .log_records
+            .iter()
+            .filter(|r| r.severity_text == "LOUD")
+            .count();
+        assert_eq!(loud, 10_000);
+
+        let packet = next(&mut s.ingest).await;
+        let messages: Vec<serde_json::Value> = serde_json::from_slice(&packet.payload).unwrap();
+        let bodies: Vec<_> = messages.iter().map(|m| m["message"].clone()).collect();
+        assert_eq!(bodies, ["good 0", "good 1", "good 2", "good 3", "good 4"]);
+        nothing_more(&mut s.ingest).await;
+        let counted =
+            |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(counted(&f.counters.deadletters), 1);
+        assert_eq!(counted(&f.counters.rejected_records), 10_000);
+    }
+
+    /// A request larger than the server lets one message be, with more refused records than a
+    /// report can hold: still one dead letter, listing as many as fit, and saying so.
+    #[tokio::test]
+    async fn refused_records_that_fit_nowhere_are_listed_as_far_as_they_fit() {
+        // A report of at most 4 KiB, and a server that takes no message over 70,000 bytes: the
+        // request, of 3,000 refused records, is larger.
+        let f = fixture_on(1 << 20, false, None, 4096, "max_payload: 70000").await;
+        let mut s = subscribe(&f).await;
+        let mut records: Vec<LogRecord> =
+            (0..3_000).map(|i| loud(&format!("bad {i:04}"))).collect();
+        records.push(record(9, "good"));
+        let body = request("web", records).encode_to_vec();
+        assert!(body.len() > 70_000, "{}", body.len());
+        let r = post(&f, "application/x-protobuf", false, body).await;
+        assert_eq!(r.status(), 200);
+        let dead = next(&mut s.deadletter).await;
+        nothing_more(&mut s.deadletter).await;
+        assert_eq!(
+            header(&dead, logdist::protocol::headers::INVALID_COUNT),
+            "3000"
+        );
+        assert!(dead.payload.len() <= 4096);
+        let entries = report(&dead);
+        assert!(
+            !entries.is_empty() && entries.len() < 500,
+            "{}",
+            entries.len()
+        );
+        for (i, entry) in entries.iter().enumerate() {
+            assert_eq!(entry["index"], i);
+            assert_eq!(
+                entry["element"]["body"]["stringValue"],
+                format!("bad {i:04}")
+            );
+        }
+        let summary = header(&dead, logdist::protocol::headers::ERROR);
+        assert!(
+            summary.contains(&format!("lists the first {} only", entries.len())),
+            "{summary}"
+        );
+        next(&mut s.ingest).await;
     }
 
     #[tokio::test]
@@ -741,6 +904,10 @@ mod otlp {
         assert_eq!(
             header(&dead, logdist::protocol::headers::ERROR_CODE),
             "bad_protobuf"
+        );
+        assert_eq!(
+            header(&dead, logdist::protocol::headers::CONTENT_TYPE),
+            "application/x-protobuf"
         );
         assert_eq!(&dead.payload[..], &garbage[..]);
 
@@ -827,6 +994,7 @@ async fn old_service_registration_is_recorded_for_the_bridges() {
             acknowledged: false,
             mapping: logdist::ingest_format::Mapping::default(),
             local_router: None,
+            deadletter_report_max_bytes: logdist::protocol::deadletter::DEFAULT_REPORT_MAX_BYTES,
         },
         client.clone(),
         shutdown,

@@ -75,7 +75,11 @@ struct Pipeline {
 }
 
 async fn pipeline() -> Pipeline {
-    let server = NatsServer::start();
+    pipeline_on(NatsServer::start()).await
+}
+
+/// [`pipeline`] on a server of your own.
+async fn pipeline_on(server: NatsServer) -> Pipeline {
     let url = server.url();
     let port = free_port();
     let distributor = DistributorOptions::new(&url)
@@ -300,6 +304,41 @@ fn python() -> std::path::PathBuf {
         .unwrap_or_else(|| logdist_testing::workspace_root().join(".tools/venv/bin/python"))
 }
 
+/// Runs `http-gateway/tests/<script>` with `args` in the venv's Python, within `limit`; returns
+/// its stdout once it exited 0.
+async fn run_sdk_script(script: &str, args: &[&str], limit: Duration) -> String {
+    let script = logdist_testing::workspace_root()
+        .join("http-gateway/tests")
+        .join(script);
+    let run = tokio::process::Command::new(python())
+        .arg(&script)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(limit, run)
+        .await
+        .expect("the SDK script finished in time")
+        .expect("run the venv's python (make tools)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "SDK script failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A subscription to the dead letters, live before this returns.
+async fn deadletters(server: &NatsServer) -> async_nats::Subscriber {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let subscription = client
+        .subscribe(logdist::protocol::names::DEFAULT_DEADLETTER_SUBJECT)
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    subscription
+}
+
 /// The OpenTelemetry Python SDK, logging through Python's `logging`, exports to `/v1/logs`
 /// (protobuf with the SDK's exporter, and OTLP/JSON): every record is analyzed under its
 /// severity and service, the shares hold, and a malformed body is a 400 and a dead letter.
@@ -309,29 +348,9 @@ async fn opentelemetry_python_sdk_logs_are_analyzed_by_severity_and_service() {
     const PER: u64 = 300; // records per service, level and encoding
     let Pipeline { server, base, .. } = &pipeline().await;
     let client = async_nats::connect(server.url()).await.unwrap();
-    let mut deadletters = client
-        .subscribe(logdist::protocol::names::DEFAULT_DEADLETTER_SUBJECT)
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-
-    let script = logdist_testing::workspace_root().join("http-gateway/tests/otel_sdk_logs.py");
-    let run = tokio::process::Command::new(python())
-        .arg(&script)
-        .arg(base)
-        .arg(PER.to_string())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the SDK script finished in time")
-        .expect("run the venv's python (make tools)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "SDK script failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut deadletters = deadletters(server).await;
+    let per = PER.to_string();
+    let stdout = run_sdk_script("otel_sdk_logs.py", &[base, &per], Duration::from_secs(180)).await;
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(summary["malformed_status"], 400);
 
@@ -391,4 +410,85 @@ async fn opentelemetry_python_sdk_logs_are_analyzed_by_severity_and_service() {
     assert_eq!(code.map(|c| c.as_str()), Some("bad_protobuf"));
     let more = tokio::time::timeout(Duration::from_millis(300), deadletters.next()).await;
     assert!(more.is_err(), "one dead letter only");
+}
+
+/// The OpenTelemetry Python SDK exports one request of 10,100 records, 10,000 of which logdist
+/// refuses (a severity it cannot read): one dead letter carries all 10,000 (the request whole,
+/// their report being over the 1 MiB limit), and the 100 others are analyzed; a request of 110
+/// with 100 refused gets one dead letter listing each. Before, each refused record was a dead
+/// letter of its own.
+#[tokio::test]
+async fn opentelemetry_python_sdk_10000_refused_records_cost_one_dead_letter() {
+    use futures::StreamExt;
+    use logdist::protocol::headers;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use prost::Message as _;
+    // max_payload as in nats.conf, so the request fits in one message whole.
+    let Pipeline { server, base, .. } =
+        &pipeline_on(NatsServer::with_config("max_payload: 8MB")).await;
+    let mut deadletters = deadletters(server).await;
+    run_sdk_script(
+        "otel_sdk_refused.py",
+        &[base, "10000", "100", "100", "10"],
+        Duration::from_secs(120),
+    )
+    .await;
+
+    let mut letters = Vec::new();
+    for _ in 0..2 {
+        let dead = tokio::time::timeout(Duration::from_secs(10), deadletters.next())
+            .await
+            .expect("a dead letter per request")
+            .unwrap();
+        letters.push(dead);
+    }
+    let more = tokio::time::timeout(Duration::from_millis(500), deadletters.next()).await;
+    assert!(more.is_err(), "one dead letter per request, no more");
+    let h = |m: &async_nats::Message, name: &str| {
+        m.headers.as_ref().unwrap().get(name).unwrap().to_string()
+    };
+    let bad = |i: usize| format!("bad {i}");
+
+    let whole = &letters[0];
+    assert_eq!(h(whole, headers::ERROR_CODE), "invalid_elements");
+    assert_eq!(h(whole, headers::PAYLOAD), "packet");
+    assert_eq!(h(whole, headers::INVALID_COUNT), "10000");
+    assert_eq!(h(whole, headers::CONTENT_TYPE), "application/x-protobuf");
+    assert_eq!(h(whole, headers::SUBJECT), "logs.ingest.otlp");
+    let request = ExportLogsServiceRequest::decode(&whole.payload[..]).unwrap();
+    let loud: Vec<String> = request
+        .resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .flat_map(|s| &s.log_records)
+        .filter(|r| r.severity_text == "LOUD")
+        .map(|r| match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
+                s.clone()
+            }
+            other => panic!("body {other:?}"),
+        })
+        .collect();
+    assert_eq!(loud, (0..10_000).map(bad).collect::<Vec<_>>());
+
+    let listed = &letters[1];
+    assert_eq!(h(listed, headers::PAYLOAD), "elements");
+    assert_eq!(h(listed, headers::INVALID_COUNT), "100");
+    assert_eq!(h(listed, headers::CONTENT_TYPE), "application/json");
+    let report: Vec<serde_json::Value> = serde_json::from_slice(&listed.payload).unwrap();
+    let bodies: Vec<String> = report
+        .iter()
+        .map(|e| {
+            assert_eq!(e["code"], "unknown_severity");
+            assert_eq!(e["element"]["severityText"], "LOUD");
+            e["element"]["body"]["stringValue"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(bodies, (0..100).map(bad).collect::<Vec<_>>());
+
+    // The valid records of both requests are analyzed.
+    analyzed(server, 110).await;
 }
