@@ -27,8 +27,8 @@ struct Args {
     #[arg(long, env = "BENCH_REPETITIONS", default_value_t = 3)]
     repetitions: usize,
 
-    /// Only these scenarios (comma-separated: raw, mapping, logdist-amo, logdist-alo,
-    /// logdist-http, affinity). `affinity` is the pair of keyed runs (`--affinity agent` beside
+    /// Only these scenarios (comma-separated: raw, mapping, logdist-amo,
+    /// logdist-amo-linger0 (the same without coalescing), logdist-alo, logdist-http, affinity). `affinity` is the pair of keyed runs (`--affinity agent` beside
     /// the default). `--only validator` alone prints the validator's figures (ns and callgrind
     /// instructions per message) and writes nothing. Default: all.
     #[arg(long, env = "BENCH_ONLY", value_delimiter = ',')]
@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     for name in &args.only {
         if name != "affinity" && !Scenario::ALL.iter().any(|s| s.short() == name) {
             anyhow::bail!(
-                "--only: unknown scenario {name:?} (raw, mapping, logdist-amo, logdist-alo, logdist-http, affinity; or validator alone)"
+                "--only: unknown scenario {name:?} (raw, mapping, logdist-amo, logdist-amo-linger0, logdist-alo, logdist-http, affinity; or validator alone)"
             );
         }
     }

@@ -23,6 +23,9 @@ pub enum Scenario {
     WeightedMapping,
     /// agent-sim → distributor (at-most-once) → three analyzers.
     LogdistAtMostOnce,
+    /// The same with `--linger 0`: one NATS message per packet (no coalescing), the baseline
+    /// that shows what coalescing buys in the same run.
+    LogdistAtMostOnceLinger0,
     /// agent-sim → JetStream stream → distributor (at-least-once) → three analyzers.
     LogdistAtLeastOnce,
     /// HTTP clients in the bench → the distributor's HTTP gateway → distributor (at-most-once)
@@ -31,10 +34,11 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::RawNats,
         Scenario::WeightedMapping,
         Scenario::LogdistAtMostOnce,
+        Scenario::LogdistAtMostOnceLinger0,
         Scenario::LogdistAtLeastOnce,
         Scenario::LogdistHttp,
     ];
@@ -43,7 +47,8 @@ impl Scenario {
         match self {
             Scenario::RawNats => "raw NATS (1 subscriber)",
             Scenario::WeightedMapping => "nats-server weighted mapping",
-            Scenario::LogdistAtMostOnce => "logdist at-most-once",
+            Scenario::LogdistAtMostOnce => "logdist at-most-once (default: --linger 1ms)",
+            Scenario::LogdistAtMostOnceLinger0 => "logdist at-most-once, --linger 0",
             Scenario::LogdistAtLeastOnce => "logdist at-least-once",
             Scenario::LogdistHttp => "logdist via HTTP gateway",
         }
@@ -54,6 +59,7 @@ impl Scenario {
             Scenario::RawNats => "raw",
             Scenario::WeightedMapping => "mapping",
             Scenario::LogdistAtMostOnce => "logdist-amo",
+            Scenario::LogdistAtMostOnceLinger0 => "logdist-amo-linger0",
             Scenario::LogdistAtLeastOnce => "logdist-alo",
             Scenario::LogdistHttp => "logdist-http",
         }
@@ -69,7 +75,10 @@ impl Scenario {
     fn has_distributor(self) -> bool {
         matches!(
             self,
-            Scenario::LogdistAtMostOnce | Scenario::LogdistAtLeastOnce | Scenario::LogdistHttp
+            Scenario::LogdistAtMostOnce
+                | Scenario::LogdistAtMostOnceLinger0
+                | Scenario::LogdistAtLeastOnce
+                | Scenario::LogdistHttp
         )
     }
 
@@ -226,6 +235,9 @@ pub async fn run(
         ];
         if scenario == Scenario::LogdistHttp {
             args.extend(["--http", &http_addr]);
+        }
+        if scenario == Scenario::LogdistAtMostOnceLinger0 {
+            args.extend(["--linger", "0"]);
         }
         Some(Process::spawn_at(
             &bins.path("distributor"),
