@@ -50,7 +50,8 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream, AckKind};
 use async_nats::{Message, Request, RequestError, RequestErrorKind};
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use logdist::protocol::batch::{coalescable, BatchBuilder};
 use logdist::protocol::deadletter::{Reason, UNDELIVERABLE};
 use logdist::protocol::headers::name::PACKET_ID;
 use logdist::{ConnectionEvents, Names};
@@ -116,9 +117,10 @@ impl Ord for Waiting {
     }
 }
 
-type Delivery = Pin<
-    Box<dyn Future<Output = (Packet, Reservation, Result<Message, RequestError>)> + Send + 'static>,
->;
+/// What one request carried (one packet, or the packets of a batch, each with its reservation)
+/// and how it ended.
+type Done = (Vec<(Packet, Reservation)>, Result<Message, RequestError>);
+type Delivery = Pin<Box<dyn Future<Output = Done> + Send + 'static>>;
 
 /// Why the consumer's message stream could not be opened (the loop retries with a back-off).
 #[derive(Debug, thiserror::Error)]
@@ -293,8 +295,15 @@ struct Pipeline<'a> {
     max_in_flight: usize,
     max_in_flight_bytes: usize,
     in_flight: FuturesUnordered<Delivery>,
+    /// Packets in the requests in flight (a batch is one request).
+    in_flight_packets: usize,
     /// Payload bytes of the requests in flight.
     in_flight_bytes: usize,
+    /// Coalescing (`--linger` > 0): the packets one dispatch sends to one analyzer that reads
+    /// batches go as one request, within these bounds.
+    coalesce: bool,
+    batch_max_bytes: usize,
+    batch_max_messages: u64,
     /// Requests in flight per analyzer id.
     per_analyzer: HashMap<Arc<str>, usize>,
     /// Packets to send (new, or to retry), oldest first.
@@ -340,7 +349,11 @@ pub(crate) async fn run(
         max_in_flight: alo.max_in_flight,
         max_in_flight_bytes: alo.max_in_flight_bytes,
         in_flight: FuturesUnordered::new(),
+        in_flight_packets: 0,
         in_flight_bytes: 0,
+        coalesce: !args.coalesce.linger.is_zero(),
+        batch_max_bytes: args.coalesce.batch_max_bytes,
+        batch_max_messages: args.coalesce.batch_max_messages,
         per_analyzer: HashMap::new(),
         ready: VecDeque::new(),
         waiting: BinaryHeap::new(),
@@ -349,6 +362,8 @@ pub(crate) async fn run(
         idle_logged: false,
         mode: InStream {
             judge: FaultJudge::new(alo.reconnect_grace, Instant::now()),
+            batches_sent: 0,
+            batched_packets: 0,
         },
         events,
         outage_logged: false,
@@ -385,7 +400,7 @@ pub(crate) async fn run(
         }
         retry_due_at = next_retry;
         let room = p.ready.is_empty()
-            && p.in_flight.len() + p.waiting.len() < p.max_in_flight
+            && p.in_flight_packets + p.waiting.len() < p.max_in_flight
             && p.in_flight_bytes + p.waiting_bytes < p.max_in_flight_bytes
             && !p.d.router().is_empty()
             && messages.is_some();
@@ -419,20 +434,42 @@ pub(crate) async fn run(
                 retry_armed = false;
                 opening = Some(reopen());
             }
-            item = next_message(&mut messages), if room => match item {
-                Some(Ok(message)) => p.on_message(message).await,
-                other => {
-                    match other {
-                        Some(Err(e)) => tracing::warn!(error = %e, kind = ?e.kind(), retry_in = ?backoff, "JetStream consumer error; getting the consumer again"),
-                        _ => tracing::warn!(retry_in = ?backoff, "JetStream message stream ended; getting the consumer again"),
+            item = next_message(&mut messages), if room => {
+                let mut item = item;
+                let mut ready_bytes = 0;
+                loop {
+                    match item {
+                        Some(Ok(message)) => {
+                            let before = p.ready.len();
+                            p.on_message(message).await;
+                            if p.ready.len() > before {
+                                ready_bytes += p.ready.back().map_or(0, |r| r.out.payload.len());
+                            }
+                        }
+                        other => {
+                            match other {
+                                Some(Err(e)) => tracing::warn!(error = %e, kind = ?e.kind(), retry_in = ?backoff, "JetStream consumer error; getting the consumer again"),
+                                _ => tracing::warn!(retry_in = ?backoff, "JetStream message stream ended; getting the consumer again"),
+                            }
+                            messages = None;
+                            p.mode.judge.consumer_lost(Instant::now());
+                            retry.as_mut().reset(tokio::time::Instant::now() + backoff);
+                            retry_armed = true;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            break;
+                        }
                     }
-                    messages = None;
-                    p.mode.judge.consumer_lost(Instant::now());
-                    retry.as_mut().reset(tokio::time::Instant::now() + backoff);
-                    retry_armed = true;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    // With coalescing, take what JetStream already delivered (never waiting),
+                    // so one dispatch can send it to each analyzer as one request.
+                    if !p.coalesce || !p.has_room_for_more(alo.fetch_batch, ready_bytes) {
+                        break;
+                    }
+                    match messages.as_mut().and_then(|m| m.next().now_or_never()) {
+                        Some(next) => item = next,
+                        None => break,
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -454,6 +491,9 @@ pub(crate) async fn run(
 /// membership changes is who withdrew, for judging the failed deliveries.
 struct InStream {
     judge: FaultJudge,
+    /// Requests that carried a batch, and the packets in them.
+    batches_sent: u64,
+    batched_packets: u64,
 }
 
 impl DeliveryMode for InStream {
@@ -473,11 +513,24 @@ impl DeliveryMode for InStream {
     }
 
     fn stats(&mut self) -> ModeStats {
-        ModeStats::default()
+        ModeStats {
+            batches_sent: self.batches_sent,
+            batched_packets: self.batched_packets,
+            ..ModeStats::default()
+        }
     }
 }
 
 impl Pipeline<'_> {
+    /// Whether another message may be taken from the stream before dispatching: fewer than
+    /// `limit` ready, and room in flight for all of them (`ready_bytes`: their payload).
+    fn has_room_for_more(&self, limit: usize, ready_bytes: usize) -> bool {
+        self.ready.len() < limit
+            && self.in_flight_packets + self.waiting.len() + self.ready.len() < self.max_in_flight
+            && self.in_flight_bytes + self.waiting_bytes + ready_bytes < self.max_in_flight_bytes
+            && !self.d.router().is_empty()
+    }
+
     /// One message from the stream: validate, dead-letter what is invalid, queue the rest.
     async fn on_message(&mut self, message: jetstream::Message) {
         let sequence = match message.info() {
@@ -510,8 +563,13 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Sends ready packets while analyzers have room in their windows.
+    /// Sends ready packets while analyzers have room in their windows. With coalescing, the
+    /// packets this pass reserves for one analyzer that reads batches go as one request (in
+    /// the order reserved), bounded by `--batch-max-bytes` and `--batch-max-messages`.
     async fn dispatch_ready(&mut self) {
+        // Per analyzer index (this pass: the routing table cannot change meanwhile).
+        let mut open: Vec<Vec<(Packet, Reservation)>> = Vec::new();
+        let mut order: Vec<usize> = Vec::new();
         while let Some(packet) = self.ready.pop_front() {
             let messages = packet.out.messages;
             let key = packet.out.key;
@@ -525,71 +583,151 @@ impl Pipeline<'_> {
                 .is_some_and(|&n| n >= self.window);
             if busy {
                 self.ready.push_front(packet);
-                return;
+                break;
             }
             self.idle_logged = false;
+            let index = pick.index;
             let reservation = self.d.router_mut().reserve(pick, key, messages);
             *self.per_analyzer.entry(reservation.id.clone()).or_insert(0) += 1;
-            self.send(packet, reservation);
+            if !self.coalesce
+                || !self.d.reads_batches(&reservation.id)
+                || !coalescable(&packet.out.headers)
+            {
+                self.send(vec![(packet, reservation)]);
+                continue;
+            }
+            if open.len() <= index {
+                open.resize_with(index + 1, Vec::new);
+            }
+            let (bytes, count) = open[index].iter().fold((0, 0), |(b, m), (p, _)| {
+                (b + p.out.payload.len(), m + p.out.messages)
+            });
+            let fits = bytes + packet.out.payload.len() <= self.batch_max_bytes
+                && count + packet.out.messages <= self.batch_max_messages;
+            if !open[index].is_empty() && !fits {
+                let full = std::mem::take(&mut open[index]);
+                self.send(full);
+            }
+            if open[index].is_empty() {
+                order.push(index);
+            }
+            open[index].push((packet, reservation));
+        }
+        for index in order {
+            let packets = std::mem::take(&mut open[index]);
+            if !packets.is_empty() {
+                self.send(packets);
+            }
         }
     }
 
-    fn send(&mut self, mut packet: Packet, reservation: Reservation) {
-        packet.sent = Instant::now();
-        packet.sent_connected = self.d.client().connection_state() == State::Connected;
-        self.in_flight_bytes += packet.out.payload.len();
-        let request = Request::new()
-            .headers(packet.out.headers.clone())
-            .payload(packet.out.payload.clone())
-            .timeout(Some(self.request_timeout));
+    /// Sends one request: a packet alone, or a batch of packets for one analyzer.
+    fn send(&mut self, mut packets: Vec<(Packet, Reservation)>) {
+        let now = Instant::now();
+        let connected = self.d.client().connection_state() == State::Connected;
+        let mut bytes = 0;
+        for (packet, _) in &mut packets {
+            packet.sent = now;
+            packet.sent_connected = connected;
+            bytes += packet.out.payload.len();
+        }
+        self.in_flight_bytes += bytes;
+        self.in_flight_packets += packets.len();
+        let subject = packets[0].1.subject.clone();
+        let request = if packets.len() == 1 {
+            let out = &packets[0].0.out;
+            Request::new()
+                .headers(out.headers.clone())
+                .payload(out.payload.clone())
+        } else {
+            let mut batch = BatchBuilder::new();
+            for (packet, _) in &packets {
+                batch.push(
+                    &packet.out.headers,
+                    &packet.out.payload,
+                    packet.out.messages,
+                );
+            }
+            self.mode.batches_sent += 1;
+            self.mode.batched_packets += packets.len() as u64;
+            let (headers, payload) = batch.finish(self.d.replica_header());
+            Request::new().headers(headers).payload(payload)
+        }
+        .timeout(Some(self.request_timeout));
         let client = self.d.client().clone();
         self.in_flight.push(Box::pin(async move {
-            let result = client
-                .send_request(reservation.subject.clone(), request)
-                .await;
-            (packet, reservation, result)
+            let result = client.send_request(subject, request).await;
+            (packets, result)
         }));
     }
 
-    /// A request finished: ack on a reply, otherwise retry elsewhere or dead-letter.
-    async fn on_done(&mut self, done: (Packet, Reservation, Result<Message, RequestError>)) {
-        let (mut packet, reservation, result) = done;
-        self.in_flight_bytes -= packet.out.payload.len();
-        if let Some(n) = self.per_analyzer.get_mut(&reservation.id) {
-            *n -= 1;
+    /// A request finished: on its reply, ack every packet it carried; otherwise each of them
+    /// is retried elsewhere or dead-lettered on its own (the rules of one packet, applied to
+    /// each).
+    async fn on_done(&mut self, done: Done) {
+        let (packets, result) = done;
+        let analyzer = packets[0].1.id.clone();
+        self.in_flight_packets -= packets.len();
+        for (packet, _) in &packets {
+            self.in_flight_bytes -= packet.out.payload.len();
+        }
+        if let Some(n) = self.per_analyzer.get_mut(&analyzer) {
+            *n -= packets.len();
             if *n == 0 {
-                self.per_analyzer.remove(&reservation.id);
+                self.per_analyzer.remove(&analyzer);
             }
         }
         let error = match result {
             Ok(_) => {
-                self.mode.judge.acked(&reservation.id, Instant::now());
+                self.mode.judge.acked(&analyzer, Instant::now());
                 self.outage_logged = false;
-                self.d
-                    .router_mut()
-                    .confirm(&reservation, packet.out.payload.len());
-                self.d.count_routed_packet();
-                ack(&packet.message, AckKind::Ack).await;
+                for (packet, reservation) in &packets {
+                    self.d
+                        .router_mut()
+                        .confirm(reservation, packet.out.payload.len());
+                    self.d.count_routed_packet();
+                }
+                // The acks go out together (each one a publish, none awaited on the server).
+                for (packet, _) in &packets {
+                    ack(&packet.message, AckKind::Ack).await;
+                }
                 return;
             }
             Err(e) => e,
         };
-        self.d.router_mut().cancel(&reservation);
+        for (_, reservation) in &packets {
+            self.d.router_mut().cancel(reservation);
+        }
         if let Some(at) = self.events.last_reconnect() {
             self.mode.judge.reconnected(at);
         }
+        // One failure of one request: one verdict (the same for each of its packets).
+        let first = &packets[0].0;
         let verdict = self.mode.judge.judge(&Failure {
-            analyzer: &reservation.id,
+            analyzer: &analyzer,
             kind: match error.kind() {
                 RequestErrorKind::NoResponders => FailureKind::NoResponders,
                 RequestErrorKind::TimedOut => FailureKind::TimedOut,
                 _ => FailureKind::NotSent,
             },
-            sent: packet.sent,
-            sent_connected: packet.sent_connected,
+            sent: first.sent,
+            sent_connected: first.sent_connected,
             connected: self.d.client().connection_state() == State::Connected,
             now: Instant::now(),
         });
+        for (packet, reservation) in packets {
+            self.on_failed(packet, &reservation, verdict, &error).await;
+        }
+    }
+
+    /// One packet of a failed request, by the request's verdict.
+    async fn on_failed(
+        &mut self,
+        mut packet: Packet,
+        reservation: &Reservation,
+        verdict: Verdict,
+        error: &RequestError,
+    ) {
         if !packet.failed.contains(&reservation.id) {
             packet.failed.push(reservation.id.clone());
         }
@@ -683,17 +821,21 @@ impl Pipeline<'_> {
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
-                Ok(Some((packet, reservation, Ok(_)))) => {
-                    self.d
-                        .router_mut()
-                        .confirm(&reservation, packet.out.payload.len());
-                    self.d.count_routed_packet();
-                    ack(&packet.message, AckKind::Ack).await;
+                Ok(Some((packets, Ok(_)))) => {
+                    for (packet, reservation) in &packets {
+                        self.d
+                            .router_mut()
+                            .confirm(reservation, packet.out.payload.len());
+                        self.d.count_routed_packet();
+                        ack(&packet.message, AckKind::Ack).await;
+                    }
                 }
-                // Another replica (or this one, restarted) will deliver it.
-                Ok(Some((packet, reservation, Err(_)))) => {
-                    self.d.router_mut().cancel(&reservation);
-                    ack(&packet.message, AckKind::Nak(None)).await;
+                // Another replica (or this one, restarted) will deliver them.
+                Ok(Some((packets, Err(_)))) => {
+                    for (packet, reservation) in &packets {
+                        self.d.router_mut().cancel(reservation);
+                        ack(&packet.message, AckKind::Nak(None)).await;
+                    }
                 }
                 Ok(None) => break,
                 Err(_) => {

@@ -36,6 +36,8 @@ struct Counts {
     seqs: Vec<u64>,
     /// Packets whose payload did not match its own `Logdist-Count` header (must stay 0).
     mismatched: u64,
+    /// `Logdist-Packet-Id` of every packet (at-least-once).
+    packet_ids: Vec<String>,
 }
 
 /// A raw analyzer: a queue subscription on `analyzer.<id>` and heartbeats announcing `batch`.
@@ -48,6 +50,17 @@ struct RawAnalyzer {
 
 impl RawAnalyzer {
     async fn start(client: &Client, id: &str, weight: f64, batch_version: u32) -> RawAnalyzer {
+        Self::start_replying(client, id, weight, batch_version, true).await
+    }
+
+    /// [`start`](Self::start); `reply: false` never acknowledges (a hung analyzer).
+    async fn start_replying(
+        client: &Client,
+        id: &str,
+        weight: f64,
+        batch_version: u32,
+        reply: bool,
+    ) -> RawAnalyzer {
         let subject = format!("analyzer.{id}");
         let mut sub = client
             .queue_subscribe(subject.clone(), subject.clone())
@@ -56,8 +69,13 @@ impl RawAnalyzer {
         client.flush().await.unwrap();
         let counts = Arc::new(Mutex::new(Counts::default()));
         let sink = counts.clone();
+        let replier = client.clone();
         let receive = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
+                if let Some(reply) = msg.reply.clone().filter(|_| reply) {
+                    // At-least-once: one reply acknowledges the packet, or the whole batch.
+                    let _ = replier.publish(reply, Bytes::new()).await;
+                }
                 let mut c = sink.lock().unwrap();
                 c.nats_messages += 1;
                 let parts = batch::split(msg.headers.as_ref(), msg.payload.len())
@@ -85,6 +103,9 @@ impl RawAnalyzer {
                     c.messages += count;
                     if let Some(seq) = h.get(headers::SEQ) {
                         c.seqs.push(seq.as_str().parse().unwrap());
+                    }
+                    if let Some(id) = h.get(headers::PACKET_ID) {
+                        c.packet_ids.push(id.to_string());
                     }
                 }
             }
@@ -292,6 +313,127 @@ async fn under_load_batches_form_for_those_that_read_them_and_shares_hold() {
         cli.stdout().contains("packets per batch"),
         "{}",
         cli.stdout()
+    );
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
+async fn at_least_once_one_request_and_one_reply_per_batch() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut distributor = start_distributor(&server, "r1", &["--delivery", "at-least-once"]).await;
+    let (members, stats) = buckets(&client).await;
+    let analyzers = [
+        RawAnalyzer::start(&client, "1", 0.6, batch::BATCH_VERSION).await,
+        RawAnalyzer::start(&client, "old", 0.4, 0).await,
+    ];
+    for a in &analyzers {
+        wait_member(&members, &a.id, true).await;
+    }
+    let refs: Vec<&RawAnalyzer> = analyzers.iter().collect();
+    // The stream stores the burst; the distributor pulls it 500 packets at a time.
+    let js = async_nats::jetstream::new(client.clone());
+    let payload = Bytes::from(message(1));
+    let mut acks = Vec::new();
+    for seq in 0..3000u64 {
+        acks.push(
+            js.publish_with_headers(INGEST, seq_headers(seq), payload.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    wait_packets(&refs, "every packet", 3000).await;
+    let by_id: HashMap<&str, Counts> = analyzers.iter().map(|a| (&*a.id, a.counts())).collect();
+    let mut ids: Vec<&String> = by_id.values().flat_map(|c| &c.packet_ids).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        3000,
+        "every packet with its own Logdist-Packet-Id, once"
+    );
+    let old = &by_id["old"];
+    assert_eq!((old.batches, old.nats_messages), (0, old.packets));
+    let one = &by_id["1"];
+    assert!(
+        one.batches > 0 && one.nats_messages < one.packets,
+        "one request per batch: {} requests for {} packets",
+        one.nats_messages,
+        one.packets
+    );
+    // One reply acked every packet of a batch: the stream empties, nothing is redelivered.
+    let s = wait_distributor_stats(&stats, "r1", "every packet acknowledged", |s| {
+        s.routed_packets == 3000
+    })
+    .await;
+    assert_eq!(s.redelivered, 0);
+    assert_eq!(s.batches_sent, one.batches);
+    assert!(s.batched_packets <= one.packets && s.batched_packets >= 2 * s.batches_sent);
+    let js = &js;
+    wait_until("the stream empty", WAIT, || async move {
+        match js.get_stream("LOGS").await {
+            Ok(mut stream) => stream.info().await.is_ok_and(|i| i.state.messages == 0),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
+async fn a_batch_its_analyzer_fails_is_rerouted_packet_by_packet() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut distributor = start_distributor(
+        &server,
+        "r1",
+        &["--delivery", "at-least-once", "--request-timeout", "1s"],
+    )
+    .await;
+    let (members, stats) = buckets(&client).await;
+    // "hung" reads batches and never answers; "ok" answers everything.
+    let hung = RawAnalyzer::start_replying(&client, "hung", 0.5, batch::BATCH_VERSION, false).await;
+    let ok = RawAnalyzer::start(&client, "ok", 0.5, batch::BATCH_VERSION).await;
+    wait_member(&members, "hung", true).await;
+    wait_member(&members, "ok", true).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let payload = Bytes::from(message(1));
+    let mut acks = Vec::new();
+    for seq in 0..1000u64 {
+        acks.push(
+            js.publish_with_headers(INGEST, seq_headers(seq), payload.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    let ok_ref = &ok;
+    wait_until("every packet acknowledged by ok", WAIT, || async move {
+        let mut ids = ok_ref.counts().packet_ids;
+        ids.sort();
+        ids.dedup();
+        ids.len() == 1000
+    })
+    .await;
+    let h = hung.counts();
+    assert!(h.batches > 0, "the hung analyzer got batches: {h:?}");
+    let s = wait_distributor_stats(&stats, "r1", "every packet routed", |s| {
+        s.routed_packets == 1000
+    })
+    .await;
+    assert_eq!(s.deadletter_packets, 0, "re-routed, not dead-lettered");
+    assert!(
+        s.redelivered >= h.packets,
+        "each packet of a failed batch goes round again"
+    );
+    assert_eq!(
+        s.analyzers["ok"].packets, 1000,
+        "every packet acknowledged by ok"
     );
     assert!(distributor.terminate(WAIT).await.success());
 }
