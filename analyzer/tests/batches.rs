@@ -125,3 +125,47 @@ async fn every_mode_reads_batches() {
     .await;
     assert!(child.terminate(WAIT).await.success(), "{}", child.stderr());
 }
+
+/// At-least-once: an HTTP analyzer gets requests that are batches, posts each packet, and
+/// answers each batch once, after every packet of it got its 2xx: the stream empties with
+/// every message delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_analyzer_acknowledges_each_batch_once_at_least_once() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let _distributor = distributor(&url, "d1", "at-least-once");
+    let endpoint = TestEndpoint::start();
+    let _http = analyzer(&url, "2", "1", &["--forward-http", &endpoint.url()]);
+    wait_for_members(&url, 1, WAIT).await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    // Stored first, then pulled 500 at a time: requests carry batches.
+    let mut sent = BTreeSet::new();
+    let mut acks = Vec::new();
+    for n in 0..2000 {
+        let (payload, size) = packet("alo", n);
+        sent.extend((0..size).map(|k| format!("alo-{n}-{k}")));
+        acks.push(
+            js.publish("logs.ingest.test", payload.into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    wait_consumer_drained(&js).await;
+    assert_eq!(endpoint.received.ids(), sent, "every message delivered");
+    let stats = js.get_key_value("logdist_stats").await.unwrap();
+    let stats_ref = &stats;
+    eventually("the batches counted", || async move {
+        let r = record(stats_ref, "2").await;
+        r.packets + r.duplicates >= 2000 && r.batches > 0
+    })
+    .await;
+    let d = logdist_testing::distributor_stats(&stats, "d1")
+        .await
+        .unwrap();
+    assert!(d.batches_sent > 0, "{d:?}");
+    assert_eq!(d.deadletter_packets, 0);
+}
