@@ -21,6 +21,10 @@ use logdist::protocol::control::{ControlMessage, Heartbeat};
 use logdist::protocol::headers;
 use logdist_testing::{wait_until, NatsServer};
 
+/// Heartbeat interval of the raw analyzers: long enough that a loaded machine does not time
+/// them out mid-run (which would restart the shares' epoch).
+const RAW_HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// What one raw analyzer received.
 #[derive(Debug, Default, Clone)]
 struct Counts {
@@ -115,7 +119,7 @@ impl RawAnalyzer {
                 id: id.to_string(),
                 weight,
                 instance: "raw".into(),
-                interval_ms: HEARTBEAT.as_millis() as u64,
+                interval_ms: RAW_HEARTBEAT.as_millis() as u64,
                 batch: batch_version,
             })
             .to_json(),
@@ -123,7 +127,7 @@ impl RawAnalyzer {
         let beat_client = client.clone();
         let control = control_subject(id);
         let heartbeats = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
+            let mut tick = tokio::time::interval(RAW_HEARTBEAT);
             loop {
                 tick.tick().await;
                 let _ = beat_client.publish(control.clone(), beat.clone()).await;
@@ -289,6 +293,15 @@ async fn under_load_batches_form_for_those_that_read_them_and_shares_hold() {
     );
     // Shares by message count, within the bound the routing test holds without batches.
     let total: u64 = by_id.values().map(|c| c.messages).sum();
+    let s = distributor_stats(&stats, "r1").await.unwrap();
+    eprintln!(
+        "epoch {}, shares {:?}",
+        s.epoch,
+        by_id
+            .iter()
+            .map(|(id, c)| (id, c.messages as f64 / total as f64))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(total, sent_messages, "nothing lost");
     for a in &analyzers {
         let share = 100.0 * by_id[&*a.id].messages as f64 / total as f64;
