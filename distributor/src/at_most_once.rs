@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, Message, Subscriber};
-use futures::stream::SelectAll;
 use futures::StreamExt;
 use logdist::protocol::deadletter::{Reason, NO_ANALYZER_ONLINE};
 use logdist::protocol::names::DISTRIBUTOR_QUEUE_GROUP;
@@ -47,6 +46,7 @@ use crate::core::{
 };
 use crate::hold_queue::HoldQueue;
 use crate::outgoing::Outgoing;
+use crate::round_robin::RoundRobin;
 use crate::stats_publisher::StatsPublisher;
 
 /// How long shutdown waits for the drained subscriptions to hand over their last messages.
@@ -162,7 +162,7 @@ pub(crate) async fn run(
         .formats
         .mapping_and_subjects(names)
         .map_err(RunError::Config)?;
-    let mut ingest_agents = SelectAll::new();
+    let mut ingest_agents = RoundRobin::new();
     for subject in std::iter::once(wildcard.clone()).chain(extra) {
         let subscription = client
             .queue_subscribe(subject.clone(), DISTRIBUTOR_QUEUE_GROUP.into())
@@ -242,7 +242,7 @@ impl AtMostOnce {
         sources: &mut CoreSources<'_>,
         local: &mut Option<mpsc::Receiver<LocalPacket>>,
         ingest: &mut Subscriber,
-        ingest_agents: &mut SelectAll<Subscriber>,
+        ingest_agents: &mut RoundRobin<Subscriber>,
     ) {
         loop {
             tokio::select! {
@@ -270,7 +270,7 @@ impl AtMostOnce {
         sources: &mut CoreSources<'_>,
         local: &mut Option<mpsc::Receiver<LocalPacket>>,
         ingest: &mut Subscriber,
-        ingest_agents: &mut SelectAll<Subscriber>,
+        ingest_agents: &mut RoundRobin<Subscriber>,
     ) {
         for sub in std::iter::once(&mut *ingest).chain(ingest_agents.iter_mut()) {
             if let Err(e) = sub.drain().await {

@@ -33,7 +33,7 @@ use logdist::protocol::deadletter::{
 };
 use logdist::protocol::stats::{unix_millis_now, DistributorStats, MemberRecord};
 use logdist::{BucketError, ConnectError, ConnectionEvents, PacketValidator};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::affinity::KeyExtractor;
 use crate::config::{Delivery, RunArgs};
@@ -41,6 +41,7 @@ use crate::log_throttle::{LogThrottle, Verdict};
 use crate::membership::{Membership, MembershipEvent};
 use crate::membership_mirror::MembershipMirror;
 use crate::outgoing::{self, Outgoing};
+use crate::round_robin::RoundRobin;
 use crate::router::Router;
 use crate::stats_publisher::StatsPublisher;
 
@@ -69,7 +70,7 @@ pub enum RunError {
 
 /// The control subscriptions, as one stream: every analyzer's own subject (`<control>.*`), and
 /// with `--legacy-control-subject` the old shared one.
-pub(crate) type ControlSubscriptions = futures::stream::SelectAll<Subscriber>;
+pub(crate) type ControlSubscriptions = RoundRobin<Subscriber>;
 
 /// Subscribes to the analyzers' control subjects (and the old shared one behind its flag).
 pub(crate) async fn subscribe_control(
@@ -91,7 +92,7 @@ pub(crate) async fn subscribe_control(
             .map_err(|source| RunError::Subscribe { subject, source })?;
         all.push(subscription);
     }
-    Ok(futures::stream::select_all(all))
+    Ok(all.into_iter().collect())
 }
 
 /// What a delivery mode adds to the core.
@@ -143,7 +144,9 @@ pub(crate) enum CoreEvent {
 /// The event sources both modes share: shutdown, the control subscription, the membership
 /// expiry timer and the stats ticker, polled in one `biased` order by [`CoreSources::next`].
 pub(crate) struct CoreSources<'a> {
-    shutdown: &'a CancellationToken,
+    /// Made once: polling it again is a flag check, where a new one each turn of the loop would
+    /// register a waiter with the token each time.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     control: &'a mut ControlSubscriptions,
     publisher: &'a StatsPublisher,
     expiry: Pin<Box<tokio::time::Sleep>>,
@@ -161,7 +164,7 @@ impl<'a> CoreSources<'a> {
         let mut stats_tick = tokio::time::interval(stats_interval);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         CoreSources {
-            shutdown,
+            shutdown: Box::pin(shutdown.clone().cancelled_owned()),
             control,
             publisher,
             expiry: Box::pin(tokio::time::sleep_until(core.expiry_deadline())),
@@ -174,10 +177,10 @@ impl<'a> CoreSources<'a> {
     pub(crate) async fn next(&mut self) -> CoreEvent {
         tokio::select! {
             biased;
-            _ = self.shutdown.cancelled() => CoreEvent::Shutdown,
+            () = &mut self.shutdown => CoreEvent::Shutdown,
             Some(message) = self.control.next() => CoreEvent::Control(message),
             () = &mut self.expiry => CoreEvent::Expiry,
-            _ = self.stats_tick.tick() => CoreEvent::StatsTick,
+            _ = std::future::poll_fn(|cx| self.stats_tick.poll_tick(cx)) => CoreEvent::StatsTick,
         }
     }
 

@@ -47,6 +47,7 @@ mod membership_mirror;
 mod outgoing;
 mod redelivery;
 mod report;
+mod round_robin;
 mod router;
 mod selector;
 mod service;
