@@ -4,7 +4,7 @@
 # Multi-stage: the Rust toolchain stays in the builder; the runtime is debian-slim with the
 # binaries, CA certificates (for tls:// URLs) and a non-root user.
 
-# The newest stable Rust 1.x (the workspace needs 1.85 or newer; some dependencies may need more).
+# The newest stable Rust 1.x (the workspace needs 1.89 or newer; some dependencies may need more).
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 COPY . .

@@ -594,7 +594,7 @@ impl Agent {
                 }
             }
             sent_here += messages.max(1) as u64;
-            if self.per_agent_rate == 0.0 && seq % 8 == 0 {
+            if self.per_agent_rate == 0.0 && seq.is_multiple_of(8) {
                 // Unpaced, publish rarely waits: let the other agents on this worker run too.
                 tokio::task::yield_now().await;
             }
