@@ -13,35 +13,44 @@
 //! control byte inside a string, a string still open at the end, and whether any byte is
 //! non-ASCII (then the whole payload gets one UTF-8 check).
 //!
-//! Two kernels classify a block, with the same answers: AVX2 (with PCLMULQDQ) where the CPU has
-//! it, chosen at run time, and a portable one for every other CPU. Everything after the block's
+//! Three kernels classify a block, with the same answers, the fastest the CPU has chosen at
+//! run time: AVX-512BW, AVX2 (both with PCLMULQDQ), and a portable one for every other CPU. Everything after the block's
 //! masks is shared, safe code.
 //!
 //! **Unsafe.** This is the only module of the validator with `unsafe`, and it is used for two
-//! things only: calling the AVX2 kernel, which is sound because [`Kernel::Avx2`] can only be
-//! obtained after `is_x86_feature_detected!` said the CPU has AVX2 and PCLMULQDQ; and the two
-//! unaligned 32-byte loads in it, which read from a `&[u8; 64]`, so every byte read is inside
-//! one borrowed array.
+//! things only: calling a SIMD kernel, which is sound because [`Kernel::Avx2`] and
+//! [`Kernel::Avx512`] can only be obtained after `is_x86_feature_detected!` said the CPU has
+//! every feature the kernel is compiled with; and the unaligned loads in them, which read from
+//! a `&[u8; 64]`, so every byte read is inside one borrowed array.
 //!
 //! [`PacketValidator::count_if_valid`]: super::packet::PacketValidator::count_if_valid
 
-/// Which block classifier stage 1 runs. Both give the same answers on every input; the tests
-/// run both on every input they make.
+/// Which block classifier stage 1 runs. All give the same answers on every input; the tests
+/// run each one this CPU has on every input they make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
     /// Byte by byte through a lookup table: any CPU.
     Portable,
-    /// AVX2 and PCLMULQDQ (with POPCNT and BMI1, which every AVX2 CPU has) on x86-64. Only [`Kernel::detect`] and [`Kernel::available`] make it,
-    /// after checking the CPU.
+    /// AVX2 and PCLMULQDQ (with POPCNT and BMI1, which every AVX2 CPU has) on x86-64. Only
+    /// [`Kernel::detect`] and [`Kernel::available`] make it, after checking the CPU.
     #[cfg(target_arch = "x86_64")]
     Avx2(Avx2Token),
+    /// AVX-512BW: a block is one vector, its masks come straight from mask registers. Made
+    /// like [`Kernel::Avx2`], whose checks it includes.
+    #[cfg(target_arch = "x86_64")]
+    Avx512(Avx512Token),
 }
 
-/// Proof that the CPU has AVX2, PCLMULQDQ, POPCNT and BMI1: private field, so it can only be built by
-/// [`Avx2Token::detect`].
+/// Proof that the CPU has AVX2, PCLMULQDQ, POPCNT and BMI1: private field, so it can only be
+/// built by [`Avx2Token::detect`].
 #[cfg(target_arch = "x86_64")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Avx2Token(());
+
+/// Proof that the CPU has what [`Avx2Token`] proves and AVX-512F and AVX-512BW.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Avx512Token(());
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2Token {
@@ -54,21 +63,32 @@ impl Avx2Token {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Avx512Token {
+    fn detect() -> Option<Avx512Token> {
+        (Avx2Token::detect().is_some()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw"))
+        .then_some(Avx512Token(()))
+    }
+}
+
 impl Kernel {
     /// The fastest kernel this CPU runs.
     pub fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(token) = Avx2Token::detect() {
-            return Kernel::Avx2(token);
-        }
-        Kernel::Portable
+        Kernel::available()
+            .pop()
+            .expect("the portable kernel runs anywhere")
     }
 
-    /// Every kernel this CPU runs, portable first.
+    /// Every kernel this CPU runs, portable first, fastest last.
     pub fn available() -> Vec<Kernel> {
         let mut kernels = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
-        kernels.extend(Avx2Token::detect().map(Kernel::Avx2));
+        {
+            kernels.extend(Avx2Token::detect().map(Kernel::Avx2));
+            kernels.extend(Avx512Token::detect().map(Kernel::Avx512));
+        }
         kernels
     }
 
@@ -78,6 +98,8 @@ impl Kernel {
             Kernel::Portable => "portable",
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(_) => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(_) => "avx512",
         }
     }
 }
@@ -215,8 +237,9 @@ mod avx2 {
     /// Nibble tables: a byte is an operator or whitespace when the entries of its low and high
     /// nibble share a bit. Bits 0–2 are operators (`,` `:` and the four brackets), bits 3–4
     /// whitespace (space; tab, line feed, carriage return). No other byte has a shared bit.
-    const LOW_NIBBLE: [i8; 16] = [8, 0, 0, 0, 0, 0, 0, 0, 0, 16, 2 | 16, 4, 1, 4 | 16, 0, 0];
-    const HIGH_NIBBLE: [i8; 16] = [16, 0, 1 | 8, 2, 0, 4, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0];
+    pub(super) const LOW_NIBBLE: [i8; 16] =
+        [8, 0, 0, 0, 0, 0, 0, 0, 0, 16, 2 | 16, 4, 1, 4 | 16, 0, 0];
+    pub(super) const HIGH_NIBBLE: [i8; 16] = [16, 0, 1 | 8, 2, 0, 4, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0];
 
     /// Masks of 32 bytes, in the low 32 bits of each field.
     ///
@@ -300,6 +323,60 @@ mod avx2 {
         for (i, block) in blocks.chunks_exact(64).enumerate() {
             let block = block.try_into().expect("chunks of 64 bytes");
             let bits = super::structural_bits(classify(block), state, |x| prefix_xor(x));
+            out.push_bits((base + 64 * i) as u32, bits);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::avx2::{HIGH_NIBBLE, LOW_NIBBLE};
+    use super::BlockMasks;
+    use std::arch::x86_64::*;
+
+    /// The masks of a 64-byte block, with the nibble tables of the AVX2 kernel.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512BW (the caller holds an `Avx512Token`). The load
+    /// reads the 64 bytes of `block`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn classify(block: &[u8; 64]) -> BlockMasks {
+        let bytes = _mm512_loadu_si512(block.as_ptr().cast());
+        let low_table = _mm512_broadcast_i32x4(_mm_loadu_si128(LOW_NIBBLE.as_ptr().cast()));
+        let high_table = _mm512_broadcast_i32x4(_mm_loadu_si128(HIGH_NIBBLE.as_ptr().cast()));
+        let nibble = _mm512_set1_epi8(0x0f);
+        let low = _mm512_shuffle_epi8(low_table, _mm512_and_si512(bytes, nibble));
+        let high = _mm512_shuffle_epi8(
+            high_table,
+            _mm512_and_si512(_mm512_srli_epi16::<4>(bytes), nibble),
+        );
+        let class = _mm512_and_si512(low, high);
+        BlockMasks {
+            quote: _mm512_cmpeq_epi8_mask(bytes, _mm512_set1_epi8(b'"' as i8)),
+            backslash: _mm512_cmpeq_epi8_mask(bytes, _mm512_set1_epi8(b'\\' as i8)),
+            op: _mm512_test_epi8_mask(class, _mm512_set1_epi8(7)),
+            ws: _mm512_test_epi8_mask(class, _mm512_set1_epi8(8 | 16)),
+            ctrl: _mm512_cmple_epu8_mask(bytes, _mm512_set1_epi8(0x1f)),
+            non_ascii: _mm512_movepi8_mask(bytes),
+        }
+    }
+
+    /// [`super::avx2::run`] with this kernel's masks.
+    ///
+    /// # Safety
+    /// As for `classify`, and the CPU must have PCLMULQDQ, POPCNT and BMI1 (which an
+    /// `Avx512Token` proves too).
+    #[target_feature(enable = "avx512f,avx512bw,pclmulqdq,popcnt,bmi1")]
+    pub(super) unsafe fn run(
+        base: usize,
+        blocks: &[u8],
+        state: &mut super::CarriedState,
+        out: &mut super::IndexBuffer<'_>,
+    ) {
+        for (i, block) in blocks.chunks_exact(64).enumerate() {
+            let block = block.try_into().expect("chunks of 64 bytes");
+            let bits =
+                super::structural_bits(classify(block), state, |x| super::avx2::prefix_xor(x));
             out.push_bits((base + 64 * i) as u32, bits);
         }
     }
@@ -488,6 +565,12 @@ impl<'a, 'b> Structurals<'a, 'b> {
             Kernel::Avx2(_) => unsafe {
                 avx2::run(base, blocks, &mut self.state, &mut self.buffer)
             },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Avx512Token` exists only once the CPU was found to have AVX-512F,
+            // AVX-512BW and all an `Avx2Token` needs (`Avx512Token::detect`).
+            Kernel::Avx512(_) => unsafe {
+                avx512::run(base, blocks, &mut self.state, &mut self.buffer)
+            },
         }
     }
 }
@@ -519,10 +602,21 @@ mod tests {
                     continue;
                 }
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `available` gives Avx2 only after detection.
-                let simd = unsafe { avx2::classify(&block) };
+                // SAFETY: `available` gives a SIMD kernel only after detecting its features.
+                let simd = unsafe {
+                    match kernel {
+                        Kernel::Avx2(_) => avx2::classify(&block),
+                        Kernel::Avx512(_) => avx512::classify(&block),
+                        Kernel::Portable => unreachable!(),
+                    }
+                };
                 #[cfg(target_arch = "x86_64")]
-                assert_eq!(simd, classify_portable(&block), "bytes {start}..");
+                assert_eq!(
+                    simd,
+                    classify_portable(&block),
+                    "{} bytes {start}..",
+                    kernel.name()
+                );
             }
         }
     }
