@@ -74,11 +74,14 @@ impl Avx512Token {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (detected once per process).
     pub fn detect() -> Kernel {
-        Kernel::available()
-            .pop()
-            .expect("the portable kernel runs anywhere")
+        static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            Kernel::available()
+                .pop()
+                .expect("the portable kernel runs anywhere")
+        })
     }
 
     /// Every kernel this CPU runs, portable first, fastest last.
