@@ -1,0 +1,41 @@
+#!/bin/bash
+# Distributor instructions per packet under callgrind (stable on a shared machine), as
+# BENCHMARKS.md reports them. One nats-server (.tools/bin), two analyzers, the release
+# distributor under valgrind; LOAD is `nats` (agent-sim single messages) or `http` (POST
+# /message/send from scripts/http_post_load.py). Run it twice with the same SECONDS and COUNT
+# and 2×COUNT: (instructions of the second − of the first) / COUNT is the cost of a packet.
+# usage: scripts/callgrind-distributor.sh nats|http COUNT SECONDS OUT [distributor flags...]
+set -e
+LOAD=$1; COUNT=$2; SECS=$3; OUT=$4; shift 4; EXTRA=("$@")
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${BIN:-$ROOT/target/release}
+NS=$ROOT/.tools/bin/nats-server
+D=$(mktemp -d)
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+PORT=$(free_port); HPORT=$(free_port)
+printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s/js" }\nmax_payload: 8MB\n' $PORT $D > $D/nats.conf
+URL=nats://127.0.0.1:$PORT
+$NS -c $D/nats.conf -l $D/server.log & NSPID=$!
+sleep 0.5
+for a in "1 0.6" "2 0.4"; do read -r i w <<< "$a"
+  RUST_LOG=warn $BIN/analyzer --nats-url $URL --id $i --weight $w --instance a$i \
+    --heartbeat-interval 500ms --report-interval 200ms >$D/a$i.out 2>$D/a$i.log & PIDS+=($!)
+done
+HTTP=(); [ "$LOAD" = http ] && HTTP=(--http 127.0.0.1:$HPORT)
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file=$OUT $BIN/distributor run \
+  --nats-url $URL --replica-id cg --heartbeat-timeout-factor 20 "${HTTP[@]}" "${EXTRA[@]}" \
+  2>$D/distributor.log & DPID=$!
+sleep 10
+if [ "$LOAD" = http ]; then
+  python3 $ROOT/scripts/http_post_load.py $HPORT $COUNT $SECS
+else
+  $BIN/agent-sim --nats-url $URL --agents 4 --connections 2 --packet-size 1 \
+    --rate $((COUNT / SECS)) --count $COUNT --verify --quiet-period 2s --max-loss 100 \
+    --max-deviation 100 --json > $D/report.json 2>$D/agent.log || true
+  python3 -c "import json;v=json.load(open('$D/report.json'))['verification'];print('sent',v['sent'],'received',v['received'])"
+fi
+sleep 2
+kill -TERM $DPID; wait $DPID || true
+kill "${PIDS[@]}" $NSPID; wait 2>/dev/null || true
+callgrind_annotate $OUT 2>/dev/null | grep -m1 "PROGRAM TOTALS"
+rm -rf $D
