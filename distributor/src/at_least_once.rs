@@ -54,6 +54,7 @@ use futures::{FutureExt, StreamExt};
 use logdist::protocol::batch::{coalescable, BatchBuilder};
 use logdist::protocol::deadletter::{Reason, UNDELIVERABLE};
 use logdist::protocol::headers::name::PACKET_ID;
+use logdist::telemetry::Condition;
 use logdist::{ConnectionEvents, Names};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -331,6 +332,7 @@ pub(crate) async fn run(
     distributor: &mut Distributor,
     control: &mut ControlSubscriptions,
     publisher: &StatsPublisher,
+    consumer_bound: &Condition,
     shutdown: &CancellationToken,
 ) {
     let alo = &args.at_least_once;
@@ -364,6 +366,8 @@ pub(crate) async fn run(
             judge: FaultJudge::new(alo.reconnect_grace, Instant::now()),
             batches_sent: 0,
             batched_packets: 0,
+            in_flight_packets: 0,
+            in_flight_bytes: 0,
         },
         events,
         outage_logged: false,
@@ -407,6 +411,8 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             event = sources.next() => {
+                p.mode.in_flight_packets = p.in_flight.len() as u64;
+                p.mode.in_flight_bytes = p.in_flight_bytes as u64;
                 if p.d.on_event(event, &mut sources, &mut p.mode).await.is_break() {
                     break;
                 }
@@ -419,6 +425,7 @@ pub(crate) async fn run(
                     Ok(stream) => {
                         tracing::info!(stream = %alo.stream, consumer = %alo.consumer, "consuming from JetStream");
                         messages = Some(stream);
+                        consumer_bound.set(true);
                         backoff = MIN_BACKOFF;
                         p.mode.judge.consumer_open(Instant::now());
                     }
@@ -452,6 +459,7 @@ pub(crate) async fn run(
                                 _ => tracing::warn!(retry_in = ?backoff, "JetStream message stream ended; getting the consumer again"),
                             }
                             messages = None;
+                            consumer_bound.set(false);
                             p.mode.judge.consumer_lost(Instant::now());
                             retry.as_mut().reset(tokio::time::Instant::now() + backoff);
                             retry_armed = true;
@@ -487,13 +495,17 @@ pub(crate) async fn run(
 
 /// At-least-once keeps the packets that wait for an analyzer in the stream, not in the replica:
 /// nothing to release when the routing table changes (the loop dispatches what is ready first
-/// thing every turn), and no hold queue or connection of its own to report. What it takes from
-/// membership changes is who withdrew, for judging the failed deliveries.
+/// thing every turn), and no hold queue or connection of its own to report: only what is in
+/// flight. What it takes from membership changes is who withdrew, for judging the failed
+/// deliveries.
 struct InStream {
     judge: FaultJudge,
     /// Requests that carried a batch, and the packets in them.
     batches_sent: u64,
     batched_packets: u64,
+    /// What is in flight, set by the loop before each core event (the stats tick reads it).
+    in_flight_packets: u64,
+    in_flight_bytes: u64,
 }
 
 impl DeliveryMode for InStream {
@@ -516,6 +528,8 @@ impl DeliveryMode for InStream {
         ModeStats {
             batches_sent: self.batches_sent,
             batched_packets: self.batched_packets,
+            in_flight_packets: self.in_flight_packets,
+            in_flight_bytes: self.in_flight_bytes,
             ..ModeStats::default()
         }
     }

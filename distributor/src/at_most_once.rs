@@ -413,6 +413,7 @@ impl DeliveryMode for AtMostOnce {
             ingest_dropped_packets: self.ingest.dropped(),
             batches_sent: self.coalescer.batches_sent(),
             batched_packets: self.coalescer.batched_packets(),
+            ..ModeStats::default()
         }
     }
 }

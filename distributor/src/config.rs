@@ -56,6 +56,8 @@ pub enum Command {
     /// Write the NATS users of analyzer ids (one user per id, allowed to speak only as itself)
     /// into a nats-server config, or print them. See docs/security.md.
     Auth(AuthArgs),
+    /// Show, set or clear the operators' weight overrides (bucket `logdist_weights`).
+    Weights(WeightsArgs),
 }
 
 /// Flags of `distributor run`.
@@ -207,6 +209,13 @@ pub struct RunArgs {
           default_value_t = logdist_http::DEFAULT_LOCAL_QUEUE,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576).map(|v| v as usize))]
     pub http_queue: usize,
+
+    /// Serve Prometheus metrics (`/metrics`) and the probes `/healthz` (alive) and `/readyz`
+    /// (connected to NATS, membership loaded, at-least-once: the consumer bound) on this
+    /// address, e.g. `0.0.0.0:9101`. Off by default. The metrics are the counters of the stats
+    /// record (see docs/metrics.md).
+    #[arg(long, env = "DISTRIBUTOR_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 
     /// At-most-once: most packets this replica's ingest connection buffers between the socket
     /// and the router. It bounds memory when agents publish faster than the replica routes: past
@@ -426,6 +435,73 @@ pub struct StatsArgs {
     #[arg(long, env = "DISTRIBUTOR_STATS_REFRESH", value_name = "DURATION",
           default_value = "1s", value_parser = parse_refresh)]
     pub interval: Duration,
+}
+
+/// Flags of `distributor weights`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Every distributor replica watches the bucket and applies a change within a second, as a new routing epoch. The same works with the nats CLI: `nats kv put logdist_weights 3 0.05`, `nats kv del logdist_weights 3`."
+)]
+pub struct WeightsArgs {
+    #[command(subcommand)]
+    pub action: WeightsAction,
+}
+
+/// What `distributor weights` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum WeightsAction {
+    /// Every analyzer online and every override: announced, override and effective weight.
+    List {
+        /// Print JSON (one array of rows) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: WeightsTarget,
+    },
+    /// Override analyzer ID's weight in every replica; 0 drains it (online, routed nothing new).
+    Set {
+        /// The analyzer id (1-64 of A-Z a-z 0-9 - _).
+        #[arg(value_parser = parse_analyzer_id)]
+        id: String,
+        /// The weight routing uses from now on: a number from 0 to 1000000.
+        #[arg(value_parser = parse_override_weight, allow_negative_numbers = true)]
+        weight: f64,
+        #[command(flatten)]
+        target: WeightsTarget,
+    },
+    /// Remove analyzer ID's override: it is routed by the weight it announces again.
+    Clear {
+        /// The analyzer id.
+        #[arg(value_parser = parse_analyzer_id)]
+        id: String,
+        #[command(flatten)]
+        target: WeightsTarget,
+    },
+}
+
+/// Where `distributor weights` finds the buckets.
+#[derive(Debug, Clone, Args)]
+pub struct WeightsTarget {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub names: Names,
+}
+
+fn parse_analyzer_id(raw: &str) -> Result<String, String> {
+    logdist::protocol::control::validate_name("analyzer id", raw)
+        .map(|()| raw.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_override_weight(raw: &str) -> Result<f64, String> {
+    crate::weight_overrides::parse_weight("ID", raw).map_err(|_| {
+        format!(
+            "{raw:?} is not a weight: give a number from 0 to {} (0 drains the analyzer)",
+            logdist::protocol::control::MAX_WEIGHT
+        )
+    })
 }
 
 fn parse_replica_id(raw: &str) -> Result<String, String> {
@@ -657,6 +733,46 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn weights_subcommands() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(Cli::into_command);
+        match parse(&["distributor", "weights", "set", "3", "0.05"]).unwrap() {
+            Command::Weights(WeightsArgs {
+                action: WeightsAction::Set { id, weight, .. },
+            }) => assert_eq!((id.as_str(), weight), ("3", 0.05)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&[
+                "distributor",
+                "weights",
+                "clear",
+                "3",
+                "--nats-url",
+                "nats://h:1"
+            ])
+            .unwrap(),
+            Command::Weights(WeightsArgs {
+                action: WeightsAction::Clear { .. }
+            })
+        ));
+        for bad in [
+            &["distributor", "weights", "set", "3", "-1"][..],
+            &["distributor", "weights", "set", "3", "lots"],
+            &["distributor", "weights", "set", "a.b", "1"],
+            &["distributor", "weights", "set", "3"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+        let err = parse(&["distributor", "weights", "set", "3", "lots"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is not a weight: give a number from 0 to 1000000"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //!
 //! One task, no locks: each mode runs one `tokio::select!` loop that owns the [`Distributor`].
 //! Its first branch is [`CoreSources::next`], which is `biased` in one fixed order — shutdown,
-//! control, membership expiry, stats tick — and only then come the mode's own sources (ingest
-//! subscriptions, or the JetStream consumer and requests in flight). So a control message is
+//! control, weight overrides, membership expiry, stats tick — and only then come the mode's own
+//! sources (ingest subscriptions, or the JetStream consumer and requests in flight). So a control message is
 //! always handled before packets that arrived after it: a withdrawal stops traffic to that
 //! analyzer at once. The order is written here only, once for both modes.
 //!
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::header::HeaderValue;
+use async_nats::jetstream::kv;
 use async_nats::{Client, Message, Subject, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -32,6 +33,7 @@ use logdist::protocol::deadletter::{
     SizeLimits,
 };
 use logdist::protocol::stats::{unix_millis_now, DistributorStats, MemberRecord};
+use logdist::telemetry::Condition;
 use logdist::{BucketError, ConnectError, ConnectionEvents, PacketValidator};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -42,8 +44,9 @@ use crate::membership::{Membership, MembershipEvent};
 use crate::membership_mirror::MembershipMirror;
 use crate::outgoing::{self, Outgoing};
 use crate::round_robin::RoundRobin;
-use crate::router::Router;
+use crate::router::{Member, Router};
 use crate::stats_publisher::StatsPublisher;
+use crate::weight_overrides::{OverrideChange, OverrideEntry, WeightOverrides};
 
 /// How long shutdown waits for the flush and the final KV writes.
 pub(crate) const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +69,10 @@ pub enum RunError {
     /// Flags that do not work together (main checks them first; this is the library's guard).
     #[error("{0}")]
     Config(String),
+    #[error("{0} / DISTRIBUTOR_METRICS")]
+    Metrics(#[from] logdist::telemetry::ServeError),
+    #[error("cannot watch the weight overrides in KV bucket {bucket:?}: {detail}")]
+    WatchWeights { bucket: String, detail: String },
 }
 
 /// The control subscriptions, as one stream: every analyzer's own subject (`<control>.*`), and
@@ -127,6 +134,9 @@ pub(crate) struct ModeStats {
     /// NATS messages to analyzers that carried two packets or more, and the packets in them.
     pub(crate) batches_sent: u64,
     pub(crate) batched_packets: u64,
+    /// At-least-once: packets (and their bytes) sent and not yet acknowledged.
+    pub(crate) in_flight_packets: u64,
+    pub(crate) in_flight_bytes: u64,
     /// Client events of the mode's own connections (added to the main connection's).
     pub(crate) slow_consumer_events: u64,
     pub(crate) disconnects: u64,
@@ -137,25 +147,100 @@ pub(crate) struct ModeStats {
 pub(crate) enum CoreEvent {
     Shutdown,
     Control(Message),
+    /// An entry of the weight-overrides bucket (a put, delete or purge).
+    WeightOverride(kv::Entry),
+    /// The watch on the weight-overrides bucket ended; it is opened again at the next tick.
+    WeightsWatchLost(String),
     Expiry,
     StatsTick,
 }
 
-/// The event sources both modes share: shutdown, the control subscription, the membership
-/// expiry timer and the stats ticker, polled in one `biased` order by [`CoreSources::next`].
+/// The event sources both modes share: shutdown, the control subscription, the watch on the
+/// weight-overrides bucket, the membership expiry timer and the stats ticker, polled in one
+/// `biased` order by [`CoreSources::next`].
 pub(crate) struct CoreSources<'a> {
     /// Made once: polling it again is a flag check, where a new one each turn of the loop would
     /// register a waiter with the token each time.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     control: &'a mut ControlSubscriptions,
     publisher: &'a StatsPublisher,
+    weights: Option<WeightsWatch>,
     expiry: Pin<Box<tokio::time::Sleep>>,
     stats_tick: tokio::time::Interval,
 }
 
+/// The watch on the weight-overrides bucket, and the bucket to watch again if it ends.
+pub(crate) struct WeightsWatch {
+    store: kv::Store,
+    watch: Option<kv::Watch>,
+}
+
+impl WeightsWatch {
+    /// Watches `store` from the newest entry of every key on (so nothing put after the caller's
+    /// first read is missed; what it already applied is skipped by revision).
+    pub(crate) async fn open(store: kv::Store) -> Result<WeightsWatch, String> {
+        let watch = store
+            .watch_with_history(">")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(WeightsWatch {
+            store,
+            watch: Some(watch),
+        })
+    }
+
+    /// Every entry of `store` now (the latest of each key that has a value).
+    pub(crate) async fn read_current(store: &kv::Store) -> Result<Vec<kv::Entry>, String> {
+        let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+        let mut entries = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| e.to_string())?;
+            if let Some(entry) = store.entry(&key).await.map_err(|e| e.to_string())? {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn next(&mut self) -> CoreEvent {
+        let Some(watch) = self.watch.as_mut() else {
+            return std::future::pending().await;
+        };
+        match watch.next().await {
+            Some(Ok(entry)) => CoreEvent::WeightOverride(entry),
+            Some(Err(e)) => {
+                self.watch = None;
+                CoreEvent::WeightsWatchLost(e.to_string())
+            }
+            None => {
+                self.watch = None;
+                CoreEvent::WeightsWatchLost("the watch ended".to_string())
+            }
+        }
+    }
+
+    /// Opens the watch again if it was lost (bounded, so a dead server cannot stall the loop).
+    async fn reopen_if_lost(&mut self) {
+        if self.watch.is_some() {
+            return;
+        }
+        match tokio::time::timeout(WATCH_REOPEN_TIMEOUT, self.store.watch_with_history(">")).await {
+            Ok(Ok(watch)) => {
+                tracing::info!("watching the weight overrides again");
+                self.watch = Some(watch);
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot watch the weight overrides yet"),
+            Err(_) => tracing::debug!("no answer watching the weight overrides yet"),
+        }
+    }
+}
+
+/// Longest wait for re-opening a lost watch on the weight overrides, once per stats tick.
+const WATCH_REOPEN_TIMEOUT: Duration = Duration::from_millis(250);
+
 impl<'a> CoreSources<'a> {
     pub(crate) fn new(
-        core: &Distributor,
+        core: &mut Distributor,
         control: &'a mut ControlSubscriptions,
         publisher: &'a StatsPublisher,
         stats_interval: Duration,
@@ -167,18 +252,26 @@ impl<'a> CoreSources<'a> {
             shutdown: Box::pin(shutdown.clone().cancelled_owned()),
             control,
             publisher,
+            weights: core.weights_watch.take(),
             expiry: Box::pin(tokio::time::sleep_until(core.expiry_deadline())),
             stats_tick,
         }
     }
 
-    /// The next core event, in priority order: shutdown, control, expiry, stats. Cancel-safe, so
-    /// a mode's `select!` can put it first and its own sources after it.
+    /// The next core event, in priority order: shutdown, control, weight overrides, expiry,
+    /// stats. Cancel-safe, so a mode's `select!` can put it first and its own sources after it.
     pub(crate) async fn next(&mut self) -> CoreEvent {
+        let weights = async {
+            match self.weights.as_mut() {
+                Some(weights) => weights.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             () = &mut self.shutdown => CoreEvent::Shutdown,
             Some(message) = self.control.next() => CoreEvent::Control(message),
+            event = weights => event,
             () = &mut self.expiry => CoreEvent::Expiry,
             _ = std::future::poll_fn(|cx| self.stats_tick.poll_tick(cx)) => CoreEvent::StatsTick,
         }
@@ -230,8 +323,14 @@ pub(crate) struct Distributor {
     replica: String,
     replica_header: HeaderValue,
     membership: Membership,
+    /// The operators' weight overrides (bucket `logdist_weights`).
+    overrides: WeightOverrides,
+    /// The watch on that bucket, until a mode's [`CoreSources`] takes it.
+    weights_watch: Option<WeightsWatch>,
     router: Router,
     counters: Counters,
+    /// Met once the membership is known: the bucket was read, or a control message came.
+    membership_loaded: Condition,
     events: Arc<ConnectionEvents>,
     mirror: Option<MembershipMirror>,
     started_at_ms: u64,
@@ -267,12 +366,15 @@ impl Distributor {
             replica_header: HeaderValue::from(replica),
             membership: Membership::new(args.heartbeat_timeout_factor)
                 .with_max_weight(args.max_weight),
+            overrides: WeightOverrides::new(),
+            weights_watch: None,
             router: if args.affinity.is_none() {
                 Router::new(&args.names.analyzer_prefix)
             } else {
                 Router::new(&args.names.analyzer_prefix).with_affinity(args.affinity_slack)
             },
             counters: Counters::default(),
+            membership_loaded: Condition::default(),
             events,
             mirror: None,
             started_at_ms: unix_millis_now(),
@@ -281,8 +383,49 @@ impl Distributor {
         }
     }
 
+    /// `/readyz`'s "membership loaded", met from [`seed_members`](Self::seed_members) or the
+    /// first control message on.
+    pub(crate) fn set_membership_condition(&mut self, condition: Condition) {
+        self.membership_loaded = condition;
+    }
+
+    /// Applies the overrides read from the bucket at start (before the first routing table, so
+    /// it already has them), and keeps `watch` for the event loop.
+    pub(crate) fn seed_overrides(&mut self, entries: &[kv::Entry], watch: WeightsWatch) {
+        for entry in entries {
+            self.apply_override(entry);
+        }
+        self.weights_watch = Some(watch);
+    }
+
+    /// Applies one entry of the overrides bucket; true when an online analyzer's effective
+    /// weight changed (the routing table must be rebuilt).
+    fn apply_override(&mut self, entry: &kv::Entry) -> bool {
+        let value = match entry.operation {
+            kv::Operation::Put => Some(&entry.value[..]),
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        let applied = self.overrides.apply(OverrideEntry {
+            key: &entry.key,
+            revision: entry.revision,
+            value,
+        });
+        match applied {
+            Ok(OverrideChange::Changed { from, to }) => {
+                tracing::info!(analyzer_id = %entry.key, ?from, ?to, "weight override");
+                self.membership.is_online(&entry.key)
+            }
+            Ok(OverrideChange::Unchanged) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "refused weight override; the analyzer keeps the weight it had");
+                false
+            }
+        }
+    }
+
     /// Starts from the analyzers in the membership bucket (provisional until they heartbeat).
     pub(crate) fn seed_members(&mut self, records: &[MemberRecord]) {
+        self.membership_loaded.set(true);
         let events = self.membership.seed(records, Instant::now());
         for event in &events {
             if let MembershipEvent::Joined { id, weight } = event {
@@ -358,9 +501,20 @@ impl Distributor {
         match event {
             CoreEvent::Shutdown => return ControlFlow::Break(()),
             CoreEvent::Control(message) => {
+                self.membership_loaded.set(true);
                 self.on_control(&message, mode).await;
                 sources.reset_expiry(self.expiry_deadline());
             }
+            CoreEvent::WeightOverride(entry) => {
+                if self.apply_override(&entry) {
+                    self.sync_routes();
+                    mode.routing_changed(self).await;
+                }
+            }
+            CoreEvent::WeightsWatchLost(error) => tracing::warn!(
+                %error,
+                "lost the watch on the weight overrides; opening it again"
+            ),
             CoreEvent::Expiry => {
                 mode.flush(self).await;
                 let events = self.membership.expire(Instant::now());
@@ -370,6 +524,9 @@ impl Distributor {
             CoreEvent::StatsTick => {
                 self.log_suppressed();
                 sources.publisher.offer(self.snapshot(&mode.stats()));
+                if let Some(weights) = sources.weights.as_mut() {
+                    weights.reopen_if_lost().await;
+                }
             }
         }
         ControlFlow::Continue(())
@@ -779,9 +936,15 @@ impl Distributor {
         }
     }
 
-    /// Rebuilds the routing table from the membership (a new epoch).
+    /// Rebuilds the routing table from the membership and the overrides (a new epoch).
     fn sync_routes(&mut self) {
-        self.router.set_members(self.membership.online());
+        let overrides = &self.overrides;
+        self.router
+            .set_weights(self.membership.online().map(|(id, announced)| Member {
+                id,
+                announced,
+                effective: overrides.effective(id, announced),
+            }));
         tracing::debug!(
             epoch = self.router.epoch(),
             analyzers = self.membership.len(),
@@ -831,6 +994,9 @@ impl Distributor {
             disconnects: self.events.disconnects() + mode.disconnects,
             reconnects: self.events.reconnects() + mode.reconnects,
             bad_heartbeats: self.membership.bad_heartbeats(),
+            refused_weight_overrides: self.overrides.refused(),
+            in_flight_packets: mode.in_flight_packets,
+            in_flight_bytes: mode.in_flight_bytes,
             messages_per_sec: self.messages_per_sec,
             epoch: self.router.epoch(),
             epoch_started_ms: self.router.epoch_started_ms(),

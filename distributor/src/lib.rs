@@ -15,6 +15,7 @@
 //! - `outgoing`: a validated packet and the headers it is forwarded with;
 //! - `redelivery`: at-least-once's retry delays, and whose fault a failed delivery is;
 //! - `log_throttle`: `LogThrottle`, a few log lines per kind of bad input;
+//! - `weight_overrides`: the operators' weight overrides of the `logdist_weights` bucket;
 //! - `report`: the `distributor stats` table;
 //! - `auth`: `distributor auth`, the NATS users of analyzer ids rendered from a template
 //!   ([`run_auth`]).
@@ -30,7 +31,7 @@
 //! The async shell: `service` (the wiring of `distributor run` and the choice of mode, [`run`]),
 //! `stats_publisher` and `membership_mirror` (KV writers), `config` (the command line, [`Cli`]),
 //! `bridges` (the old service's analyzers registered over HTTP, each bridged by an in-process
-//! HTTP analyzer).
+//! HTTP analyzer), `weights_command` (`distributor weights`, [`run_weights`]).
 
 mod affinity;
 mod at_least_once;
@@ -52,13 +53,18 @@ mod router;
 mod selector;
 mod service;
 mod stats_publisher;
+mod weight_overrides;
+mod weights_command;
 
 pub use affinity::{
     AffinityKey, AffinityRule, Choice, KeyCensus, KeyExtractor, KeyHash, ParseAffinityKeyError,
     DEFAULT_SLACK, MAX_COUNTED_KEYS,
 };
 pub use auth::{run as run_auth, AuthArgs, AuthError};
-pub use config::{Cli, CoalesceArgs, Command, RunArgs, StatsArgs, DEFAULT_INGEST_BUFFER};
+pub use config::{
+    Cli, CoalesceArgs, Command, RunArgs, StatsArgs, WeightsAction, WeightsArgs,
+    DEFAULT_INGEST_BUFFER,
+};
 pub use core::RunError;
 pub use hold_queue::HoldQueue;
 pub use membership::{Membership, MembershipEvent};
@@ -67,3 +73,4 @@ pub use router::Router;
 pub use selector::WeightedSelector;
 pub use service::run;
 pub use stats_publisher::StatsPublisher;
+pub use weights_command::{run as run_weights, WeightsError};

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     let threads = match &command {
         Command::Run(args) => args.worker_threads,
-        Command::Stats(_) => Some(1),
+        Command::Stats(_) | Command::Weights(_) => Some(1),
         // Files only: no runtime, no NATS.
         Command::Auth(args) => {
             return distributor::run_auth(args).context("distributor auth failed");
@@ -47,6 +47,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             Command::Stats(args) => distributor::run_stats(args, shutdown)
                 .await
                 .context("distributor stats failed"),
+            Command::Weights(args) => distributor::run_weights(args, shutdown)
+                .await
+                .context("distributor weights failed"),
             Command::Auth(_) => unreachable!("handled before the runtime starts"),
         }
     })

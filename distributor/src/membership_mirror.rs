@@ -13,6 +13,10 @@ use logdist::protocol::stats::MemberRecord;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// Description given to the membership bucket when a distributor creates it.
+pub(crate) const MEMBERSHIP_BUCKET_DESCRIPTION: &str =
+    "logdist: analyzers online now (one key per analyzer id)";
+
 enum Op {
     Put(MemberRecord),
     Delete(String),

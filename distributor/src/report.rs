@@ -75,8 +75,12 @@ pub struct AnalyzerRow {
     pub id: String,
     /// In the membership bucket now.
     pub online: bool,
+    /// The effective weight routing uses (an operator's override, else the announced weight;
+    /// 0 drained), as the newest live replica reports it.
     pub weight: f64,
-    /// Weight over the sum of online weights, in percent (0 when offline).
+    /// The weight the analyzer announces.
+    pub announced_weight: f64,
+    /// Effective weight over the sum of effective weights online, in percent (0 when offline).
     pub target_pct: f64,
     /// Share of the messages routed since the last membership change, in percent; `None`
     /// before any message was routed in this epoch.
@@ -102,8 +106,19 @@ impl Report {
         distributors: &[DistributorStats],
         now_ms: u64,
     ) -> Report {
-        let weight_sum: f64 = members.iter().map(|m| m.weight).sum();
         let live = |d: &DistributorStats| now_ms.saturating_sub(d.updated_at_ms) <= LIVE_WITHIN_MS;
+        // Overrides live in the replicas: the newest live record says what routing uses.
+        let newest_live = distributors
+            .iter()
+            .filter(|d| live(d))
+            .max_by_key(|d| d.updated_at_ms);
+        let effective = |m: &MemberRecord| {
+            newest_live
+                .and_then(|d| d.analyzers.get(&m.id))
+                .filter(|r| r.online)
+                .map_or(m.weight, |r| r.weight)
+        };
+        let weight_sum: f64 = members.iter().map(effective).sum();
         let mut ids: BTreeSet<&str> = members.iter().map(|m| m.id.as_str()).collect();
         for d in distributors {
             ids.extend(d.analyzers.keys().map(String::as_str));
@@ -137,7 +152,8 @@ impl Report {
             .into_iter()
             .map(|id| {
                 let member = members.iter().find(|m| m.id == id);
-                let weight = member.map_or(0.0, |m| m.weight);
+                let weight = member.map_or(0.0, effective);
+                let announced_weight = member.map_or(0.0, |m| m.weight);
                 let target_pct = if weight_sum > 0.0 {
                     100.0 * weight / weight_sum
                 } else {
@@ -150,6 +166,7 @@ impl Report {
                     id: id.to_string(),
                     online: member.is_some(),
                     weight,
+                    announced_weight,
                     target_pct,
                     actual_pct,
                     deviation_pp: actual_pct.map(|a| a - target_pct),
@@ -236,10 +253,11 @@ impl Report {
         let affinity = self.analyzers.iter().any(|a| a.keys_held.is_some());
         let _ = write!(
             out,
-            "{:<16} {:>6} {:>10} {:>9} {:>9} {:>8} {:>14} {:>14}",
+            "{:<16} {:>6} {:>10} {:>10} {:>9} {:>9} {:>8} {:>14} {:>14}",
             "analyzer",
             "online",
-            "weight",
+            "announced",
+            "effective",
             "target %",
             "actual %",
             "dev pp",
@@ -258,9 +276,14 @@ impl Report {
             };
             let _ = write!(
                 out,
-                "{:<16} {:>6} {:>10} {:>9.3} {:>9} {:>8} {:>14} {:>14}",
+                "{:<16} {:>6} {:>10} {:>10} {:>9.3} {:>9} {:>8} {:>14} {:>14}",
                 a.id,
                 if a.online { "yes" } else { "no" },
+                if a.online {
+                    format!("{}", a.announced_weight)
+                } else {
+                    "-".to_string()
+                },
                 if a.online {
                     format!("{}", a.weight)
                 } else {
@@ -414,10 +437,19 @@ mod tests {
         };
         for &(id, online, messages, epoch_messages) in routes {
             d.routed_messages += messages;
+            // The weights the members below announce, in force (no override).
+            let weight = match id {
+                "1" => 0.5,
+                "2" => 0.3,
+                "3" => 0.2,
+                _ => 0.0,
+            };
             d.analyzers.insert(
                 id.into(),
                 RouteStats {
                     online,
+                    weight,
+                    announced_weight: weight,
                     messages,
                     epoch_messages,
                     ..Default::default()
@@ -425,6 +457,31 @@ mod tests {
             );
         }
         d
+    }
+
+    #[test]
+    fn targets_follow_the_effective_weights_of_the_newest_live_replica() {
+        let now = 100_000;
+        let members = [member("1", 0.5), member("2", 0.3), member("3", 0.2)];
+        let all = [("1", true, 0, 0), ("2", true, 0, 0), ("3", true, 0, 0)];
+        let mut newest = replica("a", now, &all);
+        newest.analyzers.get_mut("2").unwrap().weight = 0.0; // drained
+        newest.analyzers.get_mut("3").unwrap().weight = 0.5; // raised
+        let older = replica("b", now - 1000, &all);
+        let r = Report::build(&members, &[older, newest], now);
+        let row = |id: &str| r.analyzers.iter().find(|a| a.id == id).unwrap().clone();
+        assert_eq!((row("2").announced_weight, row("2").weight), (0.3, 0.0));
+        assert!((row("1").target_pct - 50.0).abs() < 1e-9);
+        assert!((row("2").target_pct - 0.0).abs() < 1e-9);
+        assert!((row("3").target_pct - 50.0).abs() < 1e-9);
+        let text = r.render();
+        let cells: Vec<&str> = text
+            .lines()
+            .find(|l| l.starts_with("3 "))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(&cells[..5], ["3", "yes", "0.2", "0.5", "50.000"], "{text}");
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! analyzer, the keyed packets whose key ranks it first, how many of them it got ("affinity
 //! kept") and the distinct keys it holds this epoch ([`KeyCensus`]).
 //!
+//! An analyzer whose effective weight is 0 (an operator drained it, see
+//! [`crate::weight_overrides`]) is online but *drained*: it stays in the stats with target share
+//! 0 and keeps its counters, but it is not in the selector, so nothing new is routed to it. With
+//! every analyzer drained the table [`is_empty`](Router::is_empty) and packets are held.
+//!
 //! At-least-once delivery counts only what analyzers acknowledged: [`reserve`](Router::reserve)
 //! assigns a packet in the selector at once (so balancing sees packets in flight), then either
 //! [`confirm`](Router::confirm) counts it in the route counters when the analyzer acknowledged,
@@ -46,13 +51,33 @@ pub struct Pick {
     pub first_choice: Option<usize>,
 }
 
-/// One analyzer online now.
+/// One analyzer online now and routed to.
 #[derive(Debug, Clone)]
 struct Route {
     id: Arc<str>,
     subject: Subject,
+    /// The weight routing uses (the operator's override, else the announced weight).
     weight: f64,
+    /// The weight the analyzer announces.
+    announced: f64,
     counters: RouteCounters,
+}
+
+/// An analyzer online now but drained (effective weight 0).
+#[derive(Debug, Clone, Copy, Default)]
+struct Drained {
+    announced: f64,
+    counters: RouteCounters,
+}
+
+/// One online analyzer for [`Router::set_weights`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Member<'a> {
+    pub id: &'a str,
+    /// The weight it announces.
+    pub announced: f64,
+    /// The weight routing uses: finite and >= 0; 0 drains it.
+    pub effective: f64,
 }
 
 /// A packet assigned to an analyzer and not yet acknowledged (at-least-once delivery).
@@ -80,8 +105,10 @@ pub struct Router {
     census: KeyCensus,
     /// With affinity: packets that had no key (balanced by the selector alone).
     keyless_packets: u64,
-    /// Online analyzers, in the selector's index order (sorted by id).
+    /// Online analyzers routed to, in the selector's index order (sorted by id).
     routes: Vec<Route>,
+    /// Online analyzers drained to weight 0, by id.
+    drained: BTreeMap<String, Drained>,
     /// All-time counters of analyzers that went offline (kept so stats still add up).
     departed: BTreeMap<String, RouteCounters>,
     epoch: u64,
@@ -99,6 +126,7 @@ impl Router {
             census: KeyCensus::default(),
             keyless_packets: 0,
             routes: Vec::new(),
+            drained: BTreeMap::new(),
             departed: BTreeMap::new(),
             epoch: 0,
             epoch_started_ms: unix_millis_now(),
@@ -120,28 +148,56 @@ impl Router {
     }
 
     /// Replaces the online analyzers and their weights and starts a new epoch (shares restart,
-    /// nobody is owed anything). Counters of analyzers that stay are kept; those of analyzers
-    /// that left move to the departed table.
+    /// nobody is owed anything), each analyzer's announced weight being the one routed by.
     pub fn set_members<'a>(&mut self, members: impl IntoIterator<Item = (&'a str, f64)>) {
+        self.set_weights(members.into_iter().map(|(id, weight)| Member {
+            id,
+            announced: weight,
+            effective: weight,
+        }));
+    }
+
+    /// Replaces the online analyzers and their announced and effective weights and starts a new
+    /// epoch. Counters of analyzers that stay are kept; those of analyzers that left move to the
+    /// departed table. Analyzers with effective weight 0 are drained (see the module docs).
+    pub fn set_weights<'a>(&mut self, members: impl IntoIterator<Item = Member<'a>>) {
         let mut old: BTreeMap<String, RouteCounters> = self
             .routes
             .drain(..)
             .map(|r| (r.id.to_string(), r.counters))
+            .chain(
+                std::mem::take(&mut self.drained)
+                    .into_iter()
+                    .map(|(id, d)| (id, d.counters)),
+            )
             .collect();
-        for (id, weight) in members {
+        for member in members {
             let mut counters = old
-                .remove(id)
-                .or_else(|| self.departed.remove(id))
+                .remove(member.id)
+                .or_else(|| self.departed.remove(member.id))
                 .unwrap_or_default();
             counters.epoch_messages = 0;
             counters.epoch_packets = 0;
-            self.routes.push(Route {
-                id: Arc::from(id),
-                subject: Subject::from(format!("{}.{}", self.analyzer_prefix, id)),
-                weight,
-                counters,
-            });
+            if member.effective > 0.0 {
+                self.routes.push(Route {
+                    id: Arc::from(member.id),
+                    subject: Subject::from(format!("{}.{}", self.analyzer_prefix, member.id)),
+                    weight: member.effective,
+                    announced: member.announced,
+                    counters,
+                });
+            } else {
+                self.drained.insert(
+                    member.id.to_string(),
+                    Drained {
+                        announced: member.announced,
+                        counters,
+                    },
+                );
+            }
         }
+        // The selector's order is the routes' order: keep it sorted by id whatever the input.
+        self.routes.sort_by(|a, b| a.id.cmp(&b.id));
         for (id, mut counters) in old {
             counters.epoch_messages = 0;
             counters.epoch_packets = 0;
@@ -157,7 +213,7 @@ impl Router {
         self.epoch_started_ms = unix_millis_now();
     }
 
-    /// True when no analyzer is online (packets must be held).
+    /// True when no analyzer can take a packet: none online, or all drained (packets are held).
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
@@ -288,7 +344,10 @@ impl Router {
         }
         match self.routes.iter_mut().find(|r| &*r.id == id) {
             Some(route) => Some(&mut route.counters),
-            None => self.departed.get_mut(id),
+            None => match self.drained.get_mut(id) {
+                Some(drained) => Some(&mut drained.counters),
+                None => self.departed.get_mut(id),
+            },
         }
     }
 
@@ -357,13 +416,23 @@ impl Router {
         Some((self.census.held(i), self.census.saturated()))
     }
 
-    /// Counters of analyzer `id` (online or departed).
+    /// Counters of analyzer `id` (online, drained or departed).
     pub fn counters(&self, id: &str) -> Option<RouteCounters> {
         self.routes
             .iter()
             .find(|r| &*r.id == id)
             .map(|r| r.counters)
+            .or_else(|| self.drained.get(id).map(|d| d.counters))
             .or_else(|| self.departed.get(id).copied())
+    }
+
+    /// The announced and effective weight of online analyzer `id` (effective 0: drained).
+    pub fn weights(&self, id: &str) -> Option<(f64, f64)> {
+        self.routes
+            .iter()
+            .find(|r| &*r.id == id)
+            .map(|r| (r.announced, r.weight))
+            .or_else(|| self.drained.get(id).map(|d| (d.announced, 0.0)))
     }
 
     /// Per-analyzer stats, by id: online analyzers with their target shares, and departed ones
@@ -385,6 +454,7 @@ impl Router {
                 RouteStats {
                     online: false,
                     weight: 0.0,
+                    announced_weight: 0.0,
                     target_share: 0.0,
                     messages: c.messages,
                     packets: c.packets,
@@ -400,6 +470,25 @@ impl Router {
                 },
             );
         }
+        for (id, d) in &self.drained {
+            let c = &d.counters;
+            out.insert(
+                id.clone(),
+                RouteStats {
+                    online: true,
+                    weight: 0.0,
+                    announced_weight: d.announced,
+                    target_share: 0.0,
+                    messages: c.messages,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    actual_share: c.messages as f64 / total,
+                    epoch_messages: c.epoch_messages,
+                    epoch_packets: c.epoch_packets,
+                    epoch_share: c.epoch_messages as f64 / epoch_total,
+                },
+            );
+        }
         for (i, r) in self.routes.iter().enumerate() {
             let c = &r.counters;
             out.insert(
@@ -407,6 +496,7 @@ impl Router {
                 RouteStats {
                     online: true,
                     weight: r.weight,
+                    announced_weight: r.announced,
                     target_share: self.selector.target_share(i),
                     messages: c.messages,
                     packets: c.packets,
@@ -474,6 +564,53 @@ mod tests {
         r.route(None, 5, 1);
         assert_eq!(r.counters("a").unwrap().messages, 30);
         assert_eq!(r.routed_messages(), 60);
+    }
+
+    fn member(id: &str, announced: f64, effective: f64) -> Member<'_> {
+        Member {
+            id,
+            announced,
+            effective,
+        }
+    }
+
+    #[test]
+    fn a_drained_analyzer_stays_online_and_receives_nothing() {
+        let mut r = Router::new("analyzer");
+        r.set_weights([member("a", 1.0, 1.0), member("b", 1.0, 1.0)]);
+        for _ in 0..10 {
+            r.route(1, 1);
+        }
+        // b drained by an operator: a new epoch, everything goes to a.
+        r.set_weights([member("a", 1.0, 1.0), member("b", 1.0, 0.0)]);
+        assert_eq!(r.epoch(), 2);
+        for _ in 0..10 {
+            assert_eq!(r.route(1, 1).unwrap().as_str(), "analyzer.a");
+        }
+        let stats = r.route_stats();
+        assert!(stats["b"].online);
+        assert_eq!((stats["b"].target_share, stats["b"].messages), (0.0, 5));
+        assert_eq!(stats["a"].target_share, 1.0);
+        assert_eq!(r.weights("b"), Some((1.0, 0.0)));
+        // Every analyzer drained: nothing to route to, packets are held.
+        r.set_weights([member("a", 1.0, 0.0), member("b", 1.0, 0.0)]);
+        assert!(r.is_empty());
+        assert!(r.route(1, 1).is_none());
+        // Back to the announced weights: counters resume where they were.
+        r.set_weights([member("a", 1.0, 1.0), member("b", 1.0, 1.0)]);
+        assert_eq!(r.counters("a").unwrap().messages, 15);
+        assert_eq!(r.counters("b").unwrap().messages, 5);
+        // An override only changes the effective weight.
+        r.set_weights([member("a", 1.0, 3.0), member("b", 1.0, 1.0)]);
+        assert_eq!(r.weights("a"), Some((1.0, 3.0)));
+        assert_eq!(
+            (
+                r.route_stats()["a"].weight,
+                r.route_stats()["a"].announced_weight
+            ),
+            (3.0, 1.0)
+        );
+        assert_eq!(r.route_stats()["a"].target_share, 0.75);
     }
 
     #[test]

@@ -10,19 +10,64 @@
 //! mode can lose or duplicate.
 
 use async_nats::jetstream;
-use logdist::protocol::stats::distributor_key;
+use logdist::metrics::{DistributorCollector, LatestSnapshot, NatsCollector};
+use logdist::protocol::stats::{distributor_key, DistributorStats};
+use logdist::telemetry::{self, Condition, NatsCondition, Readiness, Telemetry};
 use logdist::{open_or_create_bucket, ConnectError};
 use tokio_util::sync::CancellationToken;
 
 use crate::bridges::{self, BridgeSettings};
 use crate::config::{Delivery, RunArgs};
-use crate::core::{subscribe_control, Distributor, ModeStats, RunError, FINAL_WRITE_TIMEOUT};
-use crate::membership_mirror::{read_members, MembershipMirror};
+use crate::core::{
+    subscribe_control, Distributor, ModeStats, RunError, WeightsWatch, FINAL_WRITE_TIMEOUT,
+};
+use crate::membership_mirror::{read_members, MembershipMirror, MEMBERSHIP_BUCKET_DESCRIPTION};
 use crate::stats_publisher::StatsPublisher;
+use crate::weights_command::WEIGHTS_BUCKET_DESCRIPTION;
 use crate::{at_least_once, at_most_once};
 
 /// Heartbeat interval of the bridges of registered analyzers.
 const BRIDGE_HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What `/metrics` and `/readyz` report (on `--metrics`, and on the gateway's address with
+/// `--http`), and the handles that feed them.
+struct Observed {
+    telemetry: Telemetry,
+    latest: LatestSnapshot<DistributorStats>,
+    nats: NatsCollector,
+    connected: NatsCondition,
+    membership_loaded: Condition,
+    /// At-least-once only (unregistered otherwise).
+    consumer_bound: Condition,
+}
+
+impl Observed {
+    fn new(delivery: Delivery) -> Observed {
+        let readiness = Readiness::default();
+        let connected = readiness.nats();
+        let membership_loaded = readiness.condition("membership loaded");
+        let consumer_bound = match delivery {
+            Delivery::AtLeastOnce => readiness.condition("JetStream consumer bound"),
+            Delivery::AtMostOnce => Condition::default(),
+        };
+        let latest = LatestSnapshot::default();
+        // The record carries both connections' events; only the state is read live.
+        let nats = NatsCollector::new(false);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(DistributorCollector {
+            latest: latest.clone(),
+        }));
+        registry.register_collector(Box::new(nats.clone()));
+        Observed {
+            telemetry: Telemetry::new(registry, readiness),
+            latest,
+            nats,
+            connected,
+            membership_loaded,
+            consumer_bound,
+        }
+    }
+}
 
 /// Runs the distributor until `shutdown` is cancelled, then shuts down cleanly.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
@@ -32,26 +77,31 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         .map_err(RunError::Config)?;
     let replica = args.replica_id();
     let names = &args.names;
+    // Listening before the first connect, so /readyz says what it waits for meanwhile.
+    let observed = Observed::new(args.delivery);
+    if let Some(addr) = args.metrics {
+        telemetry::serve(addr, &observed.telemetry, shutdown.child_token()).await?;
+    }
     let connection =
         match logdist::connect(&args.nats, &format!("distributor {replica}"), &shutdown).await {
             Ok(c) => c,
             Err(ConnectError::Cancelled { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+    observed.nats.connected(&connection);
+    observed.connected.connected(&connection.client);
     let client = connection.client.clone();
     let js = jetstream::new(client.clone());
-    let members_kv = open_or_create_bucket(
-        &js,
-        &names.membership_bucket,
-        "logdist: analyzers online now (one key per analyzer id)",
-    )
-    .await?;
+    let members_kv =
+        open_or_create_bucket(&js, &names.membership_bucket, MEMBERSHIP_BUCKET_DESCRIPTION).await?;
     let stats_kv = open_or_create_bucket(
         &js,
         &names.stats_bucket,
         "logdist: live counters of distributors and analyzers",
     )
     .await?;
+    let weights_kv =
+        open_or_create_bucket(&js, &names.weights_bucket, WEIGHTS_BUCKET_DESCRIPTION).await?;
 
     // Control first, so no heartbeat falls between reading the bucket and listening.
     let mut control = subscribe_control(&client, &args).await?;
@@ -63,6 +113,24 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         client.clone(),
         connection.events,
     );
+    distributor.set_membership_condition(observed.membership_loaded.clone());
+    // The overrides first, so the first routing table has them; the watch, opened after this
+    // read, replays each key's newest entry, and what was read already is skipped by revision.
+    let overrides = match WeightsWatch::read_current(&weights_kv).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(bucket = %names.weights_bucket, error = %e,
+                "cannot read the weight overrides; taking them from the watch");
+            Vec::new()
+        }
+    };
+    let watch = WeightsWatch::open(weights_kv)
+        .await
+        .map_err(|detail| RunError::WatchWeights {
+            bucket: names.weights_bucket.clone(),
+            detail,
+        })?;
+    distributor.seed_overrides(&overrides, watch);
     match read_members(&members_kv).await {
         Ok(records) => distributor.seed_members(&records),
         Err(e) => tracing::warn!(bucket = %names.membership_bucket, error = %e,
@@ -101,6 +169,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
                     mapping,
                     local_router,
                     deadletter_report_max_bytes: args.deadletter_report_max_bytes,
+                    telemetry: Some(observed.telemetry.clone()),
                 },
                 client.clone(),
                 shutdown.child_token(),
@@ -127,7 +196,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     // The bridges withdraw before this replica stops routing, so it confirms their withdrawals.
     let shutdown = routing_shutdown;
 
-    let publisher = StatsPublisher::spawn(stats_kv, distributor_key(&replica));
+    let publisher = StatsPublisher::spawn(stats_kv, distributor_key(&replica))
+        .with_metrics(observed.latest.clone());
     // Seeded analyzers are already in the bucket: mirror only what changes from now on.
     distributor.set_mirror(MembershipMirror::spawn(members_kv));
     let mode_stats = match args.delivery {
@@ -157,6 +227,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
                 &mut distributor,
                 &mut control,
                 &publisher,
+                &observed.consumer_bound,
                 &shutdown,
             )
             .await;

@@ -10,6 +10,7 @@
 //! | `POST /v1/logs` | OTLP/HTTP logs, protobuf or JSON ([`otlp`]: one export request, one packet) |
 //! | `GET /healthz` | 200 while connected to NATS, 503 otherwise |
 //! | `POST /analyzer/register`, `POST /analyzer/deregister` | the old service's analyzer registration ([`registration`]) |
+//! | `GET /metrics`, `GET /readyz` | the distributor's metrics and readiness, as on its `--metrics` address (docs/metrics.md) |
 //!
 //! Each accepted body is validated with the same [`PacketValidator`] as NATS ingest and takes the
 //! same routing, shares and guarantees as any packet from `<ingest-subject>.http`. Where it goes:
@@ -74,6 +75,8 @@ pub struct GatewayConfig {
     /// Largest report of one OTLP request's refused records (the distributor's
     /// `--deadletter-report-max-bytes`; within the server's max_payload).
     pub deadletter_report_max_bytes: usize,
+    /// Also serve `/metrics` and `/readyz` of the process (see `logdist::telemetry`).
+    pub telemetry: Option<logdist::telemetry::Telemetry>,
 }
 
 /// A packet the gateway accepted, for the router of the same process: what it would have
@@ -214,6 +217,10 @@ pub async fn start_with_registrations(
         .route("/analyzer/deregister", post(registration::deregister))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(gateway);
+    let router = match &config.telemetry {
+        Some(telemetry) => router.merge(telemetry.metrics_and_readiness()),
+        None => router,
+    };
     tracing::info!(%local_addr, acknowledged = config.acknowledged, "HTTP ingest gateway listening");
     let task = tokio::spawn(async move {
         // The caller's address is the default host of a registered analyzer's URL.

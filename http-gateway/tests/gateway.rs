@@ -67,6 +67,7 @@ async fn fixture_on(
             mapping: logdist::ingest_format::Mapping::default(),
             local_router,
             deadletter_report_max_bytes,
+            telemetry: None,
         },
         client.clone(),
         shutdown.clone(),

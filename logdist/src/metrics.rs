@@ -265,6 +265,16 @@ fn encode_distributor(f: &mut Families, s: &DistributorStats) -> std::fmt::Resul
         "Packets sent again to another analyzer after a failed delivery (at-least-once).",
         s.redelivered,
     )?;
+    f.gauge(
+        &format!("{P}_in_flight_packets"),
+        "At-least-once: packets sent to analyzers and not yet acknowledged.",
+        s.in_flight_packets as f64,
+    )?;
+    f.gauge(
+        &format!("{P}_in_flight_bytes"),
+        "At-least-once: payload bytes sent to analyzers and not yet acknowledged.",
+        s.in_flight_bytes as f64,
+    )?;
     f.counter(
         &format!("{P}_batches_sent"),
         "NATS messages to analyzers that carried two packets or more (coalescing).",
@@ -284,6 +294,11 @@ fn encode_distributor(f: &mut Families, s: &DistributorStats) -> std::fmt::Resul
         &format!("{P}_bad_control_messages"),
         "Control messages rejected (bad weight, interval, id...).",
         s.bad_heartbeats,
+    )?;
+    f.counter(
+        &format!("{P}_refused_weight_overrides"),
+        "Entries of the weight-overrides bucket refused (not a weight, or not an analyzer id).",
+        s.refused_weight_overrides,
     )?;
     f.gauge(
         &format!("{P}_membership_epoch"),
@@ -312,6 +327,12 @@ fn encode_distributor(f: &mut Families, s: &DistributorStats) -> std::fmt::Resul
     f.labelled_gauge(
         &format!("{P}_analyzer_weight"),
         "Weight the analyzer announces in its heartbeats.",
+        "analyzer",
+        on().map(|(id, r)| (id, r.announced_weight)),
+    )?;
+    f.labelled_gauge(
+        &format!("{P}_analyzer_effective_weight"),
+        "Weight routing uses: the operator's override from the weights bucket, else the announced weight; 0 drains.",
         "analyzer",
         on().map(|(id, r)| (id, r.weight)),
     )?;
@@ -619,7 +640,8 @@ mod tests {
             "a".into(),
             RouteStats {
                 online: true,
-                weight: 0.3,
+                weight: 0.6,
+                announced_weight: 0.3,
                 target_share: 0.75,
                 messages: 97,
                 actual_share: 1.0,
@@ -672,6 +694,20 @@ mod tests {
                 r#"logdist_distributor_analyzer_online{analyzer="gone"}"#
             ),
             0.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"logdist_distributor_analyzer_weight{analyzer="a"}"#
+            ),
+            0.3
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"logdist_distributor_analyzer_effective_weight{analyzer="a"}"#
+            ),
+            0.6
         );
         // An analyzer that left keeps its counts but has no weight or target any more.
         assert!(!text.contains(r#"logdist_distributor_analyzer_weight{analyzer="gone"}"#));

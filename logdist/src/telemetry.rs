@@ -139,6 +139,13 @@ impl Telemetry {
 
     /// `/metrics`, `/healthz` and `/readyz`.
     pub fn router(&self) -> Router {
+        self.metrics_and_readiness()
+            .route("/healthz", get(|| async { "ok\n" }))
+    }
+
+    /// `/metrics` and `/readyz` alone, for a server with a `/healthz` of its own (the HTTP
+    /// gateway).
+    pub fn metrics_and_readiness(&self) -> Router {
         let metrics = self.clone();
         let ready = self.readiness.clone();
         Router::new()
@@ -157,7 +164,6 @@ impl Telemetry {
                     }
                 }),
             )
-            .route("/healthz", get(|| async { "ok\n" }))
             .route(
                 "/readyz",
                 get(move || {

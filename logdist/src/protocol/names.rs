@@ -10,6 +10,7 @@ pub const DEFAULT_DEADLETTER_SUBJECT: &str = "logs.deadletter";
 pub const DEFAULT_ANALYZER_PREFIX: &str = "analyzer";
 pub const DEFAULT_MEMBERSHIP_BUCKET: &str = "analyzers";
 pub const DEFAULT_STATS_BUCKET: &str = "logdist_stats";
+pub const DEFAULT_WEIGHTS_BUCKET: &str = "logdist_weights";
 /// Queue group the distributor replicas share on the ingest subjects.
 pub const DISTRIBUTOR_QUEUE_GROUP: &str = "distributors";
 
@@ -41,6 +42,11 @@ pub struct Names {
     /// JetStream KV bucket holding live counters of distributors and analyzers.
     #[arg(long, env = "LOGDIST_STATS_BUCKET", default_value = DEFAULT_STATS_BUCKET, value_name = "BUCKET")]
     pub stats_bucket: String,
+
+    /// JetStream KV bucket of the operators' weight overrides (key = analyzer id, value = the
+    /// weight routing uses instead of the announced one; 0 drains). Every replica watches it.
+    #[arg(long, env = "LOGDIST_WEIGHTS_BUCKET", default_value = DEFAULT_WEIGHTS_BUCKET, value_name = "BUCKET")]
+    pub weights_bucket: String,
 }
 
 impl Default for Names {
@@ -52,6 +58,7 @@ impl Default for Names {
             analyzer_prefix: DEFAULT_ANALYZER_PREFIX.to_string(),
             membership_bucket: DEFAULT_MEMBERSHIP_BUCKET.to_string(),
             stats_bucket: DEFAULT_STATS_BUCKET.to_string(),
+            weights_bucket: DEFAULT_WEIGHTS_BUCKET.to_string(),
         }
     }
 }

@@ -1,13 +1,16 @@
-//! Value schemas of the two KV buckets (see `docs/protocol.md`):
+//! Value schemas of the KV buckets (see `docs/protocol.md`):
 //!
 //! - `analyzers` (membership): key `<analyzer-id>` → [`MemberRecord`], put when an analyzer joins
 //!   or changes weight, deleted when it leaves.
+//! - `logdist_weights` (operator overrides): key `<analyzer-id>` → the weight as a decimal number
+//!   (`0.05`; `0` drains the analyzer), read by every distributor replica (no struct: the value
+//!   is the number's text).
 //! - `logdist_stats` (live counters): key `distributor.<replica>` → [`DistributorStats`], written
 //!   by each distributor replica; key `analyzer.<id>.<instance>` → [`AnalyzerStats`], written by
 //!   each analyzer instance. Every writer owns its keys, so replicas never overwrite each other's
 //!   counts and a reader adds them up.
 //!
-//! All values are JSON; counters are cumulative since the writer started.
+//! All other values are JSON; counters are cumulative since the writer started.
 
 use std::collections::BTreeMap;
 
@@ -111,6 +114,12 @@ pub struct DistributorStats {
     pub reconnects: u64,
     /// Control messages rejected (bad weight, interval, id…).
     pub bad_heartbeats: u64,
+    /// Entries of the weight-overrides bucket refused (not a weight, or not an analyzer id).
+    pub refused_weight_overrides: u64,
+    /// At-least-once: packets sent to analyzers and not yet acknowledged (gauge; 0 at-most-once).
+    pub in_flight_packets: u64,
+    /// At-least-once: their payload bytes (gauge).
+    pub in_flight_bytes: u64,
     /// Routed log messages per second over the last stats interval.
     pub messages_per_sec: f64,
     /// Membership changes seen since start; shares restart at each change.
@@ -135,7 +144,11 @@ pub struct DistributorStats {
 pub struct RouteStats {
     /// Online now (an analyzer that left keeps its all-time counts here).
     pub online: bool,
+    /// The effective weight routing uses: the operator's override if any, else the announced
+    /// weight; 0 while drained or offline.
     pub weight: f64,
+    /// The weight the analyzer announces (0 when offline).
+    pub announced_weight: f64,
     /// weight / sum of weights online now (0 when offline).
     pub target_share: f64,
     pub messages: u64,
