@@ -110,7 +110,8 @@ fn every_flag_and_env_var_in_compose_is_one_the_binaries_accept() {
     let mut checked = 0;
     let mut binaries_used = Vec::new();
     for (name, service) in &services {
-        if name == "nats" {
+        // nats and the monitoring services (Prometheus, Grafana) run images of their own.
+        if service["image"].as_str() != Some("logdist:latest") {
             continue;
         }
         let command = strings(&service["command"]);
@@ -271,4 +272,79 @@ fn the_cluster_node_configs_are_valid_and_route_to_each_other() {
     }
     names.dedup();
     assert_eq!(names, ["node-1", "node-2", "node-3"]);
+}
+
+#[test]
+fn prometheus_scrapes_every_logdist_service_on_its_metrics_port() {
+    let services = compose();
+    let config = repo_file("deploy/prometheus.yml");
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .expect("run promtool (make tools installs Debian's prometheus)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let doc: Value = serde_yaml::from_str(&text).unwrap();
+    let mut targets = Vec::new();
+    for job in doc["scrape_configs"].as_sequence().expect("scrape_configs") {
+        for group in job["static_configs"].as_sequence().unwrap() {
+            targets.extend(strings(&group["targets"]));
+        }
+    }
+    // Every logdist service that runs long serves --metrics, and Prometheus scrapes it there.
+    let mut expected = Vec::new();
+    for (name, service) in &services {
+        let env = env_of(service);
+        let Some(addr) = env
+            .iter()
+            .find(|(k, _)| k.ends_with("_METRICS"))
+            .map(|(_, v)| v.clone())
+        else {
+            continue;
+        };
+        let port = addr.rsplit(':').next().unwrap();
+        expected.push(format!("{name}:{port}"));
+        let check = strings(&service["healthcheck"]["test"]).join(" ");
+        assert!(
+            check.contains(&format!("/dev/tcp/127.0.0.1/{port}")) && check.contains("/readyz"),
+            "{name}: the health check does not ask /readyz on {port}: {check}"
+        );
+    }
+    for name in [
+        "distributor-1",
+        "distributor-2",
+        "analyzer-1",
+        "analyzer-2",
+        "analyzer-3",
+    ] {
+        assert!(
+            expected.iter().any(|t| t.starts_with(&format!("{name}:"))),
+            "{name} serves no --metrics"
+        );
+    }
+    targets.sort();
+    expected.sort();
+    assert_eq!(targets, expected);
+    for monitoring in ["prometheus", "grafana"] {
+        assert!(
+            services[monitoring]["profiles"]
+                .as_sequence()
+                .is_some_and(|p| p.iter().any(|p| p.as_str() == Some("monitoring"))),
+            "{monitoring} must be under the monitoring profile"
+        );
+    }
+    let mounts = strings(&services["prometheus"]["volumes"]);
+    assert!(mounts
+        .iter()
+        .any(|m| m.starts_with("./deploy/prometheus.yml:/etc/prometheus/prometheus.yml")));
+    let mounts = strings(&services["grafana"]["volumes"]);
+    assert!(mounts
+        .iter()
+        .any(|m| m.starts_with("./deploy/grafana/logdist.json:")));
 }
