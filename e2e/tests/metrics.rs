@@ -140,12 +140,20 @@ fn parse_with_python(exposition: &str) -> Parsed {
     Parsed { samples, types }
 }
 
-/// Scrapes `url` and checks it with both parsers.
+/// Scrapes `url` and checks it with both parsers, and that docs/metrics.md lists every family.
 async fn scrape(url: &str) -> Parsed {
     let (status, text) = get(url).await.expect("metrics listener answers");
     assert_eq!(status, 200, "{text}");
     assert_promtool_accepts(&text);
-    parse_with_python(&text)
+    let parsed = parse_with_python(&text);
+    let docs = std::fs::read_to_string(common::repo_file("docs/metrics.md")).unwrap();
+    for family in parsed.types.keys() {
+        assert!(
+            docs.contains(&format!("`{family}")),
+            "docs/metrics.md does not list {family}"
+        );
+    }
+    parsed
 }
 
 #[tokio::test]
@@ -587,9 +595,7 @@ async fn a_loaded_pipeline_scrapes_as_its_kv_stats_and_prometheus_answers_every_
         },
     )
     .await;
-    let text = get(&metrics_url).await.unwrap().1;
-    assert_promtool_accepts(&text);
-    let parsed = parse_with_python(&text);
+    let parsed = scrape(&metrics_url).await;
     let last = record().await.unwrap();
     assert_eq!(distributor_counters(&parsed), record_counters(&last));
     assert!(
