@@ -35,6 +35,8 @@ use logdist::protocol::deadletter::{
 use logdist::protocol::stats::{unix_millis_now, DistributorStats, MemberRecord};
 use logdist::telemetry::Condition;
 use logdist::{BucketError, ConnectError, ConnectionEvents, PacketValidator};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::affinity::KeyExtractor;
@@ -149,8 +151,6 @@ pub(crate) enum CoreEvent {
     Control(Message),
     /// An entry of the weight-overrides bucket (a put, delete or purge).
     WeightOverride(kv::Entry),
-    /// The watch on the weight-overrides bucket ended; it is opened again at the next tick.
-    WeightsWatchLost(String),
     Expiry,
     StatsTick,
 }
@@ -169,24 +169,36 @@ pub(crate) struct CoreSources<'a> {
     stats_tick: tokio::time::Interval,
 }
 
-/// The watch on the weight-overrides bucket, and the bucket to watch again if it ends.
+/// The watch on the weight-overrides bucket, in a task of its own that hands each entry over
+/// a channel: when the watch ends (a server or node gone) the task opens it again with back-off,
+/// and the event loop never waits for a KV round trip.
 pub(crate) struct WeightsWatch {
-    store: kv::Store,
-    watch: Option<kv::Watch>,
+    entries: mpsc::Receiver<kv::Entry>,
+    task: JoinHandle<()>,
 }
+
+impl Drop for WeightsWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Back-off between attempts to open a lost watch on the weight overrides.
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(100);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl WeightsWatch {
     /// Watches `store` from the newest entry of every key on (so nothing put after the caller's
-    /// first read is missed; what it already applied is skipped by revision).
+    /// first read is missed; what it already applied is skipped by revision). The first open
+    /// happens here, so a bucket that cannot be watched fails the start with a clear error.
     pub(crate) async fn open(store: kv::Store) -> Result<WeightsWatch, String> {
         let watch = store
             .watch_with_history(">")
             .await
             .map_err(|e| e.to_string())?;
-        Ok(WeightsWatch {
-            store,
-            watch: Some(watch),
-        })
+        let (tx, entries) = mpsc::channel(256);
+        let task = tokio::spawn(forward_overrides(store, watch, tx));
+        Ok(WeightsWatch { entries, task })
     }
 
     /// Every entry of `store` now (the latest of each key that has a value).
@@ -201,42 +213,41 @@ impl WeightsWatch {
         }
         Ok(entries)
     }
+}
 
-    async fn next(&mut self) -> CoreEvent {
-        let Some(watch) = self.watch.as_mut() else {
-            return std::future::pending().await;
-        };
+/// The watch task: forwards entries until the loop drops its receiver; re-opens a lost watch.
+async fn forward_overrides(store: kv::Store, mut watch: kv::Watch, tx: mpsc::Sender<kv::Entry>) {
+    loop {
         match watch.next().await {
-            Some(Ok(entry)) => CoreEvent::WeightOverride(entry),
+            Some(Ok(entry)) => {
+                if tx.send(entry).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             Some(Err(e)) => {
-                self.watch = None;
-                CoreEvent::WeightsWatchLost(e.to_string())
+                tracing::warn!(error = %e, "lost the watch on the weight overrides; opening it again")
             }
-            None => {
-                self.watch = None;
-                CoreEvent::WeightsWatchLost("the watch ended".to_string())
-            }
+            None => tracing::warn!("the watch on the weight overrides ended; opening it again"),
         }
-    }
-
-    /// Opens the watch again if it was lost (bounded, so a dead server cannot stall the loop).
-    async fn reopen_if_lost(&mut self) {
-        if self.watch.is_some() {
-            return;
-        }
-        match tokio::time::timeout(WATCH_REOPEN_TIMEOUT, self.store.watch_with_history(">")).await {
-            Ok(Ok(watch)) => {
-                tracing::info!("watching the weight overrides again");
-                self.watch = Some(watch);
+        let mut retry_in = WATCH_RETRY_MIN;
+        loop {
+            tokio::time::sleep(retry_in).await;
+            if tx.is_closed() {
+                return;
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot watch the weight overrides yet"),
-            Err(_) => tracing::debug!("no answer watching the weight overrides yet"),
+            match store.watch_with_history(">").await {
+                Ok(reopened) => {
+                    tracing::info!("watching the weight overrides again");
+                    watch = reopened;
+                    break;
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot watch the weight overrides yet"),
+            }
+            retry_in = (retry_in * 2).min(WATCH_RETRY_MAX);
         }
     }
 }
-
-/// Longest wait for re-opening a lost watch on the weight overrides, once per stats tick.
-const WATCH_REOPEN_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl<'a> CoreSources<'a> {
     pub(crate) fn new(
@@ -263,7 +274,7 @@ impl<'a> CoreSources<'a> {
     pub(crate) async fn next(&mut self) -> CoreEvent {
         let weights = async {
             match self.weights.as_mut() {
-                Some(weights) => weights.next().await,
+                Some(weights) => weights.entries.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -271,7 +282,7 @@ impl<'a> CoreSources<'a> {
             biased;
             () = &mut self.shutdown => CoreEvent::Shutdown,
             Some(message) = self.control.next() => CoreEvent::Control(message),
-            event = weights => event,
+            Some(entry) = weights => CoreEvent::WeightOverride(entry),
             () = &mut self.expiry => CoreEvent::Expiry,
             _ = std::future::poll_fn(|cx| self.stats_tick.poll_tick(cx)) => CoreEvent::StatsTick,
         }
@@ -511,10 +522,6 @@ impl Distributor {
                     mode.routing_changed(self).await;
                 }
             }
-            CoreEvent::WeightsWatchLost(error) => tracing::warn!(
-                %error,
-                "lost the watch on the weight overrides; opening it again"
-            ),
             CoreEvent::Expiry => {
                 mode.flush(self).await;
                 let events = self.membership.expire(Instant::now());
@@ -524,9 +531,6 @@ impl Distributor {
             CoreEvent::StatsTick => {
                 self.log_suppressed();
                 sources.publisher.offer(self.snapshot(&mode.stats()));
-                if let Some(weights) = sources.weights.as_mut() {
-                    weights.reopen_if_lost().await;
-                }
             }
         }
         ControlFlow::Continue(())
