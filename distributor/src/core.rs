@@ -73,8 +73,8 @@ pub enum RunError {
     Config(String),
     #[error("{0} / DISTRIBUTOR_METRICS")]
     Metrics(#[from] logdist::telemetry::ServeError),
-    #[error("cannot watch the weight overrides in KV bucket {bucket:?}: {detail}")]
-    WatchWeights { bucket: String, detail: String },
+    #[error("cannot read the weight overrides in KV bucket {bucket:?}: {detail}")]
+    ReadWeights { bucket: String, detail: String },
 }
 
 /// The control subscriptions, as one stream: every analyzer's own subject (`<control>.*`), and
@@ -149,8 +149,8 @@ pub(crate) struct ModeStats {
 pub(crate) enum CoreEvent {
     Shutdown,
     Control(Message),
-    /// An entry of the weight-overrides bucket (a put, delete or purge).
-    WeightOverride(kv::Entry),
+    /// A change of the weight-overrides bucket.
+    WeightOverride(OverrideUpdate),
     Expiry,
     StatsTick,
 }
@@ -164,88 +164,132 @@ pub(crate) struct CoreSources<'a> {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     control: &'a mut ControlSubscriptions,
     publisher: &'a StatsPublisher,
-    weights: Option<WeightsWatch>,
+    weights: Option<WeightsPoller>,
     expiry: Pin<Box<tokio::time::Sleep>>,
     stats_tick: tokio::time::Interval,
 }
 
-/// The watch on the weight-overrides bucket, in a task of its own that hands each entry over
-/// a channel: when the watch ends (a server or node gone) the task opens it again with back-off,
-/// and the event loop never waits for a KV round trip.
-pub(crate) struct WeightsWatch {
-    entries: mpsc::Receiver<kv::Entry>,
+/// One change of the weight-overrides bucket: a value put (`value` set) or a key deleted.
+#[derive(Debug, Clone)]
+pub(crate) struct OverrideUpdate {
+    pub(crate) key: String,
+    /// The entry's revision (for a delete: the bucket's sequence when it was seen gone).
+    pub(crate) revision: u64,
+    pub(crate) value: Option<Bytes>,
+}
+
+/// Follows the weight-overrides bucket from a task of its own that hands each change over a
+/// channel, so the event loop never waits for a KV round trip. The task polls the bucket's
+/// stream every [`OVERRIDES_POLL`] and reads the bucket again when its last sequence moved: a
+/// bounded request at a time, where a KV watch (an ordered consumer) re-creates itself in a
+/// loop while the bucket's node is down, which loaded a cluster enough to delay heartbeats.
+pub(crate) struct WeightsPoller {
+    updates: mpsc::Receiver<OverrideUpdate>,
     task: JoinHandle<()>,
 }
 
-impl Drop for WeightsWatch {
+impl Drop for WeightsPoller {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-/// Back-off between attempts to open a lost watch on the weight overrides.
-const WATCH_RETRY_MIN: Duration = Duration::from_millis(100);
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How often each replica looks for a change of the overrides (well within the 1 s promise).
+pub(crate) const OVERRIDES_POLL: Duration = Duration::from_millis(200);
+/// Longest wait for one poll or one read of the bucket.
+const OVERRIDES_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
-impl WeightsWatch {
-    /// Watches `store` from the newest entry of every key on (so nothing put after the caller's
-    /// first read is missed; what it already applied is skipped by revision). The first open
-    /// happens here, so a bucket that cannot be watched fails the start with a clear error.
-    pub(crate) async fn open(store: kv::Store) -> Result<WeightsWatch, String> {
-        let watch = store
-            .watch_with_history(">")
-            .await
-            .map_err(|e| e.to_string())?;
-        let (tx, entries) = mpsc::channel(256);
-        let task = tokio::spawn(forward_overrides(store, watch, tx));
-        Ok(WeightsWatch { entries, task })
+impl WeightsPoller {
+    /// Follows `store` from the entries the caller read at start (`known`) on.
+    pub(crate) fn spawn(store: kv::Store, known: &[OverrideUpdate]) -> WeightsPoller {
+        let known = known.iter().map(|u| (u.key.clone(), u.revision)).collect();
+        let (tx, updates) = mpsc::channel(256);
+        let task = tokio::spawn(poll_overrides(store, known, tx));
+        WeightsPoller { updates, task }
     }
 
-    /// Every entry of `store` now (the latest of each key that has a value).
-    pub(crate) async fn read_current(store: &kv::Store) -> Result<Vec<kv::Entry>, String> {
+    /// Every value of `store` now (the latest of each key that has one).
+    pub(crate) async fn read_current(store: &kv::Store) -> Result<Vec<OverrideUpdate>, String> {
         let mut keys = store.keys().await.map_err(|e| e.to_string())?;
         let mut entries = Vec::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| e.to_string())?;
             if let Some(entry) = store.entry(&key).await.map_err(|e| e.to_string())? {
-                entries.push(entry);
+                if entry.operation == kv::Operation::Put {
+                    entries.push(OverrideUpdate {
+                        key: entry.key,
+                        revision: entry.revision,
+                        value: Some(entry.value),
+                    });
+                }
             }
         }
         Ok(entries)
     }
 }
 
-/// The watch task: forwards entries until the loop drops its receiver; re-opens a lost watch.
-async fn forward_overrides(store: kv::Store, mut watch: kv::Watch, tx: mpsc::Sender<kv::Entry>) {
+/// The poller task: hands over every put of a new revision and every key gone, until the loop
+/// drops its receiver.
+async fn poll_overrides(
+    store: kv::Store,
+    mut known: BTreeMap<String, u64>,
+    tx: mpsc::Sender<OverrideUpdate>,
+) {
+    let mut last_sequence = None;
+    let mut tick = tokio::time::interval(OVERRIDES_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match watch.next().await {
-            Some(Ok(entry)) => {
-                if tx.send(entry).await.is_err() {
-                    return;
-                }
+        tick.tick().await;
+        if tx.is_closed() {
+            return;
+        }
+        let mut stream = store.stream.clone();
+        let sequence = match tokio::time::timeout(OVERRIDES_REQUEST_TIMEOUT, stream.info()).await {
+            Ok(Ok(info)) => info.state.last_sequence,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot poll the weight overrides");
                 continue;
             }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "lost the watch on the weight overrides; opening it again")
-            }
-            None => tracing::warn!("the watch on the weight overrides ended; opening it again"),
+            Err(_) => continue,
+        };
+        if last_sequence == Some(sequence) {
+            continue;
         }
-        let mut retry_in = WATCH_RETRY_MIN;
-        loop {
-            tokio::time::sleep(retry_in).await;
-            if tx.is_closed() {
+        let read = tokio::time::timeout(
+            OVERRIDES_REQUEST_TIMEOUT,
+            WeightsPoller::read_current(&store),
+        )
+        .await;
+        let current = match read {
+            Ok(Ok(current)) => current,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read the weight overrides");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut present = BTreeMap::new();
+        let mut changes = Vec::new();
+        for update in current {
+            present.insert(update.key.clone(), update.revision);
+            if known.get(&update.key) != Some(&update.revision) {
+                changes.push(update);
+            }
+        }
+        for key in known.keys().filter(|k| !present.contains_key(*k)) {
+            changes.push(OverrideUpdate {
+                key: key.clone(),
+                revision: sequence,
+                value: None,
+            });
+        }
+        for change in changes {
+            if tx.send(change).await.is_err() {
                 return;
             }
-            match store.watch_with_history(">").await {
-                Ok(reopened) => {
-                    tracing::info!("watching the weight overrides again");
-                    watch = reopened;
-                    break;
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot watch the weight overrides yet"),
-            }
-            retry_in = (retry_in * 2).min(WATCH_RETRY_MAX);
         }
+        known = present;
+        last_sequence = Some(sequence);
     }
 }
 
@@ -274,7 +318,7 @@ impl<'a> CoreSources<'a> {
     pub(crate) async fn next(&mut self) -> CoreEvent {
         let weights = async {
             match self.weights.as_mut() {
-                Some(weights) => weights.entries.recv().await,
+                Some(weights) => weights.updates.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -336,8 +380,8 @@ pub(crate) struct Distributor {
     membership: Membership,
     /// The operators' weight overrides (bucket `logdist_weights`).
     overrides: WeightOverrides,
-    /// The watch on that bucket, until a mode's [`CoreSources`] takes it.
-    weights_watch: Option<WeightsWatch>,
+    /// The poller of that bucket, until a mode's [`CoreSources`] takes it.
+    weights_watch: Option<WeightsPoller>,
     router: Router,
     counters: Counters,
     /// Met once the membership is known: the bucket was read, or a control message came.
@@ -402,7 +446,7 @@ impl Distributor {
 
     /// Applies the overrides read from the bucket at start (before the first routing table, so
     /// it already has them), and keeps `watch` for the event loop.
-    pub(crate) fn seed_overrides(&mut self, entries: &[kv::Entry], watch: WeightsWatch) {
+    pub(crate) fn seed_overrides(&mut self, entries: &[OverrideUpdate], watch: WeightsPoller) {
         for entry in entries {
             self.apply_override(entry);
         }
@@ -411,15 +455,11 @@ impl Distributor {
 
     /// Applies one entry of the overrides bucket; true when an online analyzer's effective
     /// weight changed (the routing table must be rebuilt).
-    fn apply_override(&mut self, entry: &kv::Entry) -> bool {
-        let value = match entry.operation {
-            kv::Operation::Put => Some(&entry.value[..]),
-            kv::Operation::Delete | kv::Operation::Purge => None,
-        };
+    fn apply_override(&mut self, entry: &OverrideUpdate) -> bool {
         let applied = self.overrides.apply(OverrideEntry {
             key: &entry.key,
             revision: entry.revision,
-            value,
+            value: entry.value.as_deref(),
         });
         match applied {
             Ok(OverrideChange::Changed { from, to }) => {

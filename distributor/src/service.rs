@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bridges::{self, BridgeSettings};
 use crate::config::{Delivery, RunArgs};
 use crate::core::{
-    subscribe_control, Distributor, ModeStats, RunError, WeightsWatch, FINAL_WRITE_TIMEOUT,
+    subscribe_control, Distributor, ModeStats, RunError, WeightsPoller, FINAL_WRITE_TIMEOUT,
 };
 use crate::membership_mirror::{read_members, MembershipMirror, MEMBERSHIP_BUCKET_DESCRIPTION};
 use crate::stats_publisher::StatsPublisher;
@@ -114,23 +114,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         connection.events,
     );
     distributor.set_membership_condition(observed.membership_loaded.clone());
-    // The overrides first, so the first routing table has them; the watch, opened after this
-    // read, replays each key's newest entry, and what was read already is skipped by revision.
-    let overrides = match WeightsWatch::read_current(&weights_kv).await {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::warn!(bucket = %names.weights_bucket, error = %e,
-                "cannot read the weight overrides; taking them from the watch");
-            Vec::new()
-        }
-    };
-    let watch = WeightsWatch::open(weights_kv)
+    // The overrides first, so the first routing table has them; the poller follows the bucket
+    // from what this read saw.
+    let overrides = WeightsPoller::read_current(&weights_kv)
         .await
-        .map_err(|detail| RunError::WatchWeights {
+        .map_err(|detail| RunError::ReadWeights {
             bucket: names.weights_bucket.clone(),
             detail,
         })?;
-    distributor.seed_overrides(&overrides, watch);
+    let poller = WeightsPoller::spawn(weights_kv, &overrides);
+    distributor.seed_overrides(&overrides, poller);
     match read_members(&members_kv).await {
         Ok(records) => distributor.seed_members(&records),
         Err(e) => tracing::warn!(bucket = %names.membership_bucket, error = %e,

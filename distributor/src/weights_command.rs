@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{WeightsAction, WeightsArgs};
-use crate::core::WeightsWatch;
+use crate::core::WeightsPoller;
 use crate::membership_mirror::{read_members, MEMBERSHIP_BUCKET_DESCRIPTION};
 use crate::weight_overrides::parse_weight;
 
@@ -164,13 +164,13 @@ pub async fn run(args: WeightsArgs, shutdown: CancellationToken) -> Result<(), W
             let members = read_members(&members_kv)
                 .await
                 .map_err(|e| kv_error("read the membership", &e))?;
-            let overrides: BTreeMap<String, String> = WeightsWatch::read_current(&store)
+            let overrides: BTreeMap<String, String> = WeightsPoller::read_current(&store)
                 .await
                 .map_err(|e| kv_error("read the overrides", &e))?
                 .into_iter()
-                .map(|entry| {
-                    let value = String::from_utf8_lossy(&entry.value).into_owned();
-                    (entry.key, value)
+                .map(|update| {
+                    let value = update.value.unwrap_or_default();
+                    (update.key, String::from_utf8_lossy(&value).into_owned())
                 })
                 .collect();
             let rows = rows(&members, &overrides);
