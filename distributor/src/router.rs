@@ -486,6 +486,10 @@ impl Router {
                     epoch_messages: c.epoch_messages,
                     epoch_packets: c.epoch_packets,
                     epoch_share: c.epoch_messages as f64 / epoch_total,
+                    keys_held: 0,
+                    keyed_packets: c.keyed_packets,
+                    kept_packets: c.kept_packets,
+                    affinity_kept: affinity_kept(c),
                 },
             );
         }
@@ -579,13 +583,13 @@ mod tests {
         let mut r = Router::new("analyzer");
         r.set_weights([member("a", 1.0, 1.0), member("b", 1.0, 1.0)]);
         for _ in 0..10 {
-            r.route(1, 1);
+            r.route(None, 1, 1);
         }
         // b drained by an operator: a new epoch, everything goes to a.
         r.set_weights([member("a", 1.0, 1.0), member("b", 1.0, 0.0)]);
         assert_eq!(r.epoch(), 2);
         for _ in 0..10 {
-            assert_eq!(r.route(1, 1).unwrap().as_str(), "analyzer.a");
+            assert_eq!(r.route(None, 1, 1).unwrap().as_str(), "analyzer.a");
         }
         let stats = r.route_stats();
         assert!(stats["b"].online);
@@ -595,7 +599,7 @@ mod tests {
         // Every analyzer drained: nothing to route to, packets are held.
         r.set_weights([member("a", 1.0, 0.0), member("b", 1.0, 0.0)]);
         assert!(r.is_empty());
-        assert!(r.route(1, 1).is_none());
+        assert!(r.route(None, 1, 1).is_none());
         // Back to the announced weights: counters resume where they were.
         r.set_weights([member("a", 1.0, 1.0), member("b", 1.0, 1.0)]);
         assert_eq!(r.counters("a").unwrap().messages, 15);

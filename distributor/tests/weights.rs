@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use async_nats::Client;
-use common::{packet, read_stats, start_distributor, SimAnalyzer, INGEST, WAIT};
+use common::{start_distributor, SimAnalyzer, INGEST};
 use logdist::protocol::stats::DistributorStats;
-use logdist::testing::{wait_until, NatsServer, Process};
+use logdist_testing::{
+    distributor_stats as read_stats, packet, wait_until, NatsServer, Process, WAIT,
+};
 
 const REPLICAS: [&str; 2] = ["w1", "w2"];
 
