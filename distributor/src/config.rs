@@ -440,7 +440,7 @@ pub struct StatsArgs {
 /// Flags of `distributor weights`.
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Every distributor replica watches the bucket and applies a change within a second, as a new routing epoch. The same works with the nats CLI: `nats kv put logdist_weights 3 0.05`, `nats kv del logdist_weights 3`."
+    after_help = "Every distributor replica polls the bucket and applies a change within a second, as a new routing epoch. The same works with the nats CLI: `nats kv put logdist_weights 3 0.05`, `nats kv del logdist_weights 3`."
 )]
 pub struct WeightsArgs {
     #[command(subcommand)]

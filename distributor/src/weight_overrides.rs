@@ -3,7 +3,7 @@
 //!
 //! An override replaces the weight an analyzer announces as the weight routing uses (its
 //! *effective* weight) until the key is deleted; `0` drains the analyzer (online, it finishes
-//! what it has, it is routed nothing new). Every replica watches the bucket, so one
+//! what it has, it is routed nothing new). Every replica polls the bucket, so one
 //! `nats kv put logdist_weights 3 0.05` reaches all of them, each starting a new epoch.
 //!
 //! Pure logic: the event loop hands over each KV entry and acts on the returned change. A value

@@ -3,7 +3,7 @@
 //!
 //! `set` checks the value before writing it (a bad one is a usage error, exit 2), `clear`
 //! deletes the key, `list` shows every analyzer online and every override: the weight it
-//! announces, the override, and the effective weight routing uses. Every replica watches the
+//! announces, the override, and the effective weight routing uses. Every replica polls the
 //! bucket and applies a change within a second, as a new epoch.
 
 use std::collections::{BTreeMap, BTreeSet};

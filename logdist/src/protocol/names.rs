@@ -44,7 +44,7 @@ pub struct Names {
     pub stats_bucket: String,
 
     /// JetStream KV bucket of the operators' weight overrides (key = analyzer id, value = the
-    /// weight routing uses instead of the announced one; 0 drains). Every replica watches it.
+    /// weight routing uses instead of the announced one; 0 drains). Every replica polls it.
     #[arg(long, env = "LOGDIST_WEIGHTS_BUCKET", default_value = DEFAULT_WEIGHTS_BUCKET, value_name = "BUCKET")]
     pub weights_bucket: String,
 }
