@@ -996,6 +996,7 @@ async fn old_service_registration_is_recorded_for_the_bridges() {
             mapping: logdist::ingest_format::Mapping::default(),
             local_router: None,
             deadletter_report_max_bytes: logdist::protocol::deadletter::DEFAULT_REPORT_MAX_BYTES,
+            telemetry: None,
         },
         client.clone(),
         shutdown,
