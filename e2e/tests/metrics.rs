@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use logdist::protocol::stats::{analyzer_key, distributor_key, AnalyzerStats, DistributorStats};
-use logdist_testing::{free_port, wait_until, workspace_root, NatsServer, Process};
+use logdist_testing::{
+    free_port, wait_until, workspace_root, AnalyzerOptions, DistributorOptions, NatsServer, Process,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -453,6 +455,17 @@ fn record_counters(r: &DistributorStats) -> Vec<(String, f64)> {
             ));
         }
     }
+    if !r.affinity.is_empty() && r.affinity != "none" {
+        out.push((format!("{p}_keyless_packets_total"), r.keyless_packets));
+        for (id, route) in &r.analyzers {
+            for (what, n) in [("keyed", route.keyed_packets), ("kept", route.kept_packets)] {
+                out.push((
+                    format!("{p}_analyzer_{what}_packets_total{{analyzer=\"{id}\"}}"),
+                    n,
+                ));
+            }
+        }
+    }
     let mut out: Vec<(String, f64)> = out.into_iter().map(|(k, v)| (k, v as f64)).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
@@ -463,74 +476,95 @@ fn updated_ms(parsed: &Parsed, binary: &str) -> u64 {
         as u64
 }
 
-#[tokio::test]
-async fn a_loaded_pipeline_scrapes_as_its_kv_stats_and_prometheus_answers_every_dashboard_query() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let addr = |port: u16| format!("127.0.0.1:{port}");
-    let (d_port, a1_port, a2_port) = (free_port(), free_port(), free_port());
-    let mut analyzers = Vec::new();
-    for (id, weight, port) in [("1", "0.7", a1_port), ("2", "0.3", a2_port)] {
-        analyzers.push(Process::spawn(
-            "analyzer",
-            &[
-                "--nats-url",
-                &url,
-                "--id",
-                id,
-                "--weight",
-                weight,
-                "--instance",
-                &format!("i{id}"),
-                "--heartbeat-interval",
-                "100ms",
-                "--report-interval",
-                "200ms",
-                "--metrics",
-                &addr(port),
-            ],
-            &[],
-        ));
-    }
-    let distributor = Process::spawn(
-        "distributor",
-        &[
-            "run",
-            "--nats-url",
-            &url,
-            "--replica-id",
-            "m1",
-            "--stats-interval",
-            "200ms",
-            "--metrics",
-            &addr(d_port),
-        ],
-        &[],
-    );
-    wait_status(
-        &format!("http://{}/readyz", addr(d_port)),
-        200,
-        &distributor,
-    )
-    .await;
-    for (analyzer, port) in analyzers.iter().zip([a1_port, a2_port]) {
-        wait_status(&format!("http://{}/readyz", addr(port)), 200, analyzer).await;
-    }
-    logdist_testing::wait_for_members(&url, 2, WAIT).await;
-    let prometheus = Prometheus::start(&[
-        ("logdist-distributor", vec![addr(d_port)]),
-        ("logdist-analyzer", vec![addr(a1_port), addr(a2_port)]),
-    ])
-    .await;
+/// A pipeline with `--metrics` on every binary: distributor replica `m1` (its stats every
+/// 200 ms, `distributor_args` added) and analyzers 1 (weight 0.7) and 2 (0.3), all ready, the
+/// distributor routing to both.
+struct MonitoredPipeline {
+    server: NatsServer,
+    distributor: Process,
+    _analyzers: Vec<Process>,
+    distributor_port: u16,
+    analyzer_ports: [u16; 2],
+    stats: jetstream::kv::Store,
+}
 
-    // Load with a few malformed packets, so dead letters have reasons.
-    let mut sim = Process::spawn(
-        "agent-sim",
-        &[
+const TARGETS: [(&str, f64); 2] = [("1", 0.7), ("2", 0.3)];
+
+fn loopback(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+impl MonitoredPipeline {
+    async fn start(distributor_args: &[&str]) -> MonitoredPipeline {
+        let server = NatsServer::start();
+        let url = server.url();
+        let distributor_port = free_port();
+        let analyzer_ports = [free_port(), free_port()];
+        let analyzers: Vec<Process> = TARGETS
+            .iter()
+            .zip(analyzer_ports)
+            .map(|((id, weight), port)| {
+                AnalyzerOptions::new(&url, id, *weight)
+                    .heartbeat_interval(Duration::from_millis(100))
+                    .report_interval(Duration::from_millis(200))
+                    .args(&["--metrics", &loopback(port)])
+                    .spawn()
+            })
+            .collect();
+        let metrics = loopback(distributor_port);
+        let distributor = DistributorOptions::new(&url)
+            .replica("m1")
+            .stats_interval(Duration::from_millis(200))
+            .args(&["--metrics", &metrics])
+            .args(distributor_args)
+            .spawn();
+        wait_status(&format!("http://{metrics}/readyz"), 200, &distributor).await;
+        for (analyzer, port) in analyzers.iter().zip(analyzer_ports) {
+            wait_status(&format!("http://{}/readyz", loopback(port)), 200, analyzer).await;
+        }
+        logdist_testing::wait_for_members(&url, 2, WAIT).await;
+        let client = async_nats::connect(&url).await.unwrap();
+        let stats = jetstream::new(client)
+            .get_key_value("logdist_stats")
+            .await
+            .unwrap();
+        MonitoredPipeline {
+            server,
+            distributor,
+            _analyzers: analyzers,
+            distributor_port,
+            analyzer_ports,
+            stats,
+        }
+    }
+
+    fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", loopback(self.distributor_port))
+    }
+
+    /// Prometheus' jobs for this pipeline.
+    fn scrape_jobs(&self) -> Vec<(&'static str, Vec<String>)> {
+        vec![
+            ("logdist-distributor", vec![loopback(self.distributor_port)]),
+            (
+                "logdist-analyzer",
+                self.analyzer_ports.iter().map(|p| loopback(*p)).collect(),
+            ),
+        ]
+    }
+
+    async fn record(&self) -> Option<DistributorStats> {
+        let value = self.stats.get(distributor_key("m1")).await.ok()??;
+        serde_json::from_slice::<DistributorStats>(&value).ok()
+    }
+
+    /// agent-sim against the pipeline for 5 s at 4,000 messages/s, 2 % of the packets
+    /// malformed (so dead letters have reasons), with `args` added.
+    fn agent_sim(&self, args: &[&str]) -> Process {
+        let url = self.server.url();
+        let mut all = vec![
             "--nats-url",
             &url,
-            "--agents",
-            "4",
             "--packet-size",
             "1..20",
             "--rate",
@@ -539,94 +573,163 @@ async fn a_loaded_pipeline_scrapes_as_its_kv_stats_and_prometheus_answers_every_
             "5s",
             "--invalid-ratio",
             "0.02",
-        ],
-        &[],
-    );
-    let client = async_nats::connect(&url).await.unwrap();
-    let kv = jetstream::new(client.clone())
-        .get_key_value("logdist_stats")
-        .await
-        .unwrap();
-    let record = || async {
-        let value = kv.get(distributor_key("m1")).await.ok()??;
-        serde_json::from_slice::<DistributorStats>(&value).ok()
-    };
-    let metrics_url = format!("http://{}/metrics", addr(d_port));
-    // While the load runs: each scrape renders the newest record handed to the KV writer, so it
-    // is never older than a record read before it, and the counters of a scrape and a record
-    // with the same timestamp are equal.
-    let (mut same_record, mut scrapes) = (0, 0);
-    while sim.try_wait().is_none() && scrapes < 40 {
-        let before = record().await.expect("the distributor's record");
-        let (_, text) = get(&metrics_url).await.expect("scrape");
-        let after = record().await.unwrap();
-        let parsed = parse_with_python(&text);
-        let at = updated_ms(&parsed, "distributor");
-        assert!(
-            at >= before.updated_at_ms,
-            "a scrape older than the KV record"
-        );
-        for r in [&before, &after] {
-            if r.updated_at_ms == at {
-                assert_eq!(distributor_counters(&parsed), record_counters(r));
-                same_record += 1;
-                break;
-            }
-        }
-        scrapes += 1;
+        ];
+        all.extend_from_slice(args);
+        Process::spawn("agent-sim", &all, &[])
     }
-    assert!(
-        same_record >= 2,
-        "only {same_record} of {scrapes} scrapes met a KV record of the same moment"
-    );
-    let status = sim.wait(WAIT).await;
-    assert!(status.success(), "agent-sim failed: {}", sim.stderr());
 
-    // At rest: the last record and the scrape agree, and the shares converged to the targets.
-    wait_until(
-        "the analyzers counted every routed message",
-        WAIT,
-        || async {
-            let Some(r) = record().await else {
-                return false;
-            };
-            let analyzed: u64 = scrape_analyzer_messages(&[a1_port, a2_port]).await;
-            r.routed_messages > 0 && analyzed == r.routed_messages
-        },
-    )
-    .await;
-    let parsed = scrape(&metrics_url).await;
-    let last = record().await.unwrap();
-    assert_eq!(distributor_counters(&parsed), record_counters(&last));
-    assert!(
-        !last.deadletter_reasons.is_empty(),
-        "the malformed packets were not dead-lettered"
-    );
-    for (id, target) in [("1", 0.7), ("2", 0.3)] {
+    /// While `sim` runs: each scrape renders the newest record handed to the KV writer, so it
+    /// is never older than a record read before it, and the counters of a scrape and a record
+    /// with the same timestamp are equal. Then waits for `sim` to succeed.
+    async fn scrape_under_load(&self, sim: &mut Process) {
+        let metrics_url = self.metrics_url();
+        let (mut same_record, mut scrapes) = (0, 0);
+        while sim.try_wait().is_none() && scrapes < 40 {
+            let before = self.record().await.expect("the distributor's record");
+            let (_, text) = get(&metrics_url).await.expect("scrape");
+            let after = self.record().await.unwrap();
+            let parsed = parse_with_python(&text);
+            let at = updated_ms(&parsed, "distributor");
+            assert!(
+                at >= before.updated_at_ms,
+                "a scrape older than the KV record"
+            );
+            for r in [&before, &after] {
+                if r.updated_at_ms == at {
+                    assert_eq!(distributor_counters(&parsed), record_counters(r));
+                    same_record += 1;
+                    break;
+                }
+            }
+            scrapes += 1;
+        }
+        assert!(
+            same_record >= 2,
+            "only {same_record} of {scrapes} scrapes met a KV record of the same moment"
+        );
+        let status = sim.wait(WAIT).await;
+        assert!(status.success(), "agent-sim failed: {}", sim.stderr());
+    }
+
+    /// At rest (the analyzers counted every routed message): a scrape, checked by both parsers,
+    /// and the KV record, whose counters it equals.
+    async fn at_rest(&self) -> (Parsed, DistributorStats) {
+        wait_until(
+            "the analyzers counted every routed message",
+            WAIT,
+            || async {
+                let Some(r) = self.record().await else {
+                    return false;
+                };
+                let analyzed: u64 = scrape_analyzer_messages(&self.analyzer_ports).await;
+                r.routed_messages > 0 && analyzed == r.routed_messages
+            },
+        )
+        .await;
+        let parsed = scrape(&self.metrics_url()).await;
+        let last = self.record().await.unwrap();
+        assert_eq!(distributor_counters(&parsed), record_counters(&last));
+        assert!(
+            !last.deadletter_reasons.is_empty(),
+            "the malformed packets were not dead-lettered"
+        );
+        for port in self.analyzer_ports {
+            scrape(&format!("http://{}/metrics", loopback(port))).await;
+        }
+        (parsed, last)
+    }
+}
+
+/// Per analyzer, the scrape's shares are the record's, and the epoch share is within
+/// `tolerance` of the target.
+fn assert_shares(parsed: &Parsed, last: &DistributorStats, tolerance: f64) {
+    for (id, target) in TARGETS {
         let share = |window: &str| {
             parsed.get(&format!(
                 "logdist_distributor_analyzer_actual_share_ratio{{analyzer=\"{id}\",window=\"{window}\"}}"
             ))
         };
         let kv_route = &last.analyzers[id];
-        assert_eq!(share("all"), kv_route.actual_share);
-        assert_eq!(share("epoch"), kv_route.epoch_share);
-        assert_eq!(
-            parsed.get(&format!(
-                "logdist_distributor_analyzer_target_share_ratio{{analyzer=\"{id}\"}}"
-            )),
-            kv_route.target_share
-        );
+        let target_share = parsed.get(&format!(
+            "logdist_distributor_analyzer_target_share_ratio{{analyzer=\"{id}\"}}"
+        ));
+        for (scraped, record) in [
+            (share("all"), kv_route.actual_share),
+            (share("epoch"), kv_route.epoch_share),
+            (target_share, kv_route.target_share),
+        ] {
+            assert!(
+                same_float(scraped, record),
+                "analyzer {id}: scraped {scraped}, recorded {record}"
+            );
+        }
         assert!((kv_route.target_share - target).abs() < 1e-12);
         assert!(
-            (share("epoch") - target).abs() < 0.005,
+            (share("epoch") - target).abs() < tolerance,
             "analyzer {id}: {} against {target}",
             share("epoch")
         );
     }
-    for port in [a1_port, a2_port] {
-        scrape(&format!("http://{}/metrics", addr(port))).await;
+}
+
+#[tokio::test]
+async fn a_loaded_pipeline_scrapes_as_its_kv_stats_and_the_shares_converge_in_both() {
+    let pipeline = MonitoredPipeline::start(&[]).await;
+    let mut sim = pipeline.agent_sim(&["--agents", "4"]);
+    pipeline.scrape_under_load(&mut sim).await;
+    let (parsed, last) = pipeline.at_rest().await;
+    assert!(
+        !parsed
+            .types
+            .contains_key("logdist_distributor_affinity_info"),
+        "affinity families without --affinity"
+    );
+    assert_shares(&parsed, &last, 0.005);
+}
+
+#[tokio::test]
+async fn affinity_figures_scrape_as_their_kv_stats_and_prometheus_answers_every_dashboard_query() {
+    let pipeline = MonitoredPipeline::start(&["--affinity", "agent"]).await;
+    let prometheus = Prometheus::start(&pipeline.scrape_jobs()).await;
+    // 200 agents of Zipf-like volumes: keys of every size on both analyzers.
+    let mut sim = pipeline.agent_sim(&["--agents", "200", "--agent-skew", "0.8"]);
+    // Under load the affinity counters are among those a scrape and its record must share.
+    pipeline.scrape_under_load(&mut sim).await;
+    let (parsed, last) = pipeline.at_rest().await;
+    assert_eq!(
+        parsed.get(r#"logdist_distributor_affinity_info{mode="agent",slack="0.01"}"#),
+        1.0
+    );
+    assert_eq!(parsed.get("logdist_distributor_keys_saturated"), 0.0);
+    assert_eq!(parsed.get("logdist_distributor_keyless_packets_total"), 0.0);
+    let (mut keyed, mut held) = (0, 0);
+    for (id, _) in TARGETS {
+        let route = &last.analyzers[id];
+        let series =
+            |name: &str| format!("logdist_distributor_analyzer_{name}{{analyzer=\"{id}\"}}");
+        assert_eq!(parsed.get(&series("keys_held")), route.keys_held as f64);
+        let kept = parsed.get(&series("kept_packets_total"));
+        let keyed_here = parsed.get(&series("keyed_packets_total"));
+        // The ratio docs/metrics.md gives for "affinity kept" is the record's.
+        assert!(
+            route
+                .affinity_kept
+                .is_some_and(|r| same_float(kept / keyed_here, r)),
+            "analyzer {id}: {kept} / {keyed_here} against {:?}",
+            route.affinity_kept
+        );
+        assert!(
+            route.keys_held > 0 && kept > 0.0,
+            "analyzer {id}: {route:?}"
+        );
+        keyed += route.keyed_packets;
+        held += route.keys_held;
     }
+    // Every routed packet had an agent key, and each key has one first choice.
+    assert_eq!(keyed, last.routed_packets);
+    assert!(held <= 200, "{held} keys held of 200 agents");
+    // Affinity keeps shares within its slack (ε = 0.01 of 0.7 is 0.7 pp) and a packet or two.
+    assert_shares(&parsed, &last, 0.01);
 
     // Prometheus scraped all of it: every query of the dashboard returns series.
     let queries = dashboard_queries();
@@ -645,7 +748,37 @@ async fn a_loaded_pipeline_scrapes_as_its_kv_stats_and_prometheus_answers_every_
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    drop(distributor);
+    // The dashboard's all-time "affinity kept" is the record's, once Prometheus has scraped
+    // the record at rest.
+    let (_, kept_expr) = queries
+        .iter()
+        .find(|(panel, expr)| panel.starts_with("Affinity kept") && !expr.contains("rate("))
+        .expect("an all-time affinity-kept query in the dashboard");
+    wait_until(
+        "Prometheus' affinity kept is the record's",
+        WAIT,
+        || async {
+            let series = prometheus.query(kept_expr).await;
+            TARGETS.iter().all(|(id, _)| {
+                series.iter().any(|s| {
+                    s["metric"]["analyzer"] == *id
+                        && s["value"][1]
+                            .as_str()
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .zip(last.analyzers[*id].affinity_kept)
+                            .is_some_and(|(v, r)| same_float(v, r))
+                })
+            })
+        },
+    )
+    .await;
+    drop(pipeline.distributor);
+}
+
+/// A scraped float is the record's, up to the last bits: serde_json's float parsing (without
+/// its `float_roundtrip` feature) may read the record's value a unit in the last place off.
+fn same_float(scraped: f64, record: f64) -> bool {
+    (scraped - record).abs() <= 4.0 * f64::EPSILON * record.abs()
 }
 
 /// Messages analyzed, summed over severities and the analyzers on `ports`, from their metrics.
