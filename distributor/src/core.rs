@@ -557,6 +557,9 @@ impl Distributor {
                 sources.reset_expiry(self.expiry_deadline());
             }
             CoreEvent::WeightOverride(entry) => {
+                // As before a membership change: what was routed under the old weights leaves
+                // before the new epoch begins.
+                mode.flush(self).await;
                 if self.apply_override(&entry) {
                     self.sync_routes();
                     mode.routing_changed(self).await;

@@ -427,6 +427,8 @@ fn record_counters(r: &DistributorStats) -> Vec<(String, f64)> {
         (format!("{p}_held_packets_total"), r.held_total),
         (format!("{p}_hold_overflow_packets_total"), r.held_overflow),
         (format!("{p}_redelivered_packets_total"), r.redelivered),
+        (format!("{p}_batches_sent_total"), r.batches_sent),
+        (format!("{p}_batched_packets_total"), r.batched_packets),
         (
             format!("{p}_ingest_dropped_packets_total"),
             r.ingest_dropped_packets,
