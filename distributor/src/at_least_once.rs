@@ -411,7 +411,7 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             event = sources.next() => {
-                p.mode.in_flight_packets = p.in_flight.len() as u64;
+                p.mode.in_flight_packets = p.in_flight_packets as u64;
                 p.mode.in_flight_bytes = p.in_flight_bytes as u64;
                 if p.d.on_event(event, &mut sources, &mut p.mode).await.is_break() {
                     break;
