@@ -610,30 +610,14 @@ impl Distributor {
         if let Some(messages) = validator.count_if_valid(&payload) {
             let messages = messages as u64;
             self.counters.received_messages += messages;
-            let key = self.affinity.extract(&subject, headers.as_ref(), &payload);
-            let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
-            return Some(Outgoing {
-                subject,
-                headers,
-                payload,
-                messages,
-                key,
-            });
+            return Some(self.outgoing(subject, headers, payload, messages));
         }
         match validator.parse(&payload) {
             Ok(packet) if packet.is_fully_valid() => {
                 let messages = packet.len() as u64;
                 self.counters.received_messages += messages;
                 drop(packet);
-                let key = self.affinity.extract(&subject, headers.as_ref(), &payload);
-                let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
-                Some(Outgoing {
-                    subject,
-                    headers,
-                    payload,
-                    messages,
-                    key,
-                })
+                Some(self.outgoing(subject, headers, payload, messages))
             }
             Ok(packet) => {
                 self.counters.received_messages += packet.len() as u64;
@@ -650,15 +634,7 @@ impl Distributor {
                 }
                 let messages = packet.records.len() as u64;
                 let valid = Bytes::from(packet.valid_json_array());
-                let key = self.affinity.extract(&subject, headers.as_ref(), &valid);
-                let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
-                Some(Outgoing {
-                    subject,
-                    headers,
-                    payload: valid,
-                    messages,
-                    key,
-                })
+                Some(self.outgoing(subject, headers, valid, messages))
             }
             Err(error) => {
                 let text = error.to_string();
@@ -691,15 +667,7 @@ impl Distributor {
         self.counters.received_packets += 1;
         self.counters.received_bytes += payload.len() as u64;
         self.counters.received_messages += messages;
-        let key = self.affinity.extract(&subject, Some(&headers), &payload);
-        let headers = outgoing::forward_headers(Some(headers), messages, &self.replica_header);
-        Some(Outgoing {
-            subject,
-            headers,
-            payload,
-            messages,
-            key,
-        })
+        Some(self.outgoing(subject, Some(headers), payload, messages))
     }
 
     /// [`validate`](Self::validate) for a subject of a shipper's format: maps the payload's
@@ -755,15 +723,27 @@ impl Distributor {
         }
         // The key is read from the canonical packet, so `field:NAME` sees the mapped fields.
         let payload = Bytes::from(packet);
+        Some(self.outgoing(subject, headers, payload, messages))
+    }
+
+    /// A packet accepted for routing: its affinity key (read from the bytes it is forwarded
+    /// with) and the headers it is forwarded with.
+    fn outgoing(
+        &self,
+        subject: Subject,
+        headers: Option<async_nats::HeaderMap>,
+        payload: Bytes,
+        messages: u64,
+    ) -> Outgoing {
         let key = self.affinity.extract(&subject, headers.as_ref(), &payload);
         let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
-        Some(Outgoing {
+        Outgoing {
             subject,
             headers,
             payload,
             messages,
             key,
-        })
+        }
     }
 
     pub(crate) async fn deadletter_outgoing(&mut self, out: Outgoing, reason: Reason<'_>) {
