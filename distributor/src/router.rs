@@ -447,54 +447,40 @@ impl Router {
             .map(|r| r.counters.epoch_messages)
             .sum::<u64>()
             .max(1) as f64;
+        // The fields every analyzer's record takes from its counters; an analyzer that left has
+        // no epoch (its epoch counts are of an epoch that is over).
+        let counted = |c: &RouteCounters, in_epoch: bool| RouteStats {
+            messages: c.messages,
+            packets: c.packets,
+            bytes: c.bytes,
+            actual_share: c.messages as f64 / total,
+            epoch_messages: if in_epoch { c.epoch_messages } else { 0 },
+            epoch_packets: if in_epoch { c.epoch_packets } else { 0 },
+            epoch_share: if in_epoch {
+                c.epoch_messages as f64 / epoch_total
+            } else {
+                0.0
+            },
+            keyed_packets: c.keyed_packets,
+            kept_packets: c.kept_packets,
+            affinity_kept: affinity_kept(c),
+            ..RouteStats::default()
+        };
         let mut out = BTreeMap::new();
         for (id, c) in &self.departed {
-            out.insert(
-                id.clone(),
-                RouteStats {
-                    online: false,
-                    weight: 0.0,
-                    announced_weight: 0.0,
-                    target_share: 0.0,
-                    messages: c.messages,
-                    packets: c.packets,
-                    bytes: c.bytes,
-                    actual_share: c.messages as f64 / total,
-                    epoch_messages: 0,
-                    epoch_packets: 0,
-                    epoch_share: 0.0,
-                    keys_held: 0,
-                    keyed_packets: c.keyed_packets,
-                    kept_packets: c.kept_packets,
-                    affinity_kept: affinity_kept(c),
-                },
-            );
+            out.insert(id.clone(), counted(c, false));
         }
         for (id, d) in &self.drained {
-            let c = &d.counters;
             out.insert(
                 id.clone(),
                 RouteStats {
                     online: true,
-                    weight: 0.0,
                     announced_weight: d.announced,
-                    target_share: 0.0,
-                    messages: c.messages,
-                    packets: c.packets,
-                    bytes: c.bytes,
-                    actual_share: c.messages as f64 / total,
-                    epoch_messages: c.epoch_messages,
-                    epoch_packets: c.epoch_packets,
-                    epoch_share: c.epoch_messages as f64 / epoch_total,
-                    keys_held: 0,
-                    keyed_packets: c.keyed_packets,
-                    kept_packets: c.kept_packets,
-                    affinity_kept: affinity_kept(c),
+                    ..counted(&d.counters, true)
                 },
             );
         }
         for (i, r) in self.routes.iter().enumerate() {
-            let c = &r.counters;
             out.insert(
                 r.id.to_string(),
                 RouteStats {
@@ -502,17 +488,8 @@ impl Router {
                     weight: r.weight,
                     announced_weight: r.announced,
                     target_share: self.selector.target_share(i),
-                    messages: c.messages,
-                    packets: c.packets,
-                    bytes: c.bytes,
-                    actual_share: c.messages as f64 / total,
-                    epoch_messages: c.epoch_messages,
-                    epoch_packets: c.epoch_packets,
-                    epoch_share: c.epoch_messages as f64 / epoch_total,
                     keys_held: self.census.held(i),
-                    keyed_packets: c.keyed_packets,
-                    kept_packets: c.kept_packets,
-                    affinity_kept: affinity_kept(c),
+                    ..counted(&r.counters, true)
                 },
             );
         }
