@@ -269,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
         md.push_str(&affinity_table);
     }
     let _ = writeln!(md, "\n![cumulative share over time](docs/shares.png)\n");
-    let _ = writeln!(md, "*logdist via HTTP gateway* posts from 8 concurrent HTTP/1.1 clients inside the bench (`POST /message/send` for single messages, `POST /messages` for packets) to `distributor --http`. For comparison, the old HTTP + Redis service was measured at ~400 delivered messages/s (600–750 accepted requests/s) on this 2-core machine; it is not part of this repository, so that figure is quoted, not re-run.\n");
+    let _ = writeln!(md, "*logdist via HTTP gateway* posts over {} concurrent keep-alive HTTP/1.1 connections from inside the bench, one request in flight on each (`POST /message/send` for single messages, `POST /messages` for packets) to `distributor --http`. For comparison, the old HTTP + Redis service was measured at ~400 delivered messages/s (600–750 accepted requests/s) on this 2-core machine; it is not part of this repository, so that figure is quoted, not re-run.\n", scenario::HTTP_CONNECTIONS);
     let _ = writeln!(md, "The plot (`{}`) shows each analyzer's cumulative share of messages during the half-rate run with 100-message packets: the mapping picks a destination at random per packet, so its error shrinks like 1/√N; logdist balances message counts deterministically, so its error is bounded by a few packets at any time.", args.plot);
     let output = root.join(&args.output);
     // The hand-written reading of the figures is kept: rewriting the file must not lose it.
