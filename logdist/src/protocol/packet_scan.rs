@@ -25,7 +25,7 @@
 use std::borrow::Cow;
 
 use super::packet::Severity;
-use super::structural::{scan, Kernel, Structurals};
+use super::structural::{scan, Kernel, Structurals, Window};
 
 /// The number of log messages in `payload` if it is a packet whose every element is valid.
 pub(crate) fn count_valid(payload: &[u8], kernel: Kernel) -> Option<usize> {
@@ -53,15 +53,19 @@ struct Span {
     escaped: bool,
 }
 
-/// A key of a log object.
-#[derive(Clone, Copy)]
+/// A key of a log object; the value of each contract field is its bit in the set of fields
+/// seen, `Other` adds none.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Field {
-    Timestamp = 0,
-    Severity = 1,
-    Source = 2,
-    Message = 3,
-    Other,
+    Timestamp = 1,
+    Severity = 2,
+    Source = 4,
+    Message = 8,
+    Other = 0,
 }
+
+/// Every contract field's bit.
+const ALL_FIELDS: u8 = 0b1111;
 
 impl Field {
     /// The field a key names. By length first, then one or two word compares.
@@ -74,6 +78,15 @@ impl Field {
             7 if name == b"message" => Field::Message,
             _ => Field::Other,
         }
+    }
+
+    /// Adds this field to `seen`: false if it was there already (a contract field twice).
+    #[inline(always)]
+    fn first_time(self, seen: &mut u8) -> bool {
+        let bit = self as u8;
+        let first = *seen & bit == 0;
+        *seen |= bit;
+        first
     }
 }
 
@@ -114,6 +127,14 @@ impl Walk<'_, '_, '_> {
             b'[' => {
                 let mut count = 0;
                 loop {
+                    // As many elements of the common shape as the window holds, then one
+                    // element (of any shape) position by position, unless the array ended.
+                    let (elements, taken, closed) = common_elements(self.structurals.window());
+                    self.structurals.take(taken);
+                    count += elements;
+                    if closed {
+                        break;
+                    }
                     self.expect(b'{')?;
                     self.record()?;
                     count += 1;
@@ -155,7 +176,10 @@ impl Walk<'_, '_, '_> {
     /// else, valid or not, position by position.
     #[inline(always)]
     fn record(&mut self) -> Option<()> {
-        if let Some(taken) = common_record(self.input, self.structurals.window()) {
+        let mut window = self.structurals.window();
+        let available = window.len();
+        if common_record(&mut window).is_some() {
+            let taken = available - window.len();
             self.structurals.take(taken);
             return Some(());
         }
@@ -177,11 +201,9 @@ impl Walk<'_, '_, '_> {
             if let Field::Other = field {
                 self.skip_value(value)?;
             } else {
-                let bit = 1 << field as u8;
-                if seen & bit != 0 {
+                if !field.first_time(&mut seen) {
                     return None;
                 }
-                seen |= bit;
                 match field {
                     Field::Timestamp => self.timestamp(value)?,
                     Field::Severity => self.severity(value)?,
@@ -202,7 +224,7 @@ impl Walk<'_, '_, '_> {
                 _ => return None,
             }
         }
-        (seen == 0b1111).then_some(())
+        (seen == ALL_FIELDS).then_some(())
     }
 
     /// A key of a log object, decoded as serde decodes it.
@@ -389,35 +411,61 @@ impl Walk<'_, '_, '_> {
     }
 }
 
-/// A valid log object of the common shape, read from `positions` (those after its `{`):
-/// plain keys (no escape), and values that are plain strings or numbers. Returns how many
-/// positions it took, or `None` for any other object, valid or not, which
-/// [`Walk::any_record`] then reads from the same place. It never says valid where
-/// `any_record` would not: the same checks, on fewer shapes.
+/// Elements of a packet's array that are log objects of the common shape ([`common_record`]),
+/// each with the `,` or `]` after it, as many in a row as `window` holds: how many, the
+/// positions they took, and whether the last one closed the array. The element after them
+/// (of another shape, cut by the window's end, or invalid) is left to the caller.
 #[inline(always)]
-fn common_record(input: &[u8], positions: &[u32]) -> Option<usize> {
-    let at = |k: usize| positions.get(k).map(|&p| p as usize);
-    let mut seen = 0u8;
-    let mut k = 0;
+fn common_elements(window: Window<'_, '_>) -> (usize, usize, bool) {
+    let available = window.len();
+    let mut read = window;
+    let mut count = 0;
     loop {
-        // `"key":` then the value's first position.
-        let [open, close, colon, value] = *positions.get(k..k + 4)? else {
-            return None;
+        let mut element = read;
+        let Some(open) = element.next::<1>() else {
+            break;
         };
-        let (open, close, value) = (open as usize, close as usize, value as usize);
-        if input[open] != b'"' || input[close] != b'"' || input[colon as usize] != b':' {
+        if open.byte(0) != b'{' || common_record(&mut element).is_none() {
+            break;
+        }
+        let Some(separator) = element.next::<1>() else {
+            break;
+        };
+        match separator.byte(0) {
+            b',' => {}
+            b']' => return (count + 1, available - element.len(), true),
+            _ => break,
+        }
+        count += 1;
+        read = element;
+    }
+    (count, available - read.len(), false)
+}
+
+/// A valid log object of the common shape, read from the window of positions after its `{`
+/// (consumed as it goes): plain keys (no escape), and values that are plain strings or
+/// numbers. `None` for any other object, valid or not, which [`Walk::any_record`] then reads
+/// from the same place. It never says valid where `any_record` would not: the same checks,
+/// on fewer shapes.
+///
+/// It looks at fewer bytes than `any_record` because of what stage 1 lists: inside a string
+/// only escaping backslashes and the closing quote, and `:` `,` `}` only outside strings. So
+/// when the position after an opening quote's next one holds `:` (or `,` or `}`), that next
+/// one was the closing quote and the string has no escape: the closing quote needs no look.
+#[inline(always)]
+fn common_record(window: &mut Window<'_, '_>) -> Option<()> {
+    let mut seen = 0u8;
+    loop {
+        // `"key":`, the value's first position and the one after it: a string's closing
+        // quote, or what follows a number.
+        let member = window.next::<5>()?;
+        if member.byte(0) != b'"' || member.byte(2) != b':' {
             return None;
         }
-        let field = Field::of(&input[open + 1..close]);
-        k += 4;
-        match input[value] {
+        let field = Field::of(member.between(0));
+        let separator = match member.byte(3) {
             b'"' => {
-                let end = at(k)?;
-                if input[end] != b'"' {
-                    return None;
-                }
-                k += 1;
-                let text = &input[value + 1..end];
+                let text = member.between(3);
                 let fits = match field {
                     Field::Severity => Severity::parse_bytes(text).is_some(),
                     Field::Source => !text.is_empty(),
@@ -427,88 +475,76 @@ fn common_record(input: &[u8], positions: &[u32]) -> Option<usize> {
                 if !fits {
                     return None;
                 }
+                window.next::<1>()?.byte(0)
             }
             b'-' | b'0'..=b'9' => {
                 let fits = match field {
-                    Field::Timestamp => epoch(input, value).is_some(),
-                    Field::Other => skip_number(input, value).is_some(),
+                    Field::Timestamp => epoch(window.input(), member.at(3)).is_some(),
+                    Field::Other => skip_number(window.input(), member.at(3)).is_some(),
                     _ => false,
                 };
                 if !fits {
                     return None;
                 }
+                member.byte(4)
             }
             _ => return None,
+        };
+        if !field.first_time(&mut seen) {
+            return None;
         }
-        if let Field::Other = field {
-        } else {
-            let bit = 1 << field as u8;
-            if seen & bit != 0 {
-                return None;
-            }
-            seen |= bit;
-        }
-        let separator = at(k)?;
-        k += 1;
-        match input[separator] {
+        match separator {
             b',' => {}
             b'}' => break,
             _ => return None,
         }
     }
-    (seen == 0b1111).then_some(k)
+    (seen == ALL_FIELDS).then_some(())
 }
 
 /// An integer epoch as serde_json reads one into an `i64`: a fraction, an exponent, `-0`
 /// or anything out of range is not one.
+#[inline(always)]
 fn epoch(input: &[u8], at: usize) -> Option<()> {
     let negative = input[at] == b'-';
     let digits = input.get(at + usize::from(negative)..)?;
-    let (value, n) = digit_run(digits);
-    // No digit, a leading zero, 20 digits or more (without a leading zero that is >= 10^19,
-    // beyond any `i64`), or not the end of the token: serde_json would not read an `i64`.
-    if n == 0 || n >= 20 || (digits[0] == b'0' && n > 1) || !ends_token(digits.get(n)) {
+    let n = digit_count(digits);
+    // No digit, a leading zero (`-0` included: serde_json reads it as a float), 20 digits or
+    // more (without a leading zero that is >= 10^19, beyond any `i64`), or not the end of the
+    // token: serde_json would not read an `i64`.
+    if n == 0 || n >= 20 || (digits[0] == b'0' && (n > 1 || negative)) || !ends_token(digits.get(n))
+    {
         return None;
     }
+    // Up to 18 digits fit an `i64` with either sign; 19 may not.
+    if n < 19 {
+        return Some(());
+    }
+    let value = digits[..n]
+        .iter()
+        .fold(0u64, |v, &d| v * 10 + u64::from(d - b'0'));
     let in_range = if negative {
-        (1..=1 << 63).contains(&value)
+        value <= 1 << 63
     } else {
         value <= i64::MAX as u64
     };
     in_range.then_some(())
 }
 
-/// The leading ASCII digits of `bytes`: their value and count. Up to 16 digits a word at a
-/// time (SWAR); the value is meaningful only below 20 digits.
+/// How many of the leading bytes of `bytes` are ASCII digits: a word at a time (SWAR) while
+/// eight bytes are left.
 #[inline(always)]
-fn digit_run(bytes: &[u8]) -> (u64, usize) {
-    if let Some(first) = word(bytes, 0) {
-        let n = leading_digits(first);
-        if n < 8 {
-            return (digits_value(first, n), n);
-        }
-        if let Some(second) = word(bytes, 8) {
-            let m = leading_digits(second);
-            if m < 8 {
-                return (
-                    digits_value(first, 8) * POW10[m] + digits_value(second, m),
-                    8 + m,
-                );
-            }
-        }
-    }
-    // Near the end of the payload, or 16 digits and more: one by one (wrapping past 19
-    // digits, which the caller refuses anyway).
-    let mut value = 0u64;
+fn digit_count(bytes: &[u8]) -> usize {
     let mut n = 0;
-    while let Some(&d @ b'0'..=b'9') = bytes.get(n) {
-        value = value.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
-        n += 1;
+    while let Some(word) = word(bytes, n) {
+        let m = leading_digits(word);
+        n += m;
+        if m < 8 {
+            return n;
+        }
     }
-    (value, n)
+    n + bytes[n..].iter().take_while(|d| d.is_ascii_digit()).count()
 }
-
-const POW10: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 
 /// Eight bytes from `at` as a little-endian word (the first byte lowest), if there are eight.
 #[inline(always)]
@@ -526,22 +562,6 @@ fn leading_digits(word: u64) -> usize {
     let plus_six = word.wrapping_add(0x0606_0606_0606_0606) & 0xf0f0_f0f0_f0f0_f0f0;
     let flagged = (high ^ 0x3030_3030_3030_3030) | (plus_six ^ 0x3030_3030_3030_3030);
     flagged.trailing_zeros() as usize / 8
-}
-
-/// The value of the first `n` (at most 8) bytes of a word, all ASCII digits, most significant
-/// first.
-#[inline(always)]
-fn digits_value(word: u64, n: usize) -> u64 {
-    if n == 0 {
-        return 0;
-    }
-    // Keep the n digits as values 0..=9, moved to the top so the bytes below read as leading
-    // zeros; then pairs, fours and eight at once.
-    let keep = u64::MAX >> (64 - 8 * n);
-    let d = ((word & keep) - (0x3030_3030_3030_3030 & keep)) << (64 - 8 * n);
-    let pairs = (d * 10 + (d >> 8)) & 0x00ff_00ff_00ff_00ff;
-    let fours = (pairs * 100 + (pairs >> 16)) & 0x0000_ffff_0000_ffff;
-    (fours * 10_000 + (fours >> 32)) & 0xffff_ffff
 }
 
 /// A number as serde_json skips one (any size, fraction, exponent), with what ends it.
@@ -791,14 +811,7 @@ mod tests {
             "9\u{fa}9",
         ] {
             let n = text.bytes().take_while(u8::is_ascii_digit).count();
-            let expected = text[..n].bytes().fold(0u64, |v, d| {
-                v.wrapping_mul(10).wrapping_add(u64::from(d - b'0'))
-            });
-            let (value, count) = digit_run(text.as_bytes());
-            assert_eq!(count, n, "{text:?}");
-            if n < 20 {
-                assert_eq!(value, expected, "{text:?}");
-            }
+            assert_eq!(digit_count(text.as_bytes()), n, "{text:?}");
         }
         // Every byte value in every position of a word.
         let digits = *b"12345678";
@@ -818,6 +831,10 @@ mod tests {
             ("0", true),
             ("-0", false),
             ("-1", true),
+            ("999999999999999999", true),
+            ("-999999999999999999", true),
+            ("1000000000000000000", true),
+            ("9999999999999999999", false),
             ("9223372036854775807", true),
             ("9223372036854775808", false),
             ("-9223372036854775808", true),
@@ -940,6 +957,24 @@ mod tests {
         assert_eq!(PacketValidator::default().count_if_valid(bytes), Some(3));
         for end in 0..=bytes.len() {
             assert_agree(&bytes[..end]);
+        }
+    }
+
+    /// Every byte of a packet of the common shape replaced by each byte that means something
+    /// to the scanner: what the common-shape path reads without looking (a closing quote, the
+    /// byte a position holds) must still be checked somewhere.
+    #[test]
+    fn every_byte_replaced_by_a_structural_one() {
+        let common = r#"{"timestamp":1764064800000,"severity":"INFO","source":"api","message":"GET /x","host":"n"}"#;
+        let packet = format!("[{common},{HELLO}]");
+        for payload in [packet.as_str(), common] {
+            for at in 0..payload.len() {
+                for &b in b"{}[]:,\"\\ x0-" {
+                    let mut bytes = payload.as_bytes().to_vec();
+                    bytes[at] = b;
+                    assert_agree(&bytes);
+                }
+            }
         }
     }
 

@@ -17,11 +17,14 @@
 //! run time: AVX-512BW, AVX2 (both with PCLMULQDQ), and a portable one for every other CPU. Everything after the block's
 //! masks is shared, safe code.
 //!
-//! **Unsafe.** This is the only module of the validator with `unsafe`, and it is used for two
+//! **Unsafe.** This is the only module of the validator with `unsafe`, and it is used for three
 //! things only: calling a SIMD kernel, which is sound because [`Kernel::Avx2`] and
 //! [`Kernel::Avx512`] can only be obtained after `is_x86_feature_detected!` said the CPU has
-//! every feature the kernel is compiled with; and the unaligned loads in them, which read from
-//! a `&[u8; 64]`, so every byte read is inside one borrowed array.
+//! every feature the kernel is compiled with; the unaligned loads in them, which read from
+//! a `&[u8; 64]`, so every byte read is inside one borrowed array; and reading the payload at
+//! the positions of a [`Window`] without bounds checks, which is sound because every position
+//! listed is inside the payload and larger than the one before, by construction and whatever
+//! the kernels answer (see [`Window`]).
 //!
 //! [`PacketValidator::count_if_valid`]: super::packet::PacketValidator::count_if_valid
 
@@ -444,6 +447,79 @@ pub(crate) fn scan<'a, R>(
     })
 }
 
+/// Structural positions of a payload not yet taken ([`Structurals::window`]), with the
+/// payload, for stage 2 to read the common shape of a log object a few positions at a time
+/// ([`Window::next`]) without a bounds check per position.
+///
+/// Every position in it is less than the payload's length and larger than the one before it.
+/// That holds by construction, whatever a kernel's masks say: a position is the offset of a
+/// set bit of a block (`push_bits`, in increasing order, blocks in increasing order), whole
+/// blocks lie inside the payload, and the positions of the last, padded block past the
+/// payload's end are dropped (`top_up`). [`Positions`] relies on it.
+#[derive(Clone, Copy)]
+pub(crate) struct Window<'a, 'w> {
+    input: &'a [u8],
+    positions: &'w [u32],
+}
+
+impl<'a> Window<'a, '_> {
+    /// The payload.
+    #[inline(always)]
+    pub(crate) fn input(&self) -> &'a [u8] {
+        self.input
+    }
+
+    /// How many positions are left.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The next `N` positions, consumed; `None` (consuming nothing) if fewer are left.
+    #[inline(always)]
+    pub(crate) fn next<const N: usize>(&mut self) -> Option<Positions<'a, N>> {
+        let (first, rest) = self.positions.split_first_chunk::<N>()?;
+        self.positions = rest;
+        Some(Positions {
+            input: self.input,
+            at: *first,
+        })
+    }
+}
+
+/// `N` consecutive positions of a [`Window`], with its payload: so each position is inside
+/// the payload and larger than the one before.
+pub(crate) struct Positions<'a, const N: usize> {
+    input: &'a [u8],
+    at: [u32; N],
+}
+
+impl<'a, const N: usize> Positions<'a, N> {
+    /// The `i`-th position.
+    #[inline(always)]
+    pub(crate) fn at(&self, i: usize) -> usize {
+        self.at[i] as usize
+    }
+
+    /// The payload's byte at the `i`-th position.
+    #[inline(always)]
+    pub(crate) fn byte(&self, i: usize) -> u8 {
+        let at = self.at[i] as usize;
+        // SAFETY: every position of a window is less than the payload's length (see `Window`).
+        unsafe { *self.input.get_unchecked(at) }
+    }
+
+    /// The bytes strictly between the `i`-th position and the next: a string's content when
+    /// they are its quotes.
+    #[inline(always)]
+    pub(crate) fn between(&self, i: usize) -> &'a [u8] {
+        let (start, end) = (self.at[i] as usize, self.at[i + 1] as usize);
+        // SAFETY: the positions of a window increase and are less than the payload's length
+        // (see `Window`), so `start + 1 <= end <= len`.
+        unsafe { self.input.get_unchecked(start + 1..end) }
+    }
+}
+
 /// The structural positions of one payload, in order, produced a few blocks at a time as
 /// stage 2 asks for them (no allocation, whatever the payload's size).
 pub(crate) struct Structurals<'a, 'b> {
@@ -493,11 +569,14 @@ impl<'a, 'b> Structurals<'a, 'b> {
     /// The positions not yet taken, at least [`WINDOW`] of them unless the payload has fewer
     /// left; [`take`](Self::take) consumes them.
     #[inline(always)]
-    pub(crate) fn window(&mut self) -> &[u32] {
+    pub(crate) fn window(&mut self) -> Window<'a, '_> {
         if self.buffer.len - self.taken < WINDOW && self.next_block < self.input.len() {
             self.top_up();
         }
-        &self.buffer.positions[self.taken..self.buffer.len]
+        Window {
+            input: self.input,
+            positions: &self.buffer.positions[self.taken..self.buffer.len],
+        }
     }
 
     /// Consumes `n` positions of the [`window`](Self::window).
@@ -542,8 +621,16 @@ impl<'a, 'b> Structurals<'a, 'b> {
             } else {
                 let mut tail = [b' '; 64];
                 tail[..self.input.len() - start].copy_from_slice(&self.input[start..]);
+                let before = self.buffer.len;
                 self.classify(start, &tail);
                 self.next_block = self.input.len();
+                // Spaces are never structural, so this finds nothing past the payload's end;
+                // it makes sure, because `Window` reads without bounds checks.
+                let end = self.input.len() as u32;
+                while self.buffer.len > before && self.buffer.positions[self.buffer.len - 1] >= end
+                {
+                    self.buffer.len -= 1;
+                }
             }
         }
     }
