@@ -962,14 +962,15 @@ mod tests {
 
     /// Every byte of a packet of the common shape replaced by each byte that means something
     /// to the scanner: what the common-shape path reads without looking (a closing quote, the
-    /// byte a position holds) must still be checked somewhere.
+    /// byte a position holds) must still be checked somewhere, and control and non-ASCII bytes
+    /// (which stage 1 notes only inside strings) must be refused or checked wherever they are.
     #[test]
     fn every_byte_replaced_by_a_structural_one() {
         let common = r#"{"timestamp":1764064800000,"severity":"INFO","source":"api","message":"GET /x","host":"n"}"#;
         let packet = format!("[{common},{HELLO}]");
         for payload in [packet.as_str(), common] {
             for at in 0..payload.len() {
-                for &b in b"{}[]:,\"\\ x0-" {
+                for &b in b"{}[]:,\"\\ x0-\t\n\x00\x1f\x7f\x80\xc3\xff" {
                     let mut bytes = payload.as_bytes().to_vec();
                     bytes[at] = b;
                     assert_agree(&bytes);

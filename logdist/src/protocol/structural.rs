@@ -10,8 +10,9 @@
 //! literal, or garbage) starts. The index lists, in order: operators outside strings, every
 //! real quote (so a string's end is the next index after its start), each escaping backslash
 //! inside a string, and the first byte of each run. Stage 1 also notes what only it can see: a
-//! control byte inside a string, a string still open at the end, and whether any byte is
-//! non-ASCII (then the whole payload gets one UTF-8 check).
+//! control byte inside a string, a string still open at the end, and whether a string holds a
+//! non-ASCII byte (then the whole payload gets one UTF-8 check; outside strings stage 2 refuses
+//! such a byte anyway).
 //!
 //! Three kernels classify a block, with the same answers, the fastest the CPU has chosen at
 //! run time: AVX-512BW, AVX2 (both with PCLMULQDQ), and a portable one for every other CPU. Everything after the block's
@@ -119,13 +120,13 @@ struct BlockMasks {
     op: u64,
     /// Space, tab, line feed, carriage return: JSON's whitespace, no more.
     ws: u64,
-    /// Bytes below 0x20, which a JSON string may not hold unescaped.
-    ctrl: u64,
-    non_ascii: u64,
+    /// Bytes below 0x20 (which a JSON string may not hold unescaped) or above 0x7f (which
+    /// need a UTF-8 check): one mask, because both are rare and matter only inside strings.
+    unusual: u64,
 }
 
 /// What stage 1 carries from one block to the next, and what it found wrong.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct CarriedState {
     /// 1 when the block before ended with an escaping backslash: byte 0 is escaped.
     escaped_carry: u64,
@@ -133,10 +134,11 @@ struct CarriedState {
     in_string: u64,
     /// 1 when the block before ended inside a run of other bytes.
     run_carry: u64,
-    /// Control bytes seen inside strings (any bit set: the payload is invalid).
-    ctrl_in_string: u64,
-    /// Non-ASCII bytes seen (any bit set: the payload needs a UTF-8 check).
-    non_ascii: u64,
+    /// A control byte was seen inside a string: the payload is invalid.
+    ctrl_in_string: bool,
+    /// A non-ASCII byte was seen inside a string: the payload needs a UTF-8 check. (One
+    /// outside strings needs none: stage 2 refuses every token that holds one.)
+    non_ascii_in_string: bool,
 }
 
 /// Marks the bytes that a backslash escapes, and the backslashes that escape (a backslash that
@@ -171,10 +173,27 @@ fn prefix_xor_portable(mut x: u64) -> u64 {
     x
 }
 
+/// Notes what the unusual bytes of `block` inside strings (`bits`) are: control bytes or
+/// non-ASCII ones. Rare (non-ASCII text), so byte by byte.
+#[cold]
+#[inline(never)]
+fn note_unusual(block: &[u8; 64], mut bits: u64, state: &mut CarriedState) {
+    while bits != 0 {
+        let byte = block[bits.trailing_zeros() as usize];
+        if byte < 0x20 {
+            state.ctrl_in_string = true;
+        } else {
+            state.non_ascii_in_string = true;
+        }
+        bits &= bits - 1;
+    }
+}
+
 /// From a block's masks to its structural bits (see the module docs), updating the carried
 /// state. `prefix_xor` is the kernel's.
 #[inline(always)]
 fn structural_bits(
+    block: &[u8; 64],
     m: BlockMasks,
     state: &mut CarriedState,
     prefix_xor: impl Fn(u64) -> u64,
@@ -184,8 +203,9 @@ fn structural_bits(
     // Set from an opening quote up to the byte before its closing quote.
     let in_string = prefix_xor(quote) ^ state.in_string;
     state.in_string = ((in_string as i64) >> 63) as u64;
-    state.ctrl_in_string |= m.ctrl & in_string;
-    state.non_ascii |= m.non_ascii;
+    if m.unusual & in_string != 0 {
+        note_unusual(block, m.unusual & in_string, state);
+    }
     let outside = !in_string & !quote;
     let run = outside & !m.op & !m.ws;
     let run_start = run & !((run << 1) | state.run_carry);
@@ -198,8 +218,7 @@ const QUOTE: u8 = 1;
 const BACKSLASH: u8 = 2;
 const OP: u8 = 4;
 const WS: u8 = 8;
-const CTRL: u8 = 16;
-const NON_ASCII: u8 = 32;
+const UNUSUAL: u8 = 16;
 
 static CLASS: [u8; 256] = {
     let mut table = [0u8; 256];
@@ -210,9 +229,8 @@ static CLASS: [u8; 256] = {
             b'\\' => BACKSLASH,
             b'{' | b'}' | b'[' | b']' | b':' | b',' => OP,
             b' ' => WS,
-            b'\t' | b'\n' | b'\r' => WS | CTRL,
-            0..=0x1f => CTRL,
-            0x80..=0xff => NON_ASCII,
+            b'\t' | b'\n' | b'\r' => WS | UNUSUAL,
+            0..=0x1f | 0x80..=0xff => UNUSUAL,
             _ => 0,
         };
         b += 1;
@@ -229,8 +247,7 @@ fn classify_portable(block: &[u8; 64]) -> BlockMasks {
         m.backslash |= bit(BACKSLASH);
         m.op |= bit(OP);
         m.ws |= bit(WS);
-        m.ctrl |= bit(CTRL);
-        m.non_ascii |= bit(NON_ASCII);
+        m.unusual |= bit(UNUSUAL);
     }
     m
 }
@@ -271,17 +288,14 @@ mod avx2 {
             _mm256_movemask_epi8(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi8(byte as i8))) as u32
                 as u64
         };
-        let below_space = _mm256_cmpeq_epi8(
-            _mm256_max_epu8(bytes, _mm256_set1_epi8(0x1f)),
-            _mm256_set1_epi8(0x1f),
-        );
+        // As signed bytes, 0x80..=0xff are negative: below 0x20 with the control bytes.
+        let unusual = _mm256_cmpgt_epi8(_mm256_set1_epi8(0x20), bytes);
         BlockMasks {
             quote: equal(b'"'),
             backslash: equal(b'\\'),
             op: none_of(7),
             ws: none_of(8 | 16),
-            ctrl: _mm256_movemask_epi8(below_space) as u32 as u64,
-            non_ascii: _mm256_movemask_epi8(bytes) as u32 as u64,
+            unusual: _mm256_movemask_epi8(unusual) as u32 as u64,
         }
     }
 
@@ -299,8 +313,7 @@ mod avx2 {
             backslash: lo.backslash | hi.backslash << 32,
             op: lo.op | hi.op << 32,
             ws: lo.ws | hi.ws << 32,
-            ctrl: lo.ctrl | hi.ctrl << 32,
-            non_ascii: lo.non_ascii | hi.non_ascii << 32,
+            unusual: lo.unusual | hi.unusual << 32,
         }
     }
 
@@ -326,11 +339,15 @@ mod avx2 {
         state: &mut super::CarriedState,
         out: &mut super::IndexBuffer<'_>,
     ) {
+        // Local copies, so the loop keeps them in registers.
+        let (mut carried, mut positions) = (*state, out.reborrow());
         for (i, block) in blocks.chunks_exact(64).enumerate() {
             let block = block.try_into().expect("chunks of 64 bytes");
-            let bits = super::structural_bits(classify(block), state, |x| prefix_xor(x));
-            out.push_bits((base + 64 * i) as u32, bits);
+            let bits =
+                super::structural_bits(block, classify(block), &mut carried, |x| prefix_xor(x));
+            positions.push_bits((base + 64 * i) as u32, bits);
         }
+        (*state, out.len) = (carried, positions.len);
     }
 }
 
@@ -362,8 +379,8 @@ mod avx512 {
             backslash: _mm512_cmpeq_epi8_mask(bytes, _mm512_set1_epi8(b'\\' as i8)),
             op: _mm512_test_epi8_mask(class, _mm512_set1_epi8(7)),
             ws: _mm512_test_epi8_mask(class, _mm512_set1_epi8(8 | 16)),
-            ctrl: _mm512_cmple_epu8_mask(bytes, _mm512_set1_epi8(0x1f)),
-            non_ascii: _mm512_movepi8_mask(bytes),
+            // As signed bytes, 0x80..=0xff are negative: below 0x20 with the control bytes.
+            unusual: _mm512_cmplt_epi8_mask(bytes, _mm512_set1_epi8(0x20)),
         }
     }
 
@@ -379,12 +396,16 @@ mod avx512 {
         state: &mut super::CarriedState,
         out: &mut super::IndexBuffer<'_>,
     ) {
+        // Local copies, so the loop keeps them in registers.
+        let (mut carried, mut positions) = (*state, out.reborrow());
         for (i, block) in blocks.chunks_exact(64).enumerate() {
             let block = block.try_into().expect("chunks of 64 bytes");
-            let bits =
-                super::structural_bits(classify(block), state, |x| super::avx2::prefix_xor(x));
-            out.push_bits((base + 64 * i) as u32, bits);
+            let bits = super::structural_bits(block, classify(block), &mut carried, |x| {
+                super::avx2::prefix_xor(x)
+            });
+            positions.push_bits((base + 64 * i) as u32, bits);
         }
+        (*state, out.len) = (carried, positions.len);
     }
 }
 
@@ -411,6 +432,15 @@ thread_local! {
 }
 
 impl IndexBuffer<'_> {
+    /// The same buffer, borrowed again (for a loop's local copy; write its `len` back).
+    #[inline(always)]
+    fn reborrow(&mut self) -> IndexBuffer<'_> {
+        IndexBuffer {
+            positions: &mut *self.positions,
+            len: self.len,
+        }
+    }
+
     /// Appends the positions of the set bits of a block that starts at `base`, eight at a time
     /// (the slots past the last position get junk that is never read). The caller leaves 64
     /// slots free.
@@ -593,9 +623,9 @@ impl<'a, 'b> Structurals<'a, 'b> {
             self.next_block >= self.input.len(),
             "stage 1 has not finished"
         );
-        self.state.ctrl_in_string == 0
+        !self.state.ctrl_in_string
             && self.state.in_string == 0
-            && (self.state.non_ascii == 0 || std::str::from_utf8(self.input).is_ok())
+            && (!self.state.non_ascii_in_string || std::str::from_utf8(self.input).is_ok())
     }
 
     /// Classifies [`TOP_UP_BLOCKS`] blocks at a time until at least [`WINDOW`] positions wait
@@ -642,6 +672,7 @@ impl<'a, 'b> Structurals<'a, 'b> {
                 for (i, block) in blocks.chunks_exact(64).enumerate() {
                     let block = block.try_into().expect("chunks of 64 bytes");
                     let bits = structural_bits(
+                        block,
                         classify_portable(block),
                         &mut self.state,
                         prefix_xor_portable,
