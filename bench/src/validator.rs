@@ -18,16 +18,23 @@ const RECORD: &str = r#"{"timestamp":1764064800000,"severity":"INFO","source":"a
 type Validate<'a> = &'a dyn Fn(&[u8]) -> usize;
 
 /// Timed repetitions of each figure; the fastest is reported (the others waited for the CPU).
-/// The paths take turns within each repetition, so load on a shared machine falls on all.
-const REPETITIONS: usize = 7;
+/// The paths take turns within each repetition, so load on a shared machine falls on all,
+/// and each turn starts one path later, so no path is always timed first. (It was
+/// `count_if_valid`, which read 86 ns in one `make bench` against 68–69 for the same code
+/// with its kernel pinned: the same calls, the same instruction count under callgrind.)
+const REPETITIONS: usize = 40;
 
 /// Nanoseconds per message of each of `paths` over `payload` (of `messages` messages), each
 /// the fastest of [`REPETITIONS`], the paths taking turns.
 fn ns_per_message(paths: &[Validate<'_>], payload: &str, messages: usize) -> Vec<f64> {
-    let rounds = 1_000_000 / messages;
+    // 100,000 messages a timing: ~6 ms for the scanner, short enough that some timings of
+    // each path run without another process taking the core, even with others busy.
+    let rounds = 100_000 / messages;
     let mut best = vec![f64::INFINITY; paths.len()];
-    for _ in 0..REPETITIONS {
-        for (validate, best) in paths.iter().zip(&mut best) {
+    for repetition in 0..REPETITIONS {
+        for turn in 0..paths.len() {
+            let i = (turn + repetition) % paths.len();
+            let (validate, best) = (&paths[i], &mut best[i]);
             let start = std::time::Instant::now();
             let mut seen = 0;
             for _ in 0..rounds {
@@ -122,7 +129,7 @@ pub fn cost() -> String {
         }
     };
     format!(
-        "`count_if_valid` (distributor, structural scanner, builds nothing; kernel `{}` on this CPU): {fast_packet:.0} ns per message in 100-message packets ({:.1} M messages/s), {fast_single:.0} ns per single-message payload (each kernel, packets / single: {}); `count_if_valid_serde` (the same verdict by serde_json, the validator before the scanner): {serde_packet:.0} ns in packets, {serde_single:.0} ns single ({:.1}× / {:.1}× the scanner's); `parse` (analyzers, builds the records): {parse_packet:.0} ns in packets, {parse_single:.0} ns single. Fastest of {REPETITIONS} timed repetitions taken in turns, one core, load average {load} at the start. {callgrind}",
+        "`count_if_valid` (distributor, structural scanner, builds nothing; kernel `{}` on this CPU): {fast_packet:.0} ns per message in 100-message packets ({:.1} M messages/s), {fast_single:.0} ns per single-message payload (each kernel, packets / single: {}); `count_if_valid_serde` (the same verdict by serde_json, the validator before the scanner): {serde_packet:.0} ns in packets, {serde_single:.0} ns single ({:.1}× / {:.1}× the scanner's); `parse` (analyzers, builds the records): {parse_packet:.0} ns in packets, {parse_single:.0} ns single. Fastest of {REPETITIONS} timed repetitions taken in turns (each turn starting one path later), one core, load average {load} at the start. {callgrind}",
         ScanKernel::detect().name(),
         1e3 / fast_packet,
         kernels.join(", "),
