@@ -1,10 +1,11 @@
 #!/bin/bash
 # Distributor instructions per packet under callgrind (stable on a shared machine), as
 # BENCHMARKS.md reports them. One nats-server (.tools/bin), two analyzers, the release
-# distributor under valgrind; LOAD is `nats` (agent-sim single messages) or `http` (POST
-# /message/send from scripts/http_post_load.py). Run it twice with the same SECONDS and COUNT
+# distributor under valgrind; LOAD is `nats` (agent-sim single messages), `alo` (the same,
+# through the at-least-once stream: `--delivery at-least-once`) or `http` (POST /message/send
+# from scripts/http_post_load.py). Run it twice with the same SECONDS and COUNT
 # and 2×COUNT: (instructions of the second − of the first) / COUNT is the cost of a packet.
-# usage: scripts/callgrind-distributor.sh nats|http COUNT SECONDS OUT [distributor flags...]
+# usage: scripts/callgrind-distributor.sh nats|alo|http COUNT SECONDS OUT [distributor flags...]
 set -e
 LOAD=$1; COUNT=$2; SECS=$3; OUT=$4; shift 4; EXTRA=("$@")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,9 +22,10 @@ for a in "1 0.6" "2 0.4"; do read -r i w <<< "$a"
   RUST_LOG=warn $BIN/analyzer --nats-url $URL --id $i --weight $w --instance a$i \
     --heartbeat-interval 500ms --report-interval 200ms >$D/a$i.out 2>$D/a$i.log & PIDS+=($!)
 done
-HTTP=(); [ "$LOAD" = http ] && HTTP=(--http 127.0.0.1:$HPORT)
+MODE=(); [ "$LOAD" = http ] && MODE=(--http 127.0.0.1:$HPORT)
+[ "$LOAD" = alo ] && MODE=(--delivery at-least-once)
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file=$OUT $BIN/distributor run \
-  --nats-url $URL --replica-id cg --heartbeat-timeout-factor 20 "${HTTP[@]}" "${EXTRA[@]}" \
+  --nats-url $URL --replica-id cg --heartbeat-timeout-factor 20 "${MODE[@]}" "${EXTRA[@]}" \
   2>$D/distributor.log & DPID=$!
 sleep 10
 if [ "$LOAD" = http ]; then

@@ -113,6 +113,20 @@ pub struct AnalyzerConfig {
     )]
     pub checkpoint_interval: Duration,
 
+    /// A checkpoint is also written as soon as this many packets were handled since the last
+    /// one while acknowledgements are pending, without waiting for --checkpoint-interval. Under
+    /// load that keeps the acknowledgements coming every few milliseconds, so a distributor's
+    /// --analyzer-window of packets in flight is not spent waiting for the interval; at a low
+    /// rate the interval decides.
+    #[arg(
+        long,
+        env = "ANALYZER_CHECKPOINT_PACKETS",
+        value_name = "PACKETS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub checkpoint_packets: u64,
+
     /// On shutdown, the limit of each step: the withdrawal, waiting for the distributors to
     /// confirm it, handing over and analyzing the packets already delivered, the final stats
     /// write.
@@ -400,6 +414,7 @@ mod tests {
         assert_eq!(config.work_per_message, Duration::ZERO);
         assert_eq!(config.dedup_window, DEFAULT_DEDUP_WINDOW);
         assert_eq!(config.checkpoint_interval, Duration::from_millis(200));
+        assert_eq!(config.checkpoint_packets, 256);
         assert_eq!(config.withdraw_grace, Duration::from_millis(250));
         assert!(!config.print);
         assert_eq!(config.instance, None);

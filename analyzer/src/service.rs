@@ -3,8 +3,8 @@
 //!
 //! Three tasks run:
 //! - this one owns the subscription and the counters (so the hot path takes no lock), and
-//!   snapshots the counters every report interval, and every `--checkpoint-interval` while
-//!   acknowledgements are pending;
+//!   snapshots the counters every report interval, and every `--checkpoint-interval` (or
+//!   after `--checkpoint-packets` packets) while acknowledgements are pending;
 //! - the heartbeat task ([`crate::heartbeat`]) keeps the instance in the distributors' routing;
 //! - the stats writer writes each snapshot to the stats bucket, then sends the acknowledgements
 //!   that waited for it, so a slow JetStream does not stall the analysis between checkpoints.
@@ -229,6 +229,7 @@ pub async fn run(
     let mut pending: Vec<Subject> = Vec::new();
     let mut checkpoint_ticks = tokio::time::interval(config.checkpoint_interval);
     checkpoint_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut early = EarlyCheckpoint::new(config.checkpoint_packets);
     if let Some(observed) = &observed {
         observed.serving.set(true);
     }
@@ -248,6 +249,12 @@ pub async fn run(
     report_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut subscription_closed = false;
     loop {
+        if early.due(&handler, &pending) {
+            let stats = handler.report(reporter.checkpoint(&handler.analysis, STATE_UP));
+            send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
+            early.written(&handler);
+            checkpoint_ticks.reset();
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -258,10 +265,12 @@ pub async fn run(
                 let stats = handler.report(reporter.snapshot(&handler.analysis, STATE_UP, Instant::now()));
                 print_summary(&stats);
                 send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
+                early.written(&handler);
             }
             _ = checkpoint_ticks.tick(), if !pending.is_empty() => {
                 let stats = handler.report(reporter.checkpoint(&handler.analysis, STATE_UP));
                 send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
+                early.written(&handler);
             }
             // Confirmations of withdrawals while the endpoint was unhealthy: only those of the
             // final withdrawal (after this loop) count.
@@ -315,6 +324,12 @@ pub async fn run(
             if recent && handler.replicas.awaiting(now).is_empty() {
                 break;
             }
+            if early.due(&handler, &pending) {
+                let stats = handler.report(reporter.checkpoint(&handler.analysis, STATE_UP));
+                send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
+                early.written(&handler);
+                checkpoint_ticks.reset();
+            }
             tokio::select! {
                 biased;
                 () = tokio::time::sleep_until(hard_deadline) => {
@@ -341,6 +356,7 @@ pub async fn run(
                 _ = checkpoint_ticks.tick(), if !pending.is_empty() => {
                     let stats = handler.report(reporter.checkpoint(&handler.analysis, STATE_UP));
                     send_checkpoint(&stats_tx, stats, handler.analysis.latency(), &mut pending).await;
+                    early.written(&handler);
                 }
                 Some(done) = next_forwarded(&mut forwarded) => {
                     pending.extend(handler.settle(done).await);
@@ -690,6 +706,11 @@ impl PacketHandler {
         }
     }
 
+    /// Packets handled so far, however they ended (analyzed, repeats, invalid).
+    fn handled_packets(&self) -> u64 {
+        self.analysis.packets() + self.analysis.duplicates() + self.analysis.invalid_packets()
+    }
+
     /// Whether another packet may be taken (an HTTP analyzer bounds the packets out).
     fn has_room(&self) -> bool {
         self.forward.as_ref().is_none_or(|f| f.forwarder.has_room())
@@ -887,6 +908,31 @@ async fn next_forwarded(
     match forwarded {
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// `--checkpoint-packets`: a checkpoint before the interval is over once that many packets were
+/// handled since the last one and acknowledgements wait. Under load the acknowledgements then
+/// flow every few milliseconds instead of every `--checkpoint-interval`, so the distributors'
+/// windows of packets in flight keep moving; the writer merges checkpoints queued while it
+/// writes, so the writes never outrun the KV store.
+struct EarlyCheckpoint {
+    every: u64,
+    /// Packets handled when the last checkpoint was handed to the writer.
+    mark: u64,
+}
+
+impl EarlyCheckpoint {
+    fn new(every: u64) -> Self {
+        EarlyCheckpoint { every, mark: 0 }
+    }
+
+    fn due(&self, handler: &PacketHandler, pending: &[Subject]) -> bool {
+        !pending.is_empty() && handler.handled_packets() - self.mark >= self.every
+    }
+
+    fn written(&mut self, handler: &PacketHandler) {
+        self.mark = handler.handled_packets();
     }
 }
 

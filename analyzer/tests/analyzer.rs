@@ -632,6 +632,67 @@ async fn request_style_packets_are_acknowledged_after_analysis() {
 }
 
 #[tokio::test]
+async fn acknowledgements_go_out_after_checkpoint_packets_without_waiting_for_the_interval() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut control = client.subscribe(CONTROL).await.unwrap();
+    client.flush().await.unwrap();
+    // Reports and the checkpoint interval far beyond the test: only --checkpoint-packets can
+    // let the acknowledgements out in time.
+    let url = server.url();
+    let mut analyzer = Process::spawn(
+        "analyzer",
+        &[
+            "--nats-url",
+            &url,
+            "--id",
+            "early",
+            "--weight",
+            "0.5",
+            "--instance",
+            "e1",
+            "--heartbeat-interval",
+            "100ms",
+            "--report-interval",
+            "30s",
+            "--checkpoint-interval",
+            "10s",
+            "--checkpoint-packets",
+            "50",
+        ],
+        &[],
+    );
+    wait_online(&mut control, "e1", &analyzer).await;
+
+    let mut expected = Expected::new();
+    let subject = logdist::Names::default().analyzer_subject("early");
+    let started = Instant::now();
+    let requests: Vec<_> = (0..200)
+        .map(|i| client.request(subject.clone(), expected.packet(i, 1).into()))
+        .collect();
+    let replies = futures::future::join_all(
+        requests
+            .into_iter()
+            .map(|r| tokio::time::timeout(Duration::from_secs(3), r)),
+    )
+    .await;
+    let acked = replies.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    // The interval's first tick lets out what is pending at once; then one checkpoint per 50
+    // packets: at most the last 49 wait for the next tick, 10 s away.
+    assert!(
+        acked >= 150,
+        "{acked} of 200 packets acknowledged within 3 s (in {:?}), with --checkpoint-interval 10s",
+        started.elapsed()
+    );
+
+    assert_eq!(analyzer.terminate(WAIT).await.code(), Some(0));
+    let stats = read_stats(&stats_bucket(&client).await, "early", "e1")
+        .await
+        .unwrap();
+    expected.assert_matches(&stats);
+}
+
+#[tokio::test]
 async fn a_repeated_packet_id_is_counted_once_and_still_acknowledged() {
     let server = NatsServer::start();
     let client = connect(&server).await;
