@@ -22,7 +22,8 @@
 //! things only: calling a SIMD kernel, which is sound because [`Kernel::Avx2`] and
 //! [`Kernel::Avx512`] can only be obtained after `is_x86_feature_detected!` said the CPU has
 //! every feature the kernel is compiled with; the unaligned loads in them, which read from
-//! a `&[u8; 64]`, so every byte read is inside one borrowed array; and reading the payload at
+//! a `&[u8; 64]`, so every byte read is inside one borrowed array (and the AVX-512 kernel's
+//! stores of positions, each 16 slots inside a `&mut [u32; 64]`); and reading the payload at
 //! the positions of a [`Window`] without bounds checks, which is sound because every position
 //! listed is inside the payload and larger than the one before, by construction and whatever
 //! the kernels answer (see [`Window`]).
@@ -403,9 +404,36 @@ mod avx512 {
             let bits = super::structural_bits(block, classify(block), &mut carried, |x| {
                 super::avx2::prefix_xor(x)
             });
-            positions.push_bits((base + 64 * i) as u32, bits);
+            push_bits(&mut positions, (base + 64 * i) as u32, bits);
         }
         (*state, out.len) = (carried, positions.len);
+    }
+
+    /// Lane numbers, for positions.
+    const LANES: [u32; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+
+    /// [`super::IndexBuffer::push_bits`] with a compress: the positions of 16 bits a store.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and POPCNT (the caller holds an `Avx512Token`). Each store
+    /// writes 16 slots from the count written so far, at most 48: inside the 64 slots taken.
+    #[target_feature(enable = "avx512f,popcnt")]
+    unsafe fn push_bits(out: &mut super::IndexBuffer<'_>, base: u32, bits: u64) {
+        let slots: &mut [u32; 64] = (&mut out.positions[out.len..out.len + 64])
+            .try_into()
+            .expect("64 slots");
+        let lanes = _mm512_loadu_si512(LANES.as_ptr().cast());
+        let mut written = 0;
+        for quarter in 0..4 {
+            let mask = (bits >> (16 * quarter)) as u16;
+            let at = _mm512_add_epi32(lanes, _mm512_set1_epi32((base + 16 * quarter) as i32));
+            _mm512_storeu_si512(
+                slots.as_mut_ptr().add(written).cast(),
+                _mm512_maskz_compress_epi32(mask, at),
+            );
+            written += mask.count_ones() as usize;
+        }
+        out.len += written;
     }
 }
 
