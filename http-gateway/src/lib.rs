@@ -34,9 +34,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use bytes::Bytes;
 use logdist::ingest_format::{IngestFormat, Mapping};
@@ -223,6 +224,12 @@ pub async fn start_with_registrations(
     };
     tracing::info!(%local_addr, acknowledged = config.acknowledged, "HTTP ingest gateway listening");
     let task = tokio::spawn(async move {
+        // Each answer is one write, sent at once (no Nagle wait for the client's ACK).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
+            }
+        });
         // The caller's address is the default host of a registered analyzer's URL.
         axum::serve(
             listener,
@@ -323,14 +330,18 @@ impl From<PacketError> for ApiError {
     }
 }
 
-async fn send_one(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+/// `POST /message/send`, the one request per log message, so the hot path: the request is taken
+/// whole (its headers are read in place, not cloned by an extractor) and the body read within
+/// the limit here.
+async fn send_one(State(gw): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let result = async {
-        let body = gw.body(&headers, body)?;
-        gw.require_content_type(&headers, &["application/json"])?;
+        let body = axum::body::to_bytes(body, gw.max_body_bytes)
+            .await
+            .map_err(|e| gw.body_error(&e));
+        let body = gw.decode(headers, body?)?;
+        gw.require_content_type(headers, &["application/json"])?;
         // The common case in one pass that builds nothing; the careful path says what is wrong.
         let object = body.trim_ascii_start().first() == Some(&b'{');
         if object && gw.validator.count_if_valid(&body) == Some(1) {
@@ -455,6 +466,32 @@ struct Accepted {
     stored: bool,
 }
 
+impl IntoResponse for Accepted {
+    /// The 200 answer; that of one message (`POST /message/send`) is a constant, not serialized
+    /// per request.
+    fn into_response(self) -> Response {
+        let body: &'static [u8] = match self {
+            Accepted {
+                accepted: 1,
+                stored: false,
+            } => br#"{"accepted":1,"stored":false}"#,
+            Accepted {
+                accepted: 1,
+                stored: true,
+            } => br#"{"accepted":1,"stored":true}"#,
+            other => return Json(other).into_response(),
+        };
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            Bytes::from_static(body),
+        )
+            .into_response()
+    }
+}
+
 impl Gateway {
     /// The request body, decompressed if gzip, within the size limit.
     fn body(
@@ -463,22 +500,45 @@ impl Gateway {
         body: Result<Bytes, BytesRejection>,
     ) -> Result<Bytes, ApiError> {
         let body = body.map_err(|rejection| {
-            let too_large = rejection.status() == StatusCode::PAYLOAD_TOO_LARGE;
-            let (status, code) = if too_large {
-                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                self.too_large()
             } else {
-                (StatusCode::BAD_REQUEST, "bad_body")
-            };
-            let reason = if too_large {
-                format!(
-                    "request body is over the limit of {} bytes (--http-max-body-bytes)",
-                    self.max_body_bytes
-                )
-            } else {
-                rejection.body_text()
-            };
-            ApiError::new(status, code, reason)
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_body", rejection.body_text())
+            }
         })?;
+        self.decode(headers, body)
+    }
+
+    /// A body that could not be read whole (`axum::body::to_bytes`): over the limit (413), or
+    /// the connection failed (400), as the `Bytes` extractor answers.
+    fn body_error(&self, error: &axum::Error) -> ApiError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = cause {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return self.too_large();
+            }
+            cause = e.source();
+        }
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("Failed to buffer the request body: {}", with_causes(error)),
+        )
+    }
+
+    fn too_large(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "request body is over the limit of {} bytes (--http-max-body-bytes)",
+                self.max_body_bytes
+            ),
+        )
+    }
+
+    /// `body` decompressed if its `Content-Encoding` is gzip, within the size limit.
+    fn decode(&self, headers: &HeaderMap, body: Bytes) -> Result<Bytes, ApiError> {
         match headers
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok())
@@ -802,7 +862,7 @@ impl Gateway {
                 self.counters
                     .accepted_requests
                     .fetch_add(1, Ordering::Relaxed);
-                (StatusCode::OK, Json(accepted)).into_response()
+                accepted.into_response()
             }
             Err(e) => {
                 self.counters

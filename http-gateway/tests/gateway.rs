@@ -334,6 +334,24 @@ async fn every_error_status_and_nothing_published() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    // The same on POST /message/send, which reads its body itself.
+    let huge = format!(
+        r#"{{"timestamp":1,"severity":"INFO","source":"s","message":"{}"}}"#,
+        "x".repeat(5000)
+    );
+    let r = post("/message/send", "application/json", huge.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "too_large");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 4096 bytes"),
+        "{body}"
+    );
 
     // 415 for other content types and encodings.
     let r = post("/messages", "text/plain", HELLO.as_bytes().to_vec())
