@@ -38,7 +38,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
     };
     let runtime = logdist::build_runtime(threads).context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    // Spawned, not run by `block_on` on this thread: on a multi-thread runtime the loops then
+    // run on the workers with the tasks that feed them (NATS connections, HTTP connections),
+    // and waking them is a local queue push, not a wake-up of another thread.
+    let task = runtime.spawn(async move {
         let shutdown = logdist::shutdown_on_signal();
         match command {
             Command::Run(args) => distributor::run(args, shutdown)
@@ -52,5 +55,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .context("distributor weights failed"),
             Command::Auth(_) => unreachable!("handled before the runtime starts"),
         }
-    })
+    });
+    match runtime.block_on(task) {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(anyhow::anyhow!(
+            "the distributor's main task was cancelled: {e}"
+        )),
+    }
 }
