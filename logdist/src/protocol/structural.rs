@@ -22,8 +22,9 @@
 //! things only: calling a SIMD kernel, which is sound because [`Kernel::Avx2`] and
 //! [`Kernel::Avx512`] can only be obtained after `is_x86_feature_detected!` said the CPU has
 //! every feature the kernel is compiled with; the unaligned loads in them, which read from
-//! a `&[u8; 64]`, so every byte read is inside one borrowed array (and the AVX-512 kernel's
-//! stores of positions, each 16 slots inside a `&mut [u32; 64]`); and reading the payload at
+//! a `&[u8; 64]`, so every byte read is inside one borrowed array (and the kernels' stores of
+//! positions, 8 slots (AVX2) or 16 (AVX-512) at an offset that leaves them inside one
+//! `&mut [u32; 64]`, a bounds-checked slice of the buffer); and reading the payload at
 //! the positions of a [`Window`] without bounds checks, which is sound because every position
 //! listed is inside the payload and larger than the one before, by construction and whatever
 //! the kernels answer (see [`Window`]).
@@ -346,9 +347,55 @@ mod avx2 {
             let block = block.try_into().expect("chunks of 64 bytes");
             let bits =
                 super::structural_bits(block, classify(block), &mut carried, |x| prefix_xor(x));
-            positions.push_bits((base + 64 * i) as u32, bits);
+            push_bits(&mut positions, (base + 64 * i) as u32, bits);
         }
         (*state, out.len) = (carried, positions.len);
+    }
+
+    /// For each byte value, the offsets of its set bits in order, one a byte (then zeros).
+    static BIT_OFFSETS: [u64; 256] = {
+        let mut table = [0u64; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            let (mut packed, mut n, mut bit) = (0u64, 0, 0);
+            while bit < 8 {
+                if byte >> bit & 1 == 1 {
+                    packed |= (bit as u64) << (8 * n);
+                    n += 1;
+                }
+                bit += 1;
+            }
+            table[byte] = packed;
+            byte += 1;
+        }
+        table
+    };
+
+    /// [`super::IndexBuffer::push_bits`] a byte of the mask at a time from a table, with no
+    /// chain of trailing-zero counts: the positions of 8 bits a store.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and POPCNT (the caller holds an `Avx2Token`). Each store writes
+    /// 8 slots from the count written so far, at most 56 (the bits of the 7 bytes before):
+    /// inside the 64 slots taken, which `top_up` leaves free before every block (the slice
+    /// is bounds-checked besides).
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn push_bits(out: &mut super::IndexBuffer<'_>, base: u32, bits: u64) {
+        let slots: &mut [u32; 64] = (&mut out.positions[out.len..out.len + 64])
+            .try_into()
+            .expect("64 slots");
+        let mut at = _mm256_set1_epi32(base as i32);
+        let mut written = 0;
+        for byte in bits.to_le_bytes() {
+            let offsets = _mm_cvtsi64_si128(BIT_OFFSETS[byte as usize] as i64);
+            _mm256_storeu_si256(
+                slots.as_mut_ptr().add(written).cast(),
+                _mm256_add_epi32(_mm256_cvtepu8_epi32(offsets), at),
+            );
+            written += byte.count_ones() as usize;
+            at = _mm256_add_epi32(at, _mm256_set1_epi32(8));
+        }
+        out.len += written;
     }
 }
 
@@ -778,6 +825,43 @@ mod tests {
             let chars: String = found.iter().map(|&p| input[p] as char).collect();
             assert_eq!(chars, r#"{"\":[1,t],"":"\"}"#, "{}", kernel.name());
             assert!(clean);
+        }
+    }
+
+    #[test]
+    fn dense_and_patterned_blocks_list_every_position() {
+        // Every byte an operator: 64 positions a block, the most a store may have to hold.
+        let commas = vec![b','; 64 * 20 + 5];
+        for kernel in Kernel::available() {
+            let (found, _) = positions(&commas, kernel);
+            assert_eq!(
+                found,
+                (0..commas.len()).collect::<Vec<_>>(),
+                "{}",
+                kernel.name()
+            );
+        }
+        // Operators, spaces and digits in pseudo-random order: every count of positions a byte
+        // of the mask can have, in every byte of a block. The portable kernel is the reference.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in [1, 63, 64, 65, 640, 64 * 40 + 17] {
+            let input: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    [b',', b' ', b'1', b':'][(seed >> 62) as usize]
+                })
+                .collect();
+            let (expected, _) = positions(&input, Kernel::Portable);
+            for kernel in Kernel::available() {
+                assert_eq!(
+                    positions(&input, kernel).0,
+                    expected,
+                    "{} len {len}",
+                    kernel.name()
+                );
+            }
         }
     }
 
