@@ -234,6 +234,46 @@ async fn linger_0_sends_one_message_per_packet() {
 }
 
 #[tokio::test]
+async fn a_lone_packet_leaves_at_once_not_after_the_linger() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    // The longest linger there is: a packet that waited for it would take a second.
+    let linger = Duration::from_secs(1);
+    let mut distributor = start_distributor(&server, "r1", &["--linger", "1s"]).await;
+    let (members, stats) = buckets(&client).await;
+    let a = RawAnalyzer::start(&client, "a", 1.0, batch::BATCH_VERSION).await;
+    wait_member(&members, "a", true).await;
+    // One packet at a time, the next only when the last one arrived: nothing else ever waits.
+    let payload = Bytes::from(message(1));
+    let mut latencies = Vec::new();
+    for seq in 0..20u64 {
+        let sent = std::time::Instant::now();
+        client
+            .publish_with_headers(INGEST, seq_headers(seq), payload.clone())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        wait_until(&format!("packet {seq}"), WAIT, || async {
+            a.counts().packets > seq
+        })
+        .await;
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    assert!(
+        median < linger / 2,
+        "a lone packet waited for the linger: median {median:?}, all {latencies:?}"
+    );
+    let c = a.counts();
+    assert_eq!((c.nats_messages, c.batches), (20, 0), "each alone: {c:?}");
+    assert_eq!(c.seqs, (0..20).collect::<Vec<_>>());
+    let s = wait_distributor_stats(&stats, "r1", "all routed", |s| s.routed_packets == 20).await;
+    assert_eq!(s.batches_sent, 0);
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
 async fn under_load_batches_form_for_those_that_read_them_and_shares_hold() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
