@@ -546,23 +546,21 @@ impl Pipeline<'_> {
     }
 
     /// One message from the stream: validate, dead-letter what is invalid, queue the rest.
-    async fn on_message(&mut self, message: jetstream::Message) {
-        let sequence = match message.info() {
-            Ok(info) => info.stream_sequence,
-            Err(e) => {
-                // Not a consumer delivery (no ack subject): nothing to ack either.
-                tracing::warn!(error = %e, subject = %message.subject, "message without JetStream metadata; skipped");
-                return;
-            }
+    async fn on_message(&mut self, mut message: jetstream::Message) {
+        let Some(sequence) = message.reply.as_deref().and_then(stream_sequence) else {
+            // Not a consumer delivery (no ack subject): nothing to ack either.
+            tracing::warn!(subject = %message.subject, reply = ?message.reply, "message without JetStream metadata; skipped");
+            return;
         };
         let subject = message.subject.clone();
-        let headers = message.headers.clone();
+        // Only the reply subject is needed from here on (acks, the delivery count): the headers
+        // move into the packet instead of being copied.
+        let headers = message.message.headers.take();
         let payload = message.payload.clone();
         match self.d.validate(subject, headers, payload).await {
             Some(mut out) => {
                 let id = format!("{}:{sequence}", self.stream);
-                out.headers
-                    .insert(PACKET_ID, HeaderValue::from(id.as_str()));
+                out.headers.insert(PACKET_ID, HeaderValue::from(id));
                 self.ready.push_back(Packet {
                     message,
                     out,
@@ -865,9 +863,75 @@ impl Pipeline<'_> {
     }
 }
 
+/// The stream sequence in a consumer delivery's reply subject, `$JS.ACK.<stream>.<consumer>.
+/// <delivered>.<stream seq>.<consumer seq>.<timestamp>.<pending>`, or with
+/// `<domain>.<account hash>.` before the stream and possibly more tokens after (ADR-15). Read
+/// here for every packet instead of `Message::info`, which parses every token.
+fn stream_sequence(reply: &str) -> Option<u64> {
+    let tokens = reply.strip_prefix("$JS.ACK.")?.as_bytes();
+    // One pass: where the first tokens start, and how many tokens there are.
+    let mut starts = [0usize; 8];
+    let mut count = 1;
+    for (i, &byte) in tokens.iter().enumerate() {
+        if byte == b'.' {
+            if let Some(start) = starts.get_mut(count) {
+                *start = i + 1;
+            }
+            count += 1;
+        }
+    }
+    let index = match count {
+        7 => 3,
+        n if n >= 9 => 5,
+        _ => return None,
+    };
+    let digits = &tokens[starts[index]..starts[index + 1] - 1];
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let digit = d.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
 /// Acks (or naks, …) a stream message; a failure only delays it (JetStream redelivers).
 async fn ack(message: &jetstream::Message, kind: AckKind) {
     if let Err(e) = message.ack_with(kind).await {
         tracing::warn!(error = %e, ?kind, "cannot acknowledge to JetStream");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_sequence;
+
+    #[test]
+    fn the_stream_sequence_is_read_from_both_forms_of_the_ack_subject() {
+        // The 9-token form a nats-server without a domain sends.
+        assert_eq!(
+            stream_sequence("$JS.ACK.LOGS.distributors.1.4711.12.1764064800000000000.0"),
+            Some(4711)
+        );
+        // The ADR-15 form: domain ("_" for none) and account hash first, maybe more tokens.
+        assert_eq!(
+            stream_sequence("$JS.ACK._.ACCHASH.LOGS.distributors.3.99.7.1764064800000000000.5"),
+            Some(99)
+        );
+        assert_eq!(
+            stream_sequence("$JS.ACK.hub.H.LOGS.d.1.42.1.1764064800000000000.0.rand"),
+            Some(42)
+        );
+        for bad in [
+            "",
+            "_INBOX.abc",
+            "$JS.ACK.LOGS.distributors.1",
+            "$JS.ACK.LOGS.distributors.1.x.1.1.0",
+            "$JS.ACK.LOGS.distributors.1.2.3.4.5.6",
+            "$JS.ACK.LOGS.distributors.1..1.1.0",
+            "$JS.ACK.LOGS.distributors.1.99999999999999999999.1.1.0",
+        ] {
+            assert_eq!(stream_sequence(bad), None, "{bad:?}");
+        }
     }
 }

@@ -366,3 +366,94 @@ async fn a_byte_bound_below_one_packet_still_delivers_every_packet() {
     assert_eq!(last.deadletter_packets, 0);
     assert!(d1.terminate(WAIT).await.success());
 }
+
+/// The packet id an analyzer sees is `<stream>:<stream sequence>`, read from the reply subject
+/// of a real delivery: with the stream's sequences ahead of the consumer's (seven packets
+/// published and purged before it delivers anything), ids from any other token of the ack
+/// subject (consumer sequence, delivery count, pending) would differ. Replies ack them all.
+#[tokio::test]
+async fn packet_ids_are_the_stream_sequences() {
+    const PURGED: u64 = 7;
+    const PACKETS: u64 = 5;
+    let server = NatsServer::start();
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    // An analyzer of this test: it heartbeats, answers every request and keeps the ids.
+    let mut requests = client
+        .subscribe(logdist::Names::default().analyzer_subject("echo"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let mut d1 = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
+    let js = jetstream(&url).await;
+    let js_ref = &js;
+    wait_until("the stream", WAIT, || async move {
+        js_ref.get_stream(logdist_testing::STREAM).await.is_ok()
+    })
+    .await;
+    // No analyzer online yet: the replica fetches nothing, these only move the sequence on.
+    let packet = r#"{"timestamp":1,"severity":"INFO","source":"t","message":"x"}"#;
+    let subject = logdist::protocol::names::DEFAULT_INGEST_SUBJECT;
+    for _ in 0..PURGED {
+        js.publish(subject, packet.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let stream = js.get_stream(logdist_testing::STREAM).await.unwrap();
+    stream.purge().await.unwrap();
+
+    let heartbeat =
+        logdist::protocol::control::ControlMessage::Up(logdist::protocol::control::Heartbeat {
+            id: "echo".into(),
+            weight: 1.0,
+            instance: "e".into(),
+            interval_ms: 100,
+            batch: 0,
+        });
+    let beat_client = client.clone();
+    let beats = tokio::spawn(async move {
+        loop {
+            let _ = beat_client
+                .publish(
+                    logdist::Names::default().analyzer_control_subject("echo"),
+                    heartbeat.to_json().into(),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    wait_members(&js, 1).await;
+    let mut sequences = Vec::new();
+    for _ in 0..PACKETS {
+        let ack = js
+            .publish(subject, packet.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        sequences.push(ack.sequence);
+    }
+    assert_eq!(sequences[0], PURGED + 1, "the purge kept the sequence");
+    let mut ids = Vec::new();
+    while ids.len() < PACKETS as usize {
+        let m = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut requests))
+            .await
+            .expect("a request in time")
+            .unwrap();
+        let id = m.headers.as_ref().and_then(|h| h.get("Logdist-Packet-Id"));
+        ids.push(id.map(|v| v.as_str().to_string()).unwrap_or_default());
+        client
+            .publish(m.reply.expect("a request"), "".into())
+            .await
+            .unwrap();
+    }
+    ids.sort();
+    let mut expected: Vec<String> = sequences.iter().map(|s| format!("LOGS:{s}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    wait_consumer_drained(&js).await;
+    beats.abort();
+    assert!(d1.terminate(WAIT).await.success());
+}
