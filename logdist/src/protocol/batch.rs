@@ -92,7 +92,11 @@ impl List {
 /// Builds one batch at a time: [`push`](Self::push) packets, then [`finish`](Self::finish).
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
-    payload: BytesMut,
+    /// The packets' payloads (shared, not copied), joined once by `finish` into a buffer of
+    /// the batch's size: a buffer that grew as packets came copied each payload ~2.5 times
+    /// over for a batch of ten 14 KB packets, in reallocations.
+    parts: Vec<Bytes>,
+    bytes: usize,
     packets: usize,
     messages: u64,
     lengths: String,
@@ -115,7 +119,7 @@ impl BatchBuilder {
 
     /// Payload bytes pushed since the last [`finish`](Self::finish).
     pub fn bytes(&self) -> usize {
-        self.payload.len()
+        self.bytes
     }
 
     /// Log messages pushed since the last [`finish`](Self::finish).
@@ -124,7 +128,7 @@ impl BatchBuilder {
     }
 
     /// Appends one packet of `messages` log messages that [`coalescable`] accepted.
-    pub fn push(&mut self, headers: &HeaderMap, payload: &[u8], messages: u64) {
+    pub fn push(&mut self, headers: &HeaderMap, payload: &Bytes, messages: u64) {
         use std::fmt::Write;
         let first = self.packets == 0;
         if !first {
@@ -138,7 +142,8 @@ impl BatchBuilder {
         self.seqs.push(first, get(name::SEQ));
         self.sent_at.push(first, get(name::SENT_AT));
         self.packet_ids.push(first, get(name::PACKET_ID));
-        self.payload.extend_from_slice(payload);
+        self.parts.push(payload.clone());
+        self.bytes += payload.len();
         self.packets += 1;
         self.messages += messages;
     }
@@ -162,9 +167,14 @@ impl BatchBuilder {
                 headers.insert(n, text.as_str());
             }
         }
+        let mut payload = BytesMut::with_capacity(self.bytes);
+        for part in self.parts.drain(..) {
+            payload.extend_from_slice(&part);
+        }
         self.packets = 0;
         self.messages = 0;
-        (headers, self.payload.split().freeze())
+        self.bytes = 0;
+        (headers, payload.freeze())
     }
 }
 
@@ -342,9 +352,14 @@ mod tests {
     #[test]
     fn a_batch_round_trips_per_packet_headers_and_payloads() {
         let mut b = BatchBuilder::new();
-        let p1 = br#"{"timestamp":1,"severity":"INFO","source":"a","message":"x"}"#;
-        let p2 = br#"[{"timestamp":2,"severity":"WARN","source":"b","message":"y, z"},{"timestamp":3,"severity":"INFO","source":"b","message":""}]"#;
-        let p3 = br#"{"timestamp":4,"severity":"ERROR","source":"c","message":"q"}"#;
+        let p1 =
+            &Bytes::from_static(br#"{"timestamp":1,"severity":"INFO","source":"a","message":"x"}"#);
+        let p2 = &Bytes::from_static(
+            br#"[{"timestamp":2,"severity":"WARN","source":"b","message":"y, z"},{"timestamp":3,"severity":"INFO","source":"b","message":""}]"#,
+        );
+        let p3 = &Bytes::from_static(
+            br#"{"timestamp":4,"severity":"ERROR","source":"c","message":"q"}"#,
+        );
         b.push(
             &packet_headers(Some("a1"), Some("100"), Some("LOGS:7")),
             p1,
@@ -352,6 +367,7 @@ mod tests {
         );
         b.push(&packet_headers(None, Some("200"), Some("LOGS:9")), p2, 2);
         b.push(&packet_headers(Some("a3"), None, Some("LOGS:8")), p3, 1);
+        assert_eq!(b.bytes(), p1.len() + p2.len() + p3.len());
         assert_eq!((b.packets(), b.messages()), (3, 4));
         let (headers, payload) = b.finish(&HeaderValue::from("r1"));
         assert_eq!(b.packets(), 0);
@@ -362,9 +378,10 @@ mod tests {
         assert!(headers.get(SEQS).is_none(), "no packet had a Logdist-Seq");
         let parts = split(Some(&headers), payload.len()).unwrap().unwrap();
         assert_eq!(parts.len(), 3);
-        assert_eq!(&payload[parts[0].range.clone()], p1);
-        assert_eq!(&payload[parts[1].range.clone()], p2);
-        assert_eq!(&payload[parts[2].range.clone()], p3);
+        assert_eq!(&payload[parts[0].range.clone()], &p1[..]);
+        assert_eq!(&payload[parts[1].range.clone()], &p2[..]);
+        assert_eq!(&payload[parts[2].range.clone()], &p3[..]);
+        assert_eq!(payload.len(), p1.len() + p2.len() + p3.len());
         assert_eq!(parts[1].messages, 2);
         assert_eq!(parts[1].agent, None);
         assert_eq!(parts[2].packet_id, Some("LOGS:8"));
@@ -378,11 +395,43 @@ mod tests {
         b.push(&packet_headers(None, None, None), p1, 1);
         b.push(&packet_headers(None, None, None), p3, 1);
         let (headers, payload) = b.finish(&HeaderValue::from("r1"));
+        assert_eq!(b.bytes(), 0);
+        assert_eq!(&payload[p1.len()..], &p3[..]);
         assert!(headers.get(AGENTS).is_none());
         assert_eq!(
             split(Some(&headers), payload.len()).unwrap().unwrap().len(),
             2
         );
+    }
+
+    #[test]
+    fn batches_of_ten_14_kb_packets_round_trip_one_after_another() {
+        // The bench's shape: 100-message packets of ~140-byte messages, ten to a batch.
+        let packet = |batch: usize, i: usize| {
+            let message = format!(
+                r#"{{"timestamp":{batch}{i},"severity":"INFO","source":"s","message":"{}"}}"#,
+                "m".repeat(80)
+            );
+            Bytes::from(format!("[{}]", vec![message; 100].join(",")))
+        };
+        let mut b = BatchBuilder::new();
+        for batch in 0..20 {
+            let packets: Vec<Bytes> = (0..10).map(|i| packet(batch, i)).collect();
+            for p in &packets {
+                b.push(&packet_headers(Some("a"), None, None), p, 100);
+            }
+            let total: usize = packets.iter().map(Bytes::len).sum();
+            assert!(total > 130_000, "{total} bytes");
+            assert_eq!(b.bytes(), total);
+            let (headers, payload) = b.finish(&HeaderValue::from("r1"));
+            assert_eq!(payload.len(), total);
+            assert_eq!(headers.get(name::COUNT).unwrap().as_str(), "1000");
+            let parts = split(Some(&headers), payload.len()).unwrap().unwrap();
+            assert_eq!(parts.len(), 10);
+            for (part, p) in parts.iter().zip(&packets) {
+                assert_eq!(&payload[part.range.clone()], &p[..]);
+            }
+        }
     }
 
     #[test]
