@@ -41,6 +41,10 @@ struct Args {
     /// PNG plot of cumulative shares over time.
     #[arg(long, env = "BENCH_PLOT", default_value = "docs/shares.png")]
     plot: String,
+
+    /// Only these payload shapes (comma-separated: single, packets). Default: both.
+    #[arg(long, env = "BENCH_SHAPES", value_delimiter = ',', value_parser = ["single", "packets"])]
+    shapes: Vec<String>,
 }
 
 struct Row {
@@ -90,10 +94,11 @@ async fn sustained_rate(
                 let kept_up = result.loss_pct <= SUSTAINED_MAX_LOSS_PCT
                     && (0.9 * rate..=1.1 * rate).contains(&result.messages_per_sec());
                 eprintln!(
-                    "bench:   {:.0} msg/s delivered, loss {:.2}%{}",
+                    "bench:   {:.0} msg/s delivered, loss {:.2}%{}; {}",
                     result.messages_per_sec(),
                     result.loss_pct,
-                    if kept_up { "" } else { " (did not keep up)" }
+                    if kept_up { "" } else { " (did not keep up)" },
+                    cpu_line(&result)
                 );
                 if kept_up
                     && best
@@ -140,8 +145,12 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.short()))
         .collect();
+    let shapes: Vec<Shape> = Shape::ALL
+        .into_iter()
+        .filter(|s| args.shapes.is_empty() || args.shapes.iter().any(|o| o == s.short()))
+        .collect();
     let mut rows = Vec::new();
-    for shape in Shape::ALL {
+    for shape in shapes {
         for &scenario in &scenarios {
             let mut results = Vec::new();
             for rep in 1..=args.repetitions {
@@ -155,9 +164,10 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("{} with {}", scenario.label(), shape.label()))?;
                 eprintln!(
-                    "bench:   {:.0} msg/s delivered, loss {:.2}%",
+                    "bench:   {:.0} msg/s delivered, loss {:.2}%; {}",
                     result.messages_per_sec(),
-                    result.loss_pct
+                    result.loss_pct,
+                    cpu_line(&result)
                 );
                 results.push(result);
             }
@@ -260,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(md, "Measured {date} on this project's machine: {cores} cores, where agent-sim, nats-server, the distributor and the analyzers all share the cores. Re-run with:\n");
     let _ = writeln!(md, "```sh\n{command}\n```\n");
-    let _ = writeln!(md, "Each scenario runs on a fresh nats-server (free loopback ports) with the same load (agent-sim, 4 agents over 2 connections, for {} s) and the same counting receivers (analyzer processes, which parse and analyze every message). Rates are log messages counted by the analyzers per second of delivery. *Flood*: agent-sim as fast as it can, median of {} runs (all listed): what gets through an overloaded pipeline, with slow-consumer drops (at-most-once) or a backlog left in the stream (at-least-once) in the loss column. *Sustained*: the fastest paced run that lost at most {SUSTAINED_MAX_LOSS_PCT} % and delivered 90–110 % of the offered rate, searched from the flood's rate up by 25 % or down by 20 % a step (at most {SUSTAINED_STEPS} runs): what the pipeline keeps up with. *vs mapping* is the ratio to nats-server's weighted mapping in the same run; CPU (per million messages, from the sustained run) and peak RSS (flood) are the distributor's; latency (agent send → analyzer) and the share deviation come from a run at half of the sustained rate.\n", args.seconds, args.repetitions);
+    let _ = writeln!(md, "Each scenario runs on a fresh nats-server (free loopback ports) with the same load (agent-sim, 4 agents over 2 connections, for {} s) and the same counting receivers (analyzer processes, which parse and analyze every message). Rates are log messages counted by the analyzers per second of delivery. *Flood*: agent-sim as fast as it can, median of {} runs (all listed): what gets through an overloaded pipeline, with slow-consumer drops (at-most-once) or a backlog left in the stream (at-least-once) in the loss column. *Sustained*: the fastest paced run that lost at most {SUSTAINED_MAX_LOSS_PCT} % and delivered 90–110 % of the offered rate, searched from the flood's rate up by 25 % or down by 20 % a step (at most {SUSTAINED_STEPS} runs): what the pipeline keeps up with. *vs mapping* is the ratio to nats-server's weighted mapping in the same run; CPU (per million messages, from the sustained run) and peak RSS (flood) are the distributor's, the last column the CPU of the rest of the box over the same sustained run (nats-server, the analyzers together, the load: agent-sim, or the bench's HTTP clients); latency (agent send → analyzer) and the share deviation come from a run at half of the sustained rate.\n", args.seconds, args.repetitions);
     md.push_str(&table);
     let _ = writeln!(md, "\nValidation alone (in-process, one core, the same `PacketValidator` code the distributor and the analyzers run on every message): {validator}.");
     if !affinity_rows.is_empty() {
@@ -289,12 +299,45 @@ async fn main() -> anyhow::Result<()> {
 /// Heading of the hand-written section of BENCHMARKS.md, which the bench carries over as is.
 const READING_HEADING: &str = "## Where the targets stand";
 
+/// CPU seconds per million delivered messages of each process in a run, and where the packets
+/// went, for the progress lines.
+fn cpu_line(result: &RunResult) -> String {
+    let per_m = |s: f64| s / (result.received.max(1) as f64 / 1e6);
+    let others = &result.others_cpu;
+    let f = &result.flow;
+    let distributor = if f.distributor_received > 0 {
+        format!(
+            "distributor read {} (dropped {} at ingest), routed {} ({} batches of {:.1}), ",
+            f.distributor_received,
+            f.distributor_dropped,
+            f.distributor_routed,
+            f.batches_sent,
+            f.batched_packets as f64 / f.batches_sent.max(1) as f64
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "CPU s / M msgs: distributor {}, nats-server {:.2}, analyzers {:.2}, load {:.2}; packets: {distributor}analyzers counted {} ({} batches); server slow consumers {}, stalls {}",
+        result
+            .distributor_cpu_s
+            .map_or("-".into(), |c| format!("{:.2}", per_m(c))),
+        per_m(others.server),
+        per_m(others.analyzers),
+        per_m(others.load),
+        f.analyzer_packets,
+        f.analyzer_batches,
+        f.server_slow_consumers,
+        f.server_stalled_clients,
+    )
+}
+
 fn render_table(rows: &[Row]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "| scenario | payload | sustained msg/s | vs mapping | flood msg/s | MB/s | vs mapping | loss % | dist. CPU s / M msgs | dist. peak RSS MiB | p50 | p99 | max share dev. pp | flood runs (msg/s) |");
+    let _ = writeln!(out, "| scenario | payload | sustained msg/s | vs mapping | flood msg/s | MB/s | vs mapping | loss % | dist. CPU s / M msgs | dist. peak RSS MiB | p50 | p99 | max share dev. pp | flood runs (msg/s) | other CPU s / M msgs: server · analyzers · load |");
     let _ = writeln!(
         out,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
     );
     for row in rows {
         let mapping_row = rows
@@ -309,13 +352,13 @@ fn render_table(rows: &[Row]) -> String {
         // CPU per message where the distributor keeps up (the flood's figure would include the
         // work spent on what it then dropped).
         let measured = row.sustained.as_ref().unwrap_or(&row.max);
-        let cpu = measured
-            .distributor_cpu_s
-            .map(|c| c / (measured.received.max(1) as f64 / 1e6));
+        let per_m = |c: f64| c / (measured.received.max(1) as f64 / 1e6);
+        let cpu = measured.distributor_cpu_s.map(per_m);
+        let others = &measured.others_cpu;
         let half = row.half.as_ref();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.1} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2} · {:.2} · {:.2} |",
             row.scenario.label(),
             row.shape.label(),
             sustained.map_or("-".into(), |r| thousands(r as u64)),
@@ -342,6 +385,9 @@ fn render_table(rows: &[Row]) -> String {
                 .map(|r| thousands(*r as u64))
                 .collect::<Vec<_>>()
                 .join(", "),
+            per_m(others.server),
+            per_m(others.analyzers),
+            per_m(others.load),
         );
     }
     out

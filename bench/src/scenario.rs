@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use futures::StreamExt;
 use logdist::StatsSnapshot;
 use logdist_testing::{NatsServer, Process};
@@ -107,6 +107,14 @@ pub enum Shape {
 impl Shape {
     pub const ALL: [Shape; 2] = [Shape::Single, Shape::Packet100];
 
+    /// Its name for `--shapes`.
+    pub fn short(self) -> &'static str {
+        match self {
+            Shape::Single => "single",
+            Shape::Packet100 => "packets",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Shape::Single => "single messages",
@@ -174,9 +182,45 @@ pub struct RunResult {
     pub p99_us: Option<u64>,
     /// Distributor CPU seconds (user + system) over the run, when there is a distributor.
     pub distributor_cpu_s: Option<f64>,
+    /// CPU seconds of the other processes over the same span: what limits the whole box.
+    pub others_cpu: OthersCpu,
+    /// Where the packets went (and where the lost ones were lost), at the end of the run.
+    pub flow: Flow,
     pub distributor_peak_rss_mib: Option<f64>,
     /// (seconds since start, messages per analyzer id 1..=3) samples, for the plot.
     pub series: Vec<(f64, Vec<u64>)>,
+}
+
+/// Packets counted along the way at the end of a run: with `sent` and `received` (messages,
+/// agent-sim's), it says where a lost packet was lost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flow {
+    /// The distributor's counts (zero without one): packets it read from its ingest
+    /// subscriptions, dropped there because it was behind, routed; NATS messages to analyzers
+    /// that held two packets or more, and the packets in them.
+    pub distributor_received: u64,
+    pub distributor_dropped: u64,
+    pub distributor_routed: u64,
+    pub batches_sent: u64,
+    pub batched_packets: u64,
+    /// Packets the analyzers counted, and the batches among the NATS messages they read.
+    pub analyzer_packets: u64,
+    pub analyzer_batches: u64,
+    /// nats-server's slow-consumer events (`/varz`): connections it dropped messages for.
+    pub server_slow_consumers: u64,
+    /// nats-server's stalls of fast producers (`/varz` `stalled_clients`): times it paused
+    /// reading a publisher because a connection it delivers to was far behind.
+    pub server_stalled_clients: u64,
+}
+
+/// CPU seconds (user + system) over a run of everything on the box besides the distributor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OthersCpu {
+    pub server: f64,
+    /// The analyzer processes together.
+    pub analyzers: f64,
+    /// agent-sim, or the bench's own HTTP clients in the HTTP scenario.
+    pub load: f64,
 }
 
 impl RunResult {
@@ -206,7 +250,11 @@ pub async fn run(
     seconds: u64,
     observe: bool,
 ) -> anyhow::Result<RunResult> {
-    let server = NatsServer::with_config(&scenario.server_config());
+    let monitor_port = logdist_testing::free_port();
+    let server = NatsServer::with_config(&format!(
+        "{}http: \"127.0.0.1:{monitor_port}\"\n",
+        scenario.server_config()
+    ));
     let url = server.url();
     let client = async_nats::connect(&url).await?;
     let js = async_nats::jetstream::new(client);
@@ -286,6 +334,7 @@ pub async fn run(
 
     let pid = distributor.as_ref().and_then(|d| d.id());
     let cpu_before = pid.map(cpu_seconds).transpose()?;
+    let others_before = others_cpu(&server, &processes, scenario)?;
     let mut args: Vec<String> = [
         "--nats-url",
         &url,
@@ -398,6 +447,7 @@ pub async fn run(
         }
     };
     let cpu_after = pid.map(cpu_seconds).transpose()?;
+    let others_after = others_cpu(&server, &processes, scenario)?;
     let peak_rss = pid.map(peak_rss_mib).transpose()?;
     let report = match &load {
         Load::AgentSim(sim) => {
@@ -411,6 +461,7 @@ pub async fn run(
             http_report(&StatsSnapshot::read(&stats).await?, scenario, sent, bytes)
         }
     };
+    let flow = flow(&stats, monitor_port).await?;
     let v = &report["verification"];
     let rows = v["analyzers"].as_array().cloned().unwrap_or_default();
     let max_of = |key: &str| rows.iter().filter_map(|r| r[key].as_u64()).max();
@@ -430,7 +481,13 @@ pub async fn run(
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         },
+        others_cpu: OthersCpu {
+            server: others_after.server - others_before.server,
+            analyzers: others_after.analyzers - others_before.analyzers,
+            load: others_after.load - others_before.load,
+        },
         distributor_peak_rss_mib: peak_rss,
+        flow,
         series,
     };
     if let Some(task) = observer {
@@ -651,25 +708,122 @@ fn http_report(
     })
 }
 
+/// The counts of [`Flow`] from the stats bucket and the server's monitoring port, once the
+/// load is over. The analyzers report every 200 ms, the distributor every second: its record
+/// is waited for (3 s at most) until it was written after this call, so it counts every
+/// packet the analyzers did.
+async fn flow(stats: &async_nats::jetstream::kv::Store, monitor_port: u16) -> anyhow::Result<Flow> {
+    let called_ms = unix_ms();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let snapshot = loop {
+        let snapshot = StatsSnapshot::read(stats).await?;
+        let fresh = snapshot
+            .distributors
+            .iter()
+            .all(|d| d.updated_at_ms > called_ms);
+        if fresh || Instant::now() > deadline {
+            break snapshot;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // HTTP/1.0 by hand: the server closes the connection after its answer.
+    let varz = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", monitor_port)).await?;
+        stream.write_all(b"GET /varz HTTP/1.0\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        let answer = String::from_utf8(answer)?;
+        let (_, body) = answer.split_once("\r\n\r\n").context("an HTTP answer")?;
+        anyhow::Ok(serde_json::from_str::<serde_json::Value>(body)?)
+    };
+    let varz = tokio::time::timeout(Duration::from_secs(5), varz);
+    let varz = match varz.await.unwrap_or_else(|_| Err(anyhow!("timed out"))) {
+        Ok(varz) => varz,
+        Err(e) => {
+            eprintln!("bench: cannot read nats-server's /varz: {e:#}");
+            serde_json::Value::Null
+        }
+    };
+    let mut flow = Flow {
+        server_slow_consumers: varz["slow_consumers"].as_u64().unwrap_or(0),
+        server_stalled_clients: varz["stalled_clients"].as_u64().unwrap_or(0),
+        ..Flow::default()
+    };
+    for d in &snapshot.distributors {
+        flow.distributor_received += d.received_packets;
+        flow.distributor_dropped += d.ingest_dropped_packets;
+        flow.distributor_routed += d.routed_packets;
+        flow.batches_sent += d.batches_sent;
+        flow.batched_packets += d.batched_packets;
+    }
+    for a in &snapshot.analyzers {
+        flow.analyzer_packets += a.packets;
+        flow.analyzer_batches += a.batches;
+    }
+    Ok(flow)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// User + system CPU seconds of a process so far, from `/proc/<pid>/stat`.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    proc_stat_seconds(&pid.to_string(), 11)
+}
+
+/// The sum of fields `at` and `at + 1` (after the command name) of `/proc/<pid>/stat`, in
+/// seconds: 11 is a process's own user + system time, 13 that of its children it has waited
+/// for.
+fn proc_stat_seconds(pid: &str, at: usize) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at ") ".
     let rest = stat.rsplit_once(") ").context("proc stat format")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields[11].parse()?;
-    let stime: f64 = fields[12].parse()?;
-    Ok((utime + stime) / clock_ticks_per_second())
+    let user: f64 = fields[at].parse()?;
+    let system: f64 = fields[at + 1].parse()?;
+    Ok((user + system) / clock_ticks_per_second())
 }
 
+/// The other processes' CPU seconds so far. agent-sim has exited (and been waited for) by the
+/// end of a run, so its time is read as the bench's children's time, which only it adds to
+/// while the run goes on; the HTTP scenario's load is the bench process itself.
+fn others_cpu(
+    server: &NatsServer,
+    analyzers: &[Process],
+    scenario: Scenario,
+) -> anyhow::Result<OthersCpu> {
+    let server = server.pid().map(cpu_seconds).transpose()?.unwrap_or(0.0);
+    let mut analyzer_total = 0.0;
+    for pid in analyzers.iter().filter_map(Process::id) {
+        analyzer_total += cpu_seconds(pid)?;
+    }
+    let load = match scenario {
+        Scenario::LogdistHttp => proc_stat_seconds("self", 11)?,
+        _ => proc_stat_seconds("self", 13)?,
+    };
+    Ok(OthersCpu {
+        server,
+        analyzers: analyzer_total,
+        load,
+    })
+}
+
+/// Asked once: `getconf` is a child process, whose time would count as agent-sim's.
 fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Peak resident memory of a process (VmHWM), in MiB.

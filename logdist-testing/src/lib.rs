@@ -171,6 +171,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id while it runs (for its CPU figures in the bench).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Folder holding the config, the log and the JetStream store.
     pub fn dir(&self) -> &Path {
         self.dir.path()
