@@ -106,10 +106,27 @@ impl Severity {
         // per message on the validator's fast path, whatever the case or the name (callgrind:
         // logdist/examples/count_if_valid.rs). `| 0x20` lower-cases a letter and turns no other
         // byte into a letter, so a match means every byte is that letter in some case.
-        let mut word = [0u8; 8];
-        word[..bytes.len()].copy_from_slice(bytes);
-        let word = u64::from_le_bytes(word) | LOWER;
-        match (bytes.len(), word) {
+        // The word is built from two loads that overlap (of 2 or 4 bytes: the first ones and
+        // the last ones, shifted into place), not copied into a zeroed buffer and loaded whole:
+        // that copy of a variable length, then a load of 8 bytes over it, stalled the load
+        // until the copy's stores were done. Bytes past the name stay 0, as in [`word`].
+        let len = bytes.len();
+        let word = match len {
+            3 => u64::from(u16::from_le_bytes([bytes[0], bytes[1]])) | u64::from(bytes[2]) << 16,
+            4..=8 => {
+                let first = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                let last = u32::from_le_bytes([
+                    bytes[len - 4],
+                    bytes[len - 3],
+                    bytes[len - 2],
+                    bytes[len - 1],
+                ]);
+                u64::from(first) | u64::from(last) << (8 * (len - 4))
+            }
+            // No severity name is shorter than 3 bytes.
+            _ => return None,
+        } | LOWER;
+        match (len, word) {
             (5, TRACE) => Some(Trace),
             (5, DEBUG) => Some(Debug),
             (4, INFO) | (6, NOTICE) => Some(Info),
@@ -934,6 +951,83 @@ mod tests {
         ] {
             assert_eq!(Severity::parse(unknown), None, "{unknown:?}");
         }
+    }
+
+    #[test]
+    fn severity_names_match_in_any_case_and_nothing_else_does() {
+        use Severity::*;
+        let names = [
+            ("trace", Trace),
+            ("debug", Debug),
+            ("info", Info),
+            ("notice", Info),
+            ("information", Info),
+            ("informational", Info),
+            ("warn", Warn),
+            ("warning", Warn),
+            ("error", Error),
+            ("err", Error),
+            ("fatal", Fatal),
+            ("critical", Fatal),
+            ("crit", Fatal),
+            ("alert", Fatal),
+            ("emerg", Fatal),
+            ("emergency", Fatal),
+            ("panic", Fatal),
+        ];
+        let reference = |bytes: &[u8]| {
+            names
+                .iter()
+                .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(bytes))
+                .map(|&(_, s)| s)
+        };
+        let mut tried = 0;
+        for (name, expected) in names {
+            let upper = name.to_ascii_uppercase();
+            let title = format!("{}{}", &upper[..1], &name[1..]);
+            for spelling in [name.to_string(), upper, title] {
+                assert_eq!(Severity::parse_bytes(spelling.as_bytes()), Some(expected));
+            }
+            // Every prefix, every one-byte change (letters of the other case, near letters,
+            // bytes that `| 0x20` maps onto a letter's bits) and one byte more.
+            let bytes = name.as_bytes();
+            for len in 0..bytes.len() {
+                let prefix = &bytes[..len];
+                assert_eq!(
+                    Severity::parse_bytes(prefix),
+                    reference(prefix),
+                    "{prefix:?}"
+                );
+                tried += 1;
+            }
+            for at in 0..bytes.len() {
+                for replacement in [
+                    b'x',
+                    b'\0',
+                    b'@',
+                    b'[',
+                    b'{',
+                    bytes[at] ^ 0x20,
+                    bytes[at] + 1,
+                ] {
+                    let mut changed = bytes.to_vec();
+                    changed[at] = replacement;
+                    assert_eq!(
+                        Severity::parse_bytes(&changed),
+                        reference(&changed),
+                        "{changed:?}"
+                    );
+                    tried += 1;
+                }
+            }
+            let longer = [bytes, b"s"].concat();
+            assert_eq!(
+                Severity::parse_bytes(&longer),
+                reference(&longer),
+                "{longer:?}"
+            );
+        }
+        assert!(tried > 500);
     }
 
     #[test]
