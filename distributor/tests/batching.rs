@@ -215,6 +215,40 @@ async fn held_packets_leave_as_bounded_batches_in_order() {
 }
 
 #[tokio::test]
+async fn big_packets_leave_alone_in_order_between_batches() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut distributor = start_distributor(&server, "r1", &["--linger", "50ms"]).await;
+    let (members, stats) = buckets(&client).await;
+    // Held while no analyzer is online, then released at once: small packets batch for certain
+    // (held_packets_leave_as_bounded_batches_in_order); 200-message packets (~13 KB) must not.
+    let big = Bytes::from(logdist_testing::packet(200));
+    assert!(big.len() > 8 * 1024, "{} bytes", big.len());
+    let small = Bytes::from(message(1));
+    let order: Vec<bool> = (0..60).map(|seq| (seq / 10) % 2 == 1).collect();
+    for (seq, &is_big) in order.iter().enumerate() {
+        let payload = if is_big { big.clone() } else { small.clone() };
+        client
+            .publish_with_headers(INGEST, seq_headers(seq as u64), payload)
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    wait_distributor_stats(&stats, "r1", "60 packets held", |s| s.held_packets == 60).await;
+    let a = RawAnalyzer::start(&client, "a", 1.0, batch::BATCH_VERSION).await;
+    wait_member(&members, "a", true).await;
+    wait_packets(&[&a], "the held packets", 60).await;
+    let c = a.counts();
+    assert_eq!(c.mismatched, 0, "each packet whole: {c:?}");
+    assert_eq!(c.seqs, (0..60).collect::<Vec<_>>(), "in order");
+    // 30 big packets alone; the 30 small ones in three runs of ten, one batch each.
+    assert_eq!((c.nats_messages, c.batches), (33, 3), "{c:?}");
+    let s = wait_distributor_stats(&stats, "r1", "all routed", |s| s.routed_packets == 60).await;
+    assert_eq!((s.batches_sent, s.batched_packets), (3, 30));
+    assert!(distributor.terminate(WAIT).await.success());
+}
+
+#[tokio::test]
 async fn linger_0_sends_one_message_per_packet() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
