@@ -350,8 +350,11 @@ pub struct AtLeastOnceArgs {
           value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     pub max_in_flight_bytes: usize,
 
-    /// Packets asked from JetStream per pull request.
-    #[arg(long, env = "DISTRIBUTOR_FETCH_BATCH", value_name = "N", default_value_t = 500,
+    /// Packets asked from JetStream per pull request. What was asked arrives whether or not
+    /// there is room in flight, and waits in the client: with 100-message packets (14 KB) the
+    /// default 100 holds about 2 MB there (500 held 10 MB, and pinned the read buffers around
+    /// them: 70 MiB peak RSS in a flood against 43 MiB).
+    #[arg(long, env = "DISTRIBUTOR_FETCH_BATCH", value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=10_000).map(|v| v as usize))]
     pub fetch_batch: usize,
 
