@@ -239,26 +239,7 @@ async fn a_packet_no_analyzer_acknowledges_is_dead_lettered_after_max_attempts()
         .subscribe(logdist::protocol::names::DEFAULT_DEADLETTER_SUBJECT)
         .await
         .unwrap();
-    let heartbeat =
-        logdist::protocol::control::ControlMessage::Up(logdist::protocol::control::Heartbeat {
-            id: "mute".into(),
-            weight: 1.0,
-            instance: "m".into(),
-            interval_ms: 100,
-            batch: 0,
-        });
-    let beat_client = client.clone();
-    let beats = tokio::spawn(async move {
-        loop {
-            let _ = beat_client
-                .publish(
-                    logdist::Names::default().analyzer_control_subject("mute"),
-                    heartbeat.to_json().into(),
-                )
-                .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let beats = heartbeat_forever(&client, "mute", "m");
     let _d1 = distributor(
         &url,
         "d1",
@@ -404,26 +385,7 @@ async fn packet_ids_are_the_stream_sequences() {
     let stream = js.get_stream(logdist_testing::STREAM).await.unwrap();
     stream.purge().await.unwrap();
 
-    let heartbeat =
-        logdist::protocol::control::ControlMessage::Up(logdist::protocol::control::Heartbeat {
-            id: "echo".into(),
-            weight: 1.0,
-            instance: "e".into(),
-            interval_ms: 100,
-            batch: 0,
-        });
-    let beat_client = client.clone();
-    let beats = tokio::spawn(async move {
-        loop {
-            let _ = beat_client
-                .publish(
-                    logdist::Names::default().analyzer_control_subject("echo"),
-                    heartbeat.to_json().into(),
-                )
-                .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let beats = heartbeat_forever(&client, "echo", "e");
     wait_members(&js, 1).await;
     let mut sequences = Vec::new();
     for _ in 0..PACKETS {
@@ -456,4 +418,31 @@ async fn packet_ids_are_the_stream_sequences() {
     wait_consumer_drained(&js).await;
     beats.abort();
     assert!(d1.terminate(WAIT).await.success());
+}
+
+/// Announces a raw analyzer (`id`, weight 1, instance `instance`, no batches) every 100 ms
+/// until the returned task is aborted: for tests whose analyzer is a bare subscription.
+fn heartbeat_forever(
+    client: &async_nats::Client,
+    id: &str,
+    instance: &str,
+) -> tokio::task::JoinHandle<()> {
+    let heartbeat =
+        logdist::protocol::control::ControlMessage::Up(logdist::protocol::control::Heartbeat {
+            id: id.into(),
+            weight: 1.0,
+            instance: instance.into(),
+            interval_ms: 100,
+            batch: 0,
+        });
+    let subject = logdist::Names::default().analyzer_control_subject(id);
+    let client = client.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = client
+                .publish(subject.clone(), heartbeat.to_json().into())
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
 }
