@@ -5,7 +5,8 @@
 # through the at-least-once stream: `--delivery at-least-once`) or `http` (POST /message/send
 # from scripts/http_post_load.py). Run it twice with the same SECONDS and COUNT
 # and 2×COUNT: (instructions of the second − of the first) / COUNT is the cost of a packet.
-# usage: scripts/callgrind-distributor.sh nats|alo|http COUNT SECONDS OUT [distributor flags...]
+# PACKET_SIZE=100 makes agent-sim send COUNT packets of 100 messages (nats and alo; default 1).
+# usage: [PACKET_SIZE=N] scripts/callgrind-distributor.sh nats|alo|http COUNT SECONDS OUT [distributor flags...]
 set -e
 LOAD=$1; COUNT=$2; SECS=$3; OUT=$4; shift 4; EXTRA=("$@")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,8 +32,8 @@ sleep 10
 if [ "$LOAD" = http ]; then
   python3 $ROOT/scripts/http_post_load.py $HPORT $COUNT $SECS
 else
-  $BIN/agent-sim --nats-url $URL --agents 4 --connections 2 --packet-size 1 \
-    --rate $((COUNT / SECS)) --count $COUNT --verify --quiet-period 2s --max-loss 100 \
+  $BIN/agent-sim --nats-url $URL --agents 4 --connections 2 --packet-size ${PACKET_SIZE:-1} \
+    --rate $((COUNT * ${PACKET_SIZE:-1} / SECS)) --count $((COUNT * ${PACKET_SIZE:-1})) --verify --quiet-period 2s --max-loss 100 \
     --max-deviation 100 --json > $D/report.json 2>$D/agent.log || true
   python3 -c "import json;v=json.load(open('$D/report.json'))['verification'];print('sent',v['sent'],'received',v['received'])"
 fi
