@@ -65,6 +65,14 @@ impl Scenario {
         }
     }
 
+    /// Whether the share plot has a panel for it (a half-rate run with packets, observed).
+    pub fn plotted(self) -> bool {
+        matches!(
+            self,
+            Scenario::WeightedMapping | Scenario::LogdistAtMostOnce
+        )
+    }
+
     fn analyzers(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Scenario::RawNats => &[("1", "1")],
@@ -239,9 +247,10 @@ impl RunResult {
 }
 
 /// Runs `scenario` with `shape` at `rate` messages/s (0 = as fast as possible) for `seconds`.
-/// With `observe`, the bench also subscribes to every analyzer subject and counts the packets
-/// routed to each as they go by, for an exact share-over-time series (this adds a subscriber's
-/// load, so it is used only on the half-rate runs).
+/// With `observe`, the bench also subscribes to every analyzer subject and counts the messages
+/// routed to each as they go by, for an exact share-over-time series. That subscriber receives
+/// every message a second time, so it is used only on the plot's own run, never on a run whose
+/// rate or latency is reported.
 pub async fn run(
     bins: &Binaries,
     scenario: Scenario,
@@ -323,8 +332,9 @@ pub async fn run(
                     .rsplit('.')
                     .next()
                     .and_then(|i| i.parse::<usize>().ok());
+                let messages = observed_messages(msg.headers.as_ref(), per_packet);
                 if let Some(i) = id.filter(|i| (1..=counts.len()).contains(i)) {
-                    counts[i - 1].fetch_add(per_packet, Ordering::Relaxed);
+                    counts[i - 1].fetch_add(messages, Ordering::Relaxed);
                 }
             }
         }))
@@ -562,6 +572,16 @@ pub(crate) async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Log messages in one NATS message the observer saw: a distributor's message says how many it
+/// carries (`Logdist-Count`; a batch holds several packets), the mapping's are the agents'
+/// packets as sent (`per_packet`).
+fn observed_messages(headers: Option<&async_nats::HeaderMap>, per_packet: u64) -> u64 {
+    headers
+        .and_then(|h| h.get(logdist::protocol::headers::COUNT))
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .unwrap_or(per_packet)
 }
 
 /// What drives a run: agent-sim over NATS, or HTTP clients inside the bench.
@@ -844,4 +864,20 @@ fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
 /// The workspace root, for output paths.
 pub fn workspace_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_observer_counts_a_batch_by_its_messages() {
+        let mut batch = async_nats::HeaderMap::new();
+        batch.insert(logdist::protocol::headers::COUNT, "300");
+        assert_eq!(observed_messages(Some(&batch), 100), 300);
+        let mut agent = async_nats::HeaderMap::new();
+        agent.insert(logdist::protocol::headers::SEQ, "7");
+        assert_eq!(observed_messages(Some(&agent), 100), 100);
+        assert_eq!(observed_messages(None, 1), 1);
+    }
 }
