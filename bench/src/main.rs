@@ -5,6 +5,7 @@
 //! docs/shares.png.
 
 mod affinity;
+mod http_load;
 mod plot;
 mod scenario;
 mod validator;

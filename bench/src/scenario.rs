@@ -594,18 +594,13 @@ enum Load {
 /// as many agents, each posting and waiting for its answer; no pipelining).
 pub(crate) const HTTP_CONNECTIONS: u64 = 64;
 
-/// The part of the gateway's 200 answer the load checks.
-#[derive(serde::Deserialize)]
-struct HttpAccepted {
-    accepted: u64,
-}
-
 /// Posts the shape's body over [`HTTP_CONNECTIONS`] concurrent keep-alive connections for
 /// `duration` at `rate` messages/s in all (0 = as fast as they can): one log message per
-/// `POST /message/send`, 100 per `POST /messages`; every answer is read, and anything but a 200
-/// that accepted the request's messages fails the run. The client is hyper's own HTTP/1.1
-/// connection (no pool, no URL parsing per request), so that the load generator, on the same
-/// two cores, costs as little as it can. Returns (messages, bytes) answered 200.
+/// `POST /message/send`, 100 per `POST /messages`; every answer is read, and anything but a 2xx
+/// that accepted the request's messages fails the run. The client is the bench's own
+/// ([`crate::http_load`]: one write a request, the answer checked in place), so that the load
+/// generator, on the same two cores, costs as little as it can. Returns (messages, bytes)
+/// answered 2xx.
 async fn http_load(
     addr: String,
     shape: Shape,
@@ -625,63 +620,18 @@ async fn http_load(
             format!("[{}]", (0..100).map(record).collect::<Vec<_>>().join(",")),
         ),
     };
-    let body = bytes::Bytes::from(body);
+    let target = Arc::new(crate::http_load::Target {
+        addr,
+        path,
+        body: bytes::Bytes::from(body),
+        accepted: per_request,
+    });
     let interval = (rate > 0).then(|| {
         Duration::from_secs_f64(HTTP_CONNECTIONS as f64 * per_request as f64 / rate as f64)
     });
-    let deadline = Instant::now() + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..HTTP_CONNECTIONS {
-        let (addr, body) = (addr.clone(), body.clone());
-        tasks.spawn(async move {
-            let stream = tokio::net::TcpStream::connect(&addr)
-                .await
-                .with_context(|| format!("cannot connect to the gateway at {addr}"))?;
-            stream.set_nodelay(true)?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            let connection = tokio::spawn(connection);
-            let (mut messages, mut bytes) = (0u64, 0u64);
-            let mut next = Instant::now();
-            while Instant::now() < deadline {
-                if let Some(interval) = interval {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += interval;
-                }
-                let request = hyper::Request::post(path)
-                    .header(hyper::header::HOST, addr.as_str())
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
-                    .body(http_body_util::Full::new(body.clone()))?;
-                sender.ready().await?;
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                let answer = http_body_util::BodyExt::collect(response.into_body())
-                    .await?
-                    .to_bytes();
-                let accepted = serde_json::from_slice::<HttpAccepted>(&answer)
-                    .map(|a| a.accepted)
-                    .unwrap_or(0);
-                if status != 200 || accepted != per_request {
-                    bail!(
-                        "gateway answered {status}: {}",
-                        String::from_utf8_lossy(&answer)
-                    );
-                }
-                messages += per_request;
-                bytes += body.len() as u64;
-            }
-            drop(sender);
-            let _ = connection.await;
-            Ok((messages, bytes))
-        });
-    }
-    let (mut messages, mut bytes) = (0, 0);
-    while let Some(result) = tasks.join_next().await {
-        let (m, b) = result??;
-        messages += m;
-        bytes += b;
-    }
-    Ok((messages, bytes))
+    let requests =
+        crate::http_load::run(target.clone(), HTTP_CONNECTIONS, interval, duration).await?;
+    Ok((requests * per_request, requests * target.body.len() as u64))
 }
 
 /// The fields of agent-sim's JSON report that a run reads, computed from the analyzers' counters
