@@ -155,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
         .filter(|s| args.shapes.is_empty() || args.shapes.iter().any(|o| o == s.short()))
         .collect();
     let mut rows = Vec::new();
-    for shape in shapes {
+    for &shape in &shapes {
         for &scenario in &scenarios {
             let mut results = Vec::new();
             for rep in 1..=args.repetitions {
@@ -237,6 +237,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let load_points = latency_against_load(&bins, &rows, &shapes, args.seconds).await;
+
     let mut affinity_rows = Vec::new();
     if args.only.is_empty() || args.only.iter().any(|o| o == "affinity") {
         for mode in ["none", "agent"] {
@@ -262,6 +264,10 @@ async fn main() -> anyhow::Result<()> {
     let table = render_table(&rows);
     if !rows.is_empty() {
         println!("{table}");
+    }
+    let load_table = render_load(&load_points, args.seconds);
+    if !load_points.is_empty() {
+        println!("{load_table}");
     }
     let affinity_table = affinity::render(&affinity_rows);
     if !affinity_rows.is_empty() {
@@ -299,6 +305,11 @@ async fn main() -> anyhow::Result<()> {
     let _ = writeln!(md, "Each scenario runs on a fresh nats-server (free loopback ports) with the same load (agent-sim, 4 agents over 2 connections, for {} s) and the same counting receivers (analyzer processes, which parse and analyze every message). Rates are log messages counted by the analyzers per second of delivery. *Flood*: agent-sim as fast as it can, median of {} runs (all listed): what gets through an overloaded pipeline, with slow-consumer drops (at-most-once) or a backlog left in the stream (at-least-once) in the loss column. *Sustained*: the fastest paced run that lost at most {SUSTAINED_MAX_LOSS_PCT} % and delivered 90–110 % of the offered rate, searched from the flood's rate up by 25 % or down by 20 % a step (at most {SUSTAINED_STEPS} runs): what the pipeline keeps up with. *vs mapping* is the ratio to nats-server's weighted mapping in the same run; CPU (per million messages, from the sustained run) and peak RSS (flood) are the distributor's, the last column the CPU of the rest of the box over the same sustained run (nats-server, the analyzers together, the load: agent-sim, or the bench's HTTP clients); latency (agent send → analyzer, every packet of the run) and the share deviation come from a run at half of the sustained rate.\n", args.seconds, args.repetitions);
     md.push_str(&table);
     let _ = writeln!(md, "\nValidation alone (in-process, one core, the same `PacketValidator` code the distributor and the analyzers run on every message): {validator}.");
+    if !load_points.is_empty() {
+        let _ = writeln!(md, "\n## Latency against load\n");
+        let _ = writeln!(md, "The mapping and logdist at-most-once (default settings) at the same offered rates: {} of the mapping's sustained rate, one run each, taken in turns, no observer. Latency is agent send → analyzer over every packet of the run (p50 / p99, the analyzers' largest); *box CPU* is the CPU time of every process of the run (nats-server, analyzers, agent-sim, distributor) from agent-sim's start to its exit (the load and the 2 s quiet check after it) per second of the {} s of load, in cores of the {cores}: at a low rate every message pays whole wake-ups, so it is not proportional to the rate. Where the mapping's own p99 grows with load, what sets it is the shared cores, not a stage of logdist; logdist's cost is the difference between the two at the same load.\n", LOAD_FRACTIONS.iter().map(|f| format!("{:.0} %", f * 100.0)).collect::<Vec<_>>().join(", "), args.seconds);
+        md.push_str(&load_table);
+    }
     if !affinity_rows.is_empty() {
         let _ = writeln!(md, "\n## Affinity\n");
         let _ = writeln!(md, "One distributor, three analyzers weighted 0.5 / 0.3 / 0.2, agent-sim with {} agents of Zipf-like volumes (`--agent-skew {}`: the heaviest sends 6.5 % of the messages), packets of 1–20 messages at {} messages/s for {} s; the same load with the default routing and with `--affinity agent`. *On key's usual analyzer*: packets that reached the analyzer that got most of their agent's packets (seen on the wire by the bench); *affinity kept*: the distributor's own count of packets on their key's first choice; the share deviation is agent-sim's `--verify`. See docs/distributor.md, \"Affinity\".\n", affinity::AGENTS, affinity::SKEW, affinity::RATE, args.seconds);
@@ -320,6 +331,105 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&output, md).context("writing BENCHMARKS.md")?;
     eprintln!("bench: results written to {}", output.display());
     Ok(())
+}
+
+/// Shares of the mapping's sustained rate at which "Latency against load" measures both.
+const LOAD_FRACTIONS: [f64; 3] = [0.05, 0.25, 0.5];
+
+/// One offered rate of "Latency against load": the mapping and logdist at-most-once.
+struct LoadPoint {
+    shape: Shape,
+    fraction: f64,
+    rate: u64,
+    mapping: Option<RunResult>,
+    logdist: Option<RunResult>,
+}
+
+/// The mapping and logdist at-most-once at [`LOAD_FRACTIONS`] of the mapping's sustained rate
+/// (the same offered rates for both), for each shape where both were benched: whether p99 is set
+/// by the load on the shared cores (it then grows with the rate for the mapping too) or by a
+/// stage of logdist (a difference at every rate).
+async fn latency_against_load(
+    bins: &Binaries,
+    rows: &[Row],
+    shapes: &[Shape],
+    seconds: u64,
+) -> Vec<LoadPoint> {
+    let mut points = Vec::new();
+    for &shape in shapes {
+        let row = |s: Scenario| rows.iter().find(|r| r.scenario == s && r.shape == shape);
+        if row(Scenario::LogdistAtMostOnce).is_none() {
+            continue;
+        }
+        let Some(full) = row(Scenario::WeightedMapping)
+            .and_then(|r| r.sustained.as_ref())
+            .map(RunResult::messages_per_sec)
+        else {
+            continue;
+        };
+        for fraction in LOAD_FRACTIONS {
+            let rate = (full * fraction).max(1000.0) as u64;
+            let mut point = LoadPoint {
+                shape,
+                fraction,
+                rate,
+                mapping: None,
+                logdist: None,
+            };
+            for scenario in [Scenario::WeightedMapping, Scenario::LogdistAtMostOnce] {
+                eprintln!(
+                    "bench: latency against load: {} / {} at {rate} msg/s",
+                    scenario.label(),
+                    shape.label()
+                );
+                let result = match scenario::run(bins, scenario, shape, rate, seconds, false).await
+                {
+                    Ok(result) => Some(result),
+                    Err(e) => {
+                        eprintln!("bench:   run failed, its cells stay empty: {e:#}");
+                        None
+                    }
+                };
+                match scenario {
+                    Scenario::WeightedMapping => point.mapping = result,
+                    _ => point.logdist = result,
+                }
+            }
+            points.push(point);
+        }
+    }
+    points
+}
+
+fn render_load(points: &[LoadPoint], seconds: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| payload | offered msg/s | share of the mapping's sustained | mapping p50 / p99 | box CPU, cores | logdist at-most-once p50 / p99 | box CPU, cores |");
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let cells = |r: &Option<RunResult>| match r {
+        None => ("-".to_string(), "-".to_string()),
+        Some(r) => {
+            let cpu = r.others_cpu.server
+                + r.others_cpu.analyzers
+                + r.others_cpu.load
+                + r.distributor_cpu_s.unwrap_or(0.0);
+            (
+                format!("{} / {}", micros(r.p50_us), micros(r.p99_us)),
+                format!("{:.2}", cpu / seconds.max(1) as f64),
+            )
+        }
+    };
+    for p in points {
+        let (mapping, mapping_cpu) = cells(&p.mapping);
+        let (logdist, logdist_cpu) = cells(&p.logdist);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} % | {mapping} | {mapping_cpu} | {logdist} | {logdist_cpu} |",
+            p.shape.label(),
+            thousands(p.rate),
+            p.fraction * 100.0
+        );
+    }
+    out
 }
 
 /// Heading of the hand-written section of BENCHMARKS.md, which the bench carries over as is.
@@ -437,4 +547,37 @@ fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_against_load_shows_each_run_and_leaves_a_failed_one_empty() {
+        let run = RunResult {
+            p50_us: Some(420),
+            p99_us: Some(3_100),
+            others_cpu: scenario::OthersCpu {
+                server: 1.0,
+                analyzers: 1.5,
+                load: 0.5,
+            },
+            distributor_cpu_s: Some(1.0),
+            ..RunResult::default()
+        };
+        let points = [LoadPoint {
+            shape: Shape::Single,
+            fraction: 0.25,
+            rate: 60_000,
+            mapping: None,
+            logdist: Some(run),
+        }];
+        let table = render_load(&points, 4);
+        let row = table.lines().nth(2).unwrap();
+        assert_eq!(
+            row,
+            "| single messages | 60,000 | 25 % | - | - | 420 µs / 3.1 ms | 1.00 |"
+        );
+    }
 }
