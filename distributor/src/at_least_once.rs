@@ -51,7 +51,7 @@ use async_nats::jetstream::{self, stream, AckKind};
 use async_nats::{Message, Request, RequestError, RequestErrorKind};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use logdist::protocol::batch::{coalescable, BatchBuilder};
+use logdist::protocol::batch::{coalescable, BatchBuilder, ALONE_BYTES};
 use logdist::protocol::deadletter::{Reason, UNDELIVERABLE};
 use logdist::protocol::headers::name::PACKET_ID;
 use logdist::telemetry::Condition;
@@ -581,7 +581,8 @@ impl Pipeline<'_> {
 
     /// Sends ready packets while analyzers have room in their windows. With coalescing, the
     /// packets this pass reserves for one analyzer that reads batches go as one request (in
-    /// the order reserved), bounded by `--batch-max-bytes` and `--batch-max-messages`.
+    /// the order reserved), bounded by `--batch-max-bytes` and `--batch-max-messages`; a
+    /// packet of [`ALONE_BYTES`] or more goes alone.
     async fn dispatch_ready(&mut self) {
         // Per analyzer index (this pass: the routing table cannot change meanwhile).
         let mut open: Vec<Vec<(Packet, Reservation)>> = Vec::new();
@@ -614,6 +615,16 @@ impl Pipeline<'_> {
             }
             if open.len() <= index {
                 open.resize_with(index + 1, Vec::new);
+            }
+            if packet.out.payload.len() >= ALONE_BYTES {
+                // Joining it would cost more than the request it saves. What this pass
+                // reserved for the analyzer before it leaves first, to keep their order.
+                let before = std::mem::take(&mut open[index]);
+                if !before.is_empty() {
+                    self.send(before);
+                }
+                self.send(vec![(packet, reservation)]);
+                continue;
             }
             let (bytes, count) = open[index].iter().fold((0, 0), |(b, m), (p, _)| {
                 (b + p.out.payload.len(), m + p.out.messages)

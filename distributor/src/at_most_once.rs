@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::{Client, Message, Subscriber};
 use futures::StreamExt;
+use logdist::protocol::batch::ALONE_BYTES;
 use logdist::protocol::deadletter::{Reason, NO_ANALYZER_ONLINE};
 use logdist::protocol::names::DISTRIBUTOR_QUEUE_GROUP;
 use logdist::{ConnectError, ConnectionEvents};
@@ -514,14 +515,6 @@ impl AtMostOnce {
         send_ready(core, &mut self.ready).await;
     }
 }
-
-/// A packet of at least this many payload bytes is published alone, as with `--linger 0`,
-/// even while packets queue up. It gains nothing from a batch: joining it copies every byte
-/// once more in the distributor, which costs more than the NATS message it saves (callgrind,
-/// 100-message packets of ~14 KB: the join was +15,400 instructions a packet against
-/// `--linger 0`, and nats-server and the analyzers spent no less CPU on the batches). Single
-/// messages (~150 B) are where coalescing pays; sizes between were not measured.
-const ALONE_BYTES: usize = 8 * 1024;
 
 /// Publishes what the coalescer handed back, in order.
 async fn send_ready(core: &mut Distributor, ready: &mut Vec<Ready>) {

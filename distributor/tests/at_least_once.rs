@@ -8,6 +8,7 @@ mod pipeline;
 
 use std::time::Duration;
 
+use logdist::protocol::batch;
 use logdist::protocol::stats::unix_millis_now;
 use logdist_testing::{wait_until, NatsServer};
 use pipeline::*;
@@ -239,7 +240,7 @@ async fn a_packet_no_analyzer_acknowledges_is_dead_lettered_after_max_attempts()
         .subscribe(logdist::protocol::names::DEFAULT_DEADLETTER_SUBJECT)
         .await
         .unwrap();
-    let beats = heartbeat_forever(&client, "mute", "m");
+    let beats = heartbeat_forever(&client, "mute", "m", 0);
     let _d1 = distributor(
         &url,
         "d1",
@@ -385,7 +386,7 @@ async fn packet_ids_are_the_stream_sequences() {
     let stream = js.get_stream(logdist_testing::STREAM).await.unwrap();
     stream.purge().await.unwrap();
 
-    let beats = heartbeat_forever(&client, "echo", "e");
+    let beats = heartbeat_forever(&client, "echo", "e", 0);
     wait_members(&js, 1).await;
     let mut sequences = Vec::new();
     for _ in 0..PACKETS {
@@ -420,12 +421,110 @@ async fn packet_ids_are_the_stream_sequences() {
     assert!(d1.terminate(WAIT).await.success());
 }
 
-/// Announces a raw analyzer (`id`, weight 1, instance `instance`, no batches) every 100 ms
-/// until the returned task is aborted: for tests whose analyzer is a bare subscription.
+/// With coalescing on (the default `--linger`), a packet of `ALONE_BYTES` (8 KiB) or more goes
+/// to an analyzer that reads batches as a request of its own, as in at-most-once, and its reply
+/// acks it. Runs of single messages and of 200-message packets (~13 KB) wait in the stream
+/// until the analyzer comes online, so they reach the replica together: the single messages
+/// still go in batches (coalescing was on), none of the big packets does.
+#[tokio::test]
+async fn packets_of_8_kib_or_more_go_alone_and_are_acked() {
+    const RUN: usize = 10;
+    let server = NatsServer::start();
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let mut requests = client
+        .subscribe(logdist::Names::default().analyzer_subject("big"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let mut d1 = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
+    let js = jetstream(&url).await;
+    let js_ref = &js;
+    wait_until("the stream", WAIT, || async move {
+        js_ref.get_stream(logdist_testing::STREAM).await.is_ok()
+    })
+    .await;
+    let small = bytes::Bytes::from(logdist_testing::message(0));
+    let big = bytes::Bytes::from(logdist_testing::packet(200));
+    assert!(big.len() >= batch::ALONE_BYTES, "{} bytes", big.len());
+    // small, big, small, big: runs of RUN packets each, stored before any analyzer is online.
+    let subject = logdist::protocol::names::DEFAULT_INGEST_SUBJECT;
+    let mut sequences = Vec::new();
+    for run in 0..4 {
+        let payload = if run % 2 == 0 { &small } else { &big };
+        for _ in 0..RUN {
+            let ack = js.publish(subject, payload.clone()).await.unwrap();
+            sequences.push(ack.await.expect("stored in LOGS").sequence);
+        }
+    }
+
+    let beats = heartbeat_forever(&client, "big", "b", batch::BATCH_VERSION);
+    wait_members(&js, 1).await;
+    // Byte length of each packet received, by whether it came in a batch.
+    let (mut alone, mut batched) = (Vec::new(), Vec::new());
+    let mut ids = Vec::new();
+    let mut batches = 0u64;
+    while alone.len() + batched.len() < 4 * RUN {
+        let m = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut requests))
+            .await
+            .expect("a request in time")
+            .unwrap();
+        match batch::split(m.headers.as_ref(), m.payload.len()).expect("a readable batch") {
+            Some(parts) => {
+                batches += 1;
+                let headers = m.headers.as_ref().unwrap();
+                for part in parts {
+                    batched.push(part.range.len());
+                    let id = part.headers(headers).get("Logdist-Packet-Id").cloned();
+                    ids.push(id.map(|v| v.to_string()).unwrap_or_default());
+                }
+            }
+            None => {
+                alone.push(m.payload.len());
+                let id = m.headers.as_ref().and_then(|h| h.get("Logdist-Packet-Id"));
+                ids.push(id.map(|v| v.to_string()).unwrap_or_default());
+            }
+        }
+        client
+            .publish(m.reply.expect("a request"), "".into())
+            .await
+            .unwrap();
+    }
+    let big_alone = alone.iter().filter(|&&n| n == big.len()).count();
+    let big_batched = batched.iter().filter(|&&n| n == big.len()).count();
+    assert_eq!(
+        (big_alone, big_batched),
+        (2 * RUN, 0),
+        "every big packet alone ({batches} batches of {batched:?})"
+    );
+    assert!(
+        batches > 0 && batched.len() as u64 > batches,
+        "the single messages still batch: {} alone, {batches} batches",
+        alone.len()
+    );
+    ids.sort();
+    let mut expected: Vec<String> = sequences.iter().map(|s| format!("LOGS:{s}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "each packet once, with its own id");
+    // The replies acked every packet: the stream empties, nothing redelivered.
+    let (captured, _) = wait_consumer_drained(&js).await;
+    assert_eq!(captured, 4 * RUN as u64);
+    let last = settled_stats(&js, "d1").await;
+    assert_eq!(last.routed_packets, 4 * RUN as u64);
+    assert_eq!((last.redelivered, last.deadletter_packets), (0, 0));
+    assert_eq!(last.batches_sent, batches);
+    beats.abort();
+    assert!(d1.terminate(WAIT).await.success());
+}
+
+/// Announces a raw analyzer (`id`, weight 1, instance `instance`, reading batches of version
+/// `batch`, 0 for none) every 100 ms until the returned task is aborted: for tests whose
+/// analyzer is a bare subscription.
 fn heartbeat_forever(
     client: &async_nats::Client,
     id: &str,
     instance: &str,
+    batch: u32,
 ) -> tokio::task::JoinHandle<()> {
     let heartbeat =
         logdist::protocol::control::ControlMessage::Up(logdist::protocol::control::Heartbeat {
@@ -433,7 +532,7 @@ fn heartbeat_forever(
             weight: 1.0,
             instance: instance.into(),
             interval_ms: 100,
-            batch: 0,
+            batch,
         });
     let subject = logdist::Names::default().analyzer_control_subject(id);
     let client = client.clone();
