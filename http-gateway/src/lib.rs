@@ -25,10 +25,14 @@
 
 pub mod otlp;
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -217,7 +221,7 @@ pub async fn start_with_registrations(
         .route("/analyzer/register", post(registration::register))
         .route("/analyzer/deregister", post(registration::deregister))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .with_state(gateway);
+        .with_state(gateway.clone());
     let router = match &config.telemetry {
         Some(telemetry) => router.merge(telemetry.metrics_and_readiness()),
         None => router,
@@ -230,19 +234,87 @@ pub async fn start_with_registrations(
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
             }
         });
-        // The caller's address is the default host of a registered analyzer's URL.
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        axum::serve(listener, MakeConnectionService { gateway, router })
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
     });
     Ok(RunningGateway {
         local_addr,
         counters,
         task,
     })
+}
+
+/// Makes the [`ConnectionService`] of each accepted connection.
+#[derive(Clone)]
+struct MakeConnectionService {
+    gateway: Arc<Gateway>,
+    router: Router,
+}
+
+impl<'a, L> tower_service::Service<axum::serve::IncomingStream<'a, L>> for MakeConnectionService
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    type Response = ConnectionService;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<ConnectionService, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, incoming: axum::serve::IncomingStream<'a, L>) -> Self::Future {
+        std::future::ready(Ok(ConnectionService {
+            gateway: self.gateway.clone(),
+            router: self.router.clone(),
+            remote: *incoming.remote_addr(),
+        }))
+    }
+}
+
+/// One connection's requests: `POST /message/send`, one request per log message and so the hot
+/// path, goes straight to its handler; everything else through the router, with the caller's
+/// address as [`ConnectInfo`](axum::extract::ConnectInfo) (the default host of a registered
+/// analyzer's URL). The router's matching, its layers and the per-request extension cost
+/// ~7,000 instructions, as much as the handler itself (callgrind, docs/http.md).
+#[derive(Clone)]
+struct ConnectionService {
+    gateway: Arc<Gateway>,
+    router: Router,
+    remote: SocketAddr,
+}
+
+impl tower_service::Service<axum::extract::Request> for ConnectionService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: axum::extract::Request) -> Self::Future {
+        if request.method() == axum::http::Method::POST && request.uri().path() == "/message/send" {
+            let gateway = self.gateway.clone();
+            return Box::pin(async move { Ok(send_one(State(gateway), request).await) });
+        }
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.remote));
+        let mut router = self.router.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| {
+                <Router as tower_service::Service<axum::extract::Request>>::poll_ready(
+                    &mut router,
+                    cx,
+                )
+            })
+            .await?;
+            <Router as tower_service::Service<axum::extract::Request>>::call(&mut router, request)
+                .await
+        })
+    }
 }
 
 /// The JSON body of every error response.
