@@ -227,10 +227,12 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(16..=1_048_576).map(|v| v as usize))]
     pub ingest_buffer: usize,
 
-    /// Threads of the async runtime. Default: one per core. 1 runs everything on one thread,
-    /// which spends about 20 % less CPU per packet on a machine shared with nats-server (no
-    /// cross-thread wake-ups), but control messages then wait behind the packets being handled:
-    /// use it only with heartbeat intervals far above the time a burst of packets takes.
+    /// Threads of the async runtime. Default: one per core. 1 runs everything on one thread (a
+    /// packet is read, validated and written on one core, no cross-thread wake-ups) and caps
+    /// the distributor at one core. On a 2-core machine shared with nats-server it saved ~8 %
+    /// of the CPU per 100-message packet while the machine was overloaded, nothing measurable
+    /// otherwise (scripts/cpu-per-packet.sh). Control messages then wait behind the packets
+    /// being handled: use it only with heartbeat intervals far above a burst's handling time.
     #[arg(long, env = "DISTRIBUTOR_WORKER_THREADS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024).map(|v| v as usize))]
     pub worker_threads: Option<usize>,
