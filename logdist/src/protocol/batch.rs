@@ -140,19 +140,32 @@ impl BatchBuilder {
 
     /// Appends one packet of `messages` log messages that [`coalescable`] accepted.
     pub fn push(&mut self, headers: &HeaderMap, payload: &Bytes, messages: u64) {
-        use std::fmt::Write;
         let first = self.packets == 0;
         if !first {
             self.lengths.push(',');
             self.counts.push(',');
         }
-        let _ = write!(self.lengths, "{}", payload.len());
-        let _ = write!(self.counts, "{messages}");
-        let get = |n: HeaderName| headers.get(n).map(HeaderValue::as_str);
-        self.agents.push(first, get(name::AGENT));
-        self.seqs.push(first, get(name::SEQ));
-        self.sent_at.push(first, get(name::SENT_AT));
-        self.packet_ids.push(first, get(name::PACKET_ID));
+        push_decimal(&mut self.lengths, payload.len() as u64);
+        push_decimal(&mut self.counts, messages);
+        // One pass over the packet's few headers, comparing names: a look-up by name hashes
+        // it (SipHash), ~400 instructions each of the four (callgrind).
+        let (mut agent, mut seq, mut sent_at, mut packet_id) = (None, None, None, None);
+        for (n, values) in headers.iter() {
+            let value = values.first().map(HeaderValue::as_str);
+            if *n == name::AGENT {
+                agent = value;
+            } else if *n == name::SEQ {
+                seq = value;
+            } else if *n == name::SENT_AT {
+                sent_at = value;
+            } else if *n == name::PACKET_ID {
+                packet_id = value;
+            }
+        }
+        self.agents.push(first, agent);
+        self.seqs.push(first, seq);
+        self.sent_at.push(first, sent_at);
+        self.packet_ids.push(first, packet_id);
         self.parts.push(payload.clone());
         self.bytes += payload.len();
         self.packets += 1;
@@ -162,12 +175,18 @@ impl BatchBuilder {
     /// The batch's headers and payload (`distributor` is the `Logdist-Distributor` value); the
     /// builder is empty again afterwards.
     pub fn finish(&mut self, distributor: &HeaderValue) -> (HeaderMap, Bytes) {
+        let decimal = |n: u64| {
+            let mut text = String::with_capacity(20);
+            push_decimal(&mut text, n);
+            text
+        };
+        // The lists move into the headers (a `&str` would be copied once more).
         let mut headers = HeaderMap::new();
-        headers.insert(hn::BATCH, HeaderValue::from(self.packets as u64));
-        headers.insert(name::COUNT, HeaderValue::from(self.messages));
+        headers.insert(hn::BATCH, decimal(self.packets as u64));
+        headers.insert(name::COUNT, decimal(self.messages));
         headers.insert(name::DISTRIBUTOR, distributor.clone());
-        headers.insert(hn::LENGTHS, std::mem::take(&mut self.lengths).as_str());
-        headers.insert(hn::COUNTS, std::mem::take(&mut self.counts).as_str());
+        headers.insert(hn::LENGTHS, std::mem::take(&mut self.lengths));
+        headers.insert(hn::COUNTS, std::mem::take(&mut self.counts));
         for (n, list) in [
             (hn::AGENTS, &mut self.agents),
             (hn::SEQS, &mut self.seqs),
@@ -175,7 +194,7 @@ impl BatchBuilder {
             (hn::PACKET_IDS, &mut self.packet_ids),
         ] {
             if let Some(text) = list.take() {
-                headers.insert(n, text.as_str());
+                headers.insert(n, text);
             }
         }
         let mut payload = BytesMut::with_capacity(self.bytes);
@@ -186,6 +205,24 @@ impl BatchBuilder {
         self.messages = 0;
         self.bytes = 0;
         (headers, payload.freeze())
+    }
+}
+
+/// Appends `n` in decimal: `write!` goes through `core::fmt`, a few hundred instructions for
+/// each of the two numbers every packet adds.
+fn push_decimal(text: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[start..] {
+        text.push(char::from(digit));
     }
 }
 
@@ -443,6 +480,16 @@ mod tests {
                 assert_eq!(&payload[part.range.clone()], &p[..]);
             }
         }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        let mut text = String::from("x");
+        for n in [0, 7, 10, 4077, u64::MAX] {
+            push_decimal(&mut text, n);
+            text.push(',');
+        }
+        assert_eq!(text, format!("x0,7,10,4077,{},", u64::MAX));
     }
 
     #[test]
