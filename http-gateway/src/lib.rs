@@ -409,10 +409,8 @@ async fn send_one(State(gw): State<Arc<Gateway>>, request: axum::extract::Reques
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let result = async {
-        let body = axum::body::to_bytes(body, gw.max_body_bytes)
-            .await
-            .map_err(|e| gw.body_error(&e));
-        let body = gw.decode(headers, body?)?;
+        let body = gw.read_body(body).await?;
+        let body = gw.decode(headers, body)?;
         gw.require_content_type(headers, &["application/json"])?;
         // The common case in one pass that builds nothing; the careful path says what is wrong.
         let object = body.trim_ascii_start().first() == Some(&b'{');
@@ -581,8 +579,42 @@ impl Gateway {
         self.decode(headers, body)
     }
 
-    /// A body that could not be read whole (`axum::body::to_bytes`): over the limit (413), or
-    /// the connection failed (400), as the `Bytes` extractor answers.
+    /// The whole request body, within the limit (413 above it). A body that comes in one frame,
+    /// as a small request's does, is that frame's bytes: neither copied nor gathered into a list
+    /// first, as `axum::body::to_bytes` would (~800 instructions a request, callgrind).
+    async fn read_body(&self, mut body: axum::body::Body) -> Result<Bytes, ApiError> {
+        use http_body_util::BodyExt;
+        let mut first: Option<Bytes> = None;
+        let mut joined: Vec<u8> = Vec::new();
+        let mut len = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.body_error(&e))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers: nothing of the body
+            };
+            len += data.len();
+            if len > self.max_body_bytes {
+                return Err(self.too_large());
+            }
+            match &first {
+                None => first = Some(data),
+                Some(head) => {
+                    if joined.is_empty() {
+                        joined.extend_from_slice(head);
+                    }
+                    joined.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok(if joined.is_empty() {
+            first.unwrap_or_default()
+        } else {
+            Bytes::from(joined)
+        })
+    }
+
+    /// A body that could not be read whole: over the limit (413), or the connection failed
+    /// (400), as the `Bytes` extractor answers.
     fn body_error(&self, error: &axum::Error) -> ApiError {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(e) = cause {

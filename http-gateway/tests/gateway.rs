@@ -119,6 +119,50 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// POST /message/send reads its body itself: one that comes in several chunks is joined whole,
+/// and one over the limit in chunks is a 413 (raw HTTP/1.1, so the chunks are the test's).
+#[tokio::test]
+async fn a_single_message_in_chunks_is_joined_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut f = fixture(1 << 10, false).await;
+    let addr = f.base.trim_start_matches("http://").to_string();
+    let post_chunks = |chunks: Vec<String>| {
+        let addr = addr.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let mut request = format!(
+                "POST /message/send HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+                 transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            );
+            for chunk in &chunks {
+                request.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+            }
+            request.push_str("0\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+                .await
+                .expect("an answer within 10 s")
+                .unwrap();
+            answer
+        }
+    };
+    let (head, tail) = HELLO.split_at(HELLO.len() / 2);
+    let answer = post_chunks(vec![head.into(), tail.into()]).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"accepted":1,"stored":false}"#),
+        "{answer}"
+    );
+    let msg = next(&mut f.ingest).await;
+    assert_eq!(&msg.payload[..], HELLO.as_bytes());
+
+    let over = "x".repeat(600);
+    let answer = post_chunks(vec![over.clone(), over]).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("too_large"), "{answer}");
+}
+
 #[tokio::test]
 async fn old_service_single_message_is_published_unchanged() {
     let mut f = fixture(1 << 20, false).await;
