@@ -69,10 +69,13 @@ def main():
         # The baselines have no distributor ("-").
         dist = number(r["dist. CPU s / M msgs"]) or 0.0
         base = mapping.get(r["payload"])
-        if None in parts or not base:
-            continue
-        others = sum(parts)
         sustained = number(r["sustained msg/s"])
+        others = sum(parts) if None not in parts else None
+        # A row without a sustained rate ("-": no paced run qualified) or without CPU figures
+        # has no ceiling to read.
+        if not others or not base or sustained is None:
+            print(f"| {r['scenario']} | {r['payload']} | {r['sustained msg/s']} | - | - | - | - | - | - | - | - |")
+            continue
         ceiling = args.cores / (others + dist) * 1e6
         free = args.cores / others * 1e6
         print(

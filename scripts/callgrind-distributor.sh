@@ -18,6 +18,10 @@ PORT=$(free_port); HPORT=$(free_port)
 printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s/js" }\nmax_payload: 8MB\n' $PORT $D > $D/nats.conf
 URL=nats://127.0.0.1:$PORT
 $NS -c $D/nats.conf -l $D/server.log & NSPID=$!
+PIDS=()
+# Whatever fails (set -e), no server, analyzer or distributor is left running.
+cleanup() { kill "${PIDS[@]}" $NSPID ${DPID:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$D"; }
+trap cleanup EXIT
 sleep 0.5
 for a in "1 0.6" "2 0.4"; do read -r i w <<< "$a"
   RUST_LOG=warn $BIN/analyzer --nats-url $URL --id $i --weight $w --instance a$i \
@@ -39,6 +43,5 @@ else
 fi
 sleep 2
 kill -TERM $DPID; wait $DPID || true
-kill "${PIDS[@]}" $NSPID; wait 2>/dev/null || true
+DPID=
 callgrind_annotate $OUT 2>/dev/null | grep -m1 "PROGRAM TOTALS"
-rm -rf $D
