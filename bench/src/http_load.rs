@@ -33,6 +33,10 @@ const MAX_HEADERS: usize = 16;
 /// Read buffer of a connection: the gateway's answers to a valid request are ~150 bytes.
 const READ_BUFFER: usize = 4096;
 
+/// Longest wait for one answer: a gateway that stops answering fails the run with what it
+/// sent so far, not only by the scenario's overall time-out.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A complete answer at the start of the read buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Answer<'a> {
@@ -40,6 +44,10 @@ pub struct Answer<'a> {
     pub body: &'a [u8],
     /// Bytes of the buffer it took (head and body).
     pub len: usize,
+    /// Whether it said `Connection: close`: the load needs keep-alive, so the run fails, but
+    /// only after [`check_answer`] has reported a status that is not 2xx (a 413 or 503 the
+    /// server closes after says more than the close).
+    pub close: bool,
 }
 
 /// Why an answer is not one the load can count.
@@ -49,8 +57,6 @@ pub enum AnswerError {
     Malformed(String),
     #[error("HTTP response without Content-Length (the gateway always sends one)")]
     NoContentLength,
-    #[error("HTTP response with Connection: close (the load needs keep-alive)")]
-    Close,
     #[error("HTTP response of {0} bytes, over the load's buffer of {READ_BUFFER}")]
     TooLong(usize),
 }
@@ -69,6 +75,7 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<Answer<'_>>, AnswerError> {
     };
     let status = response.code.expect("a complete response has a status");
     let mut content_length = None;
+    let mut close = false;
     for header in response.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
             let value = std::str::from_utf8(header.value)
@@ -84,7 +91,7 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<Answer<'_>>, AnswerError> {
         } else if header.name.eq_ignore_ascii_case("connection")
             && header.value.eq_ignore_ascii_case(b"close")
         {
-            return Err(AnswerError::Close);
+            close = true;
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(AnswerError::NoContentLength);
         }
@@ -101,6 +108,7 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<Answer<'_>>, AnswerError> {
         status,
         body: &buf[head..len],
         len,
+        close,
     }))
 }
 
@@ -191,10 +199,22 @@ pub async fn connection(
             tokio::time::sleep_until(next).await;
             next += interval;
         }
-        stream.write_all(&request).await?;
+        let answer_due = Instant::now() + ANSWER_TIMEOUT;
+        tokio::time::timeout_at(answer_due, stream.write_all(&request))
+            .await
+            .with_context(|| {
+                format!("the gateway took no request for {ANSWER_TIMEOUT:?} (request {answered} of this connection)")
+            })??;
         let mut filled = 0;
         loop {
-            let n = stream.read(&mut buf[filled..]).await?;
+            let n = tokio::time::timeout_at(answer_due, stream.read(&mut buf[filled..]))
+                .await
+                .with_context(|| {
+                    format!(
+                        "no whole answer within {ANSWER_TIMEOUT:?} (request {answered} of this connection, {filled} bytes of it: {:?})",
+                        String::from_utf8_lossy(&buf[..filled])
+                    )
+                })??;
             if n == 0 {
                 bail!(
                     "the gateway closed the connection with {filled} bytes of an answer: {:?}",
@@ -204,6 +224,11 @@ pub async fn connection(
             filled += n;
             if let Some(answer) = parse_answer(&buf[..filled])? {
                 check_answer(&answer, target.accepted)?;
+                if answer.close {
+                    bail!(
+                        "the gateway answered with Connection: close (the load needs keep-alive)"
+                    );
+                }
                 if answer.len != filled {
                     bail!(
                         "the gateway sent {} bytes after its answer to a request in flight alone",
@@ -290,10 +315,24 @@ mod tests {
             ),
             Err(AnswerError::NoContentLength)
         );
-        assert_eq!(
-            parse_answer(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"),
-            Err(AnswerError::Close)
-        );
+        // Connection: close is kept for after the status is checked, so a 503 that closes is
+        // reported as the 503 it is.
+        let closing =
+            b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}";
+        let answer = parse_answer(closing).unwrap().unwrap();
+        assert!(answer.close);
+        assert!(check_answer(&answer, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("503"));
+        // A 2xx that closes passes the check but is flagged: `connection` fails the run on it.
+        let answer = parse_answer(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 14\r\n\r\n{\"accepted\":1}",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(answer.close);
+        check_answer(&answer, 1).unwrap();
         let endless_head = [b'x'; READ_BUFFER];
         let mut head = b"HTTP/1.1 200 OK\r\nx-long: ".to_vec();
         head.extend_from_slice(&endless_head);
