@@ -68,13 +68,19 @@ struct Row {
 const SUSTAINED_MAX_LOSS_PCT: f64 = 0.1;
 /// Paced runs tried per scenario and shape.
 const SUSTAINED_STEPS: usize = 6;
+/// The search ends when the fastest offered rate that kept up and the slowest that did not are
+/// closer than this ratio.
+const SUSTAINED_GAP: f64 = 1.05;
 
 /// The highest paced rate the scenario keeps up with: a flood measures what survives overload
 /// (with slow-consumer drops and a growing backlog, which can collapse far below what the
 /// pipeline handles when paced); this measures what a user can run all day. Starts at the
 /// flood's delivered rate; while a run keeps up (loses at most [`SUSTAINED_MAX_LOSS_PCT`] and
-/// delivers 90–110 % of the offered rate) tries 25 % more, else 20 % less, at most
-/// [`SUSTAINED_STEPS`] runs. Returns the fastest run that kept up.
+/// delivers 90–110 % of the offered rate) tries 25 % more, else 20 % less. Once one offered
+/// rate kept up and one above it did not, the next tries the geometric middle of the two,
+/// until they are less than [`SUSTAINED_GAP`] apart: a run that just missed the loss bound
+/// must not leave the figure a whole 20 % step low. At most [`SUSTAINED_STEPS`] runs. Returns
+/// the fastest run that kept up.
 async fn sustained_rate(
     bins: &Binaries,
     scenario: Scenario,
@@ -84,6 +90,7 @@ async fn sustained_rate(
 ) -> Option<RunResult> {
     let mut rate = flood_rate.max(1000.0);
     let mut best: Option<RunResult> = None;
+    let mut search = SustainedSearch::default();
     for step in 1..=SUSTAINED_STEPS {
         eprintln!(
             "bench: {} / {} paced at {:.0} msg/s (step {step} of {SUSTAINED_STEPS})",
@@ -119,14 +126,46 @@ async fn sustained_rate(
                 false
             }
         };
-        match (kept_up, &best) {
-            (true, _) => rate *= 1.25,
-            // Failed above a rate that kept up: that one is the answer.
-            (false, Some(_)) => break,
-            (false, None) => rate *= 0.8,
+        match search.next(rate, kept_up) {
+            Some(next) => rate = next,
+            None => break,
         }
     }
     best
+}
+
+/// The offered rates of [`sustained_rate`]'s search: the fastest that kept up, and every one
+/// that did not (the slowest of them above the former bounds the answer; one below it was a
+/// noisy run).
+#[derive(Debug, Default)]
+struct SustainedSearch {
+    kept_up_at: Option<f64>,
+    missed: Vec<f64>,
+}
+
+impl SustainedSearch {
+    /// Takes the verdict of a run at `rate`; returns the next rate to try, or `None` when the
+    /// answer is found.
+    fn next(&mut self, rate: f64, kept_up: bool) -> Option<f64> {
+        if kept_up {
+            self.kept_up_at = Some(self.kept_up_at.map_or(rate, |k| k.max(rate)));
+        } else {
+            self.missed.push(rate);
+        }
+        let missed_above = self.kept_up_at.and_then(|low| {
+            self.missed
+                .iter()
+                .copied()
+                .filter(|&m| m > low)
+                .min_by(f64::total_cmp)
+        });
+        match (self.kept_up_at, missed_above) {
+            (Some(low), Some(high)) if high / low < SUSTAINED_GAP => None,
+            (Some(low), Some(high)) => Some((low * high).sqrt()),
+            _ if kept_up => Some(rate * 1.25),
+            _ => Some(rate * 0.8),
+        }
+    }
 }
 
 #[tokio::main]
@@ -302,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(md, "Measured {date} on this project's machine: {cores} cores, where agent-sim, nats-server, the distributor and the analyzers all share the cores. Re-run with:\n");
     let _ = writeln!(md, "```sh\n{command}\n```\n");
-    let _ = writeln!(md, "Each scenario runs on a fresh nats-server (free loopback ports) with the same load (agent-sim, 4 agents over 2 connections, for {} s) and the same counting receivers (analyzer processes, which parse and analyze every message). Rates are log messages counted by the analyzers per second of delivery. *Flood*: agent-sim as fast as it can, median of {} runs (all listed): what gets through an overloaded pipeline, with slow-consumer drops (at-most-once) or a backlog left in the stream (at-least-once) in the loss column. *Sustained*: the fastest paced run that lost at most {SUSTAINED_MAX_LOSS_PCT} % and delivered 90–110 % of the offered rate, searched from the flood's rate up by 25 % or down by 20 % a step (at most {SUSTAINED_STEPS} runs): what the pipeline keeps up with. *vs mapping* is the ratio to nats-server's weighted mapping in the same run; CPU (per million messages, from the sustained run) and peak RSS (flood) are the distributor's, the last column the CPU of the rest of the box over the same sustained run (nats-server, the analyzers together, the load: agent-sim, or the bench's HTTP clients); latency (agent send → analyzer, every packet of the run; in the HTTP rows from the gateway's receipt of the request, where `Logdist-Sent-At` is stamped, so the client's own leg is not in it) and the share deviation come from a run at half of the sustained rate.\n", args.seconds, args.repetitions);
+    let _ = writeln!(md, "Each scenario runs on a fresh nats-server (free loopback ports) with the same load (agent-sim, 4 agents over 2 connections, for {} s) and the same counting receivers (analyzer processes, which parse and analyze every message). Rates are log messages counted by the analyzers per second of delivery. *Flood*: agent-sim as fast as it can, median of {} runs (all listed): what gets through an overloaded pipeline, with slow-consumer drops (at-most-once) or a backlog left in the stream (at-least-once) in the loss column. *Sustained*: the fastest paced run that lost at most {SUSTAINED_MAX_LOSS_PCT} % and delivered 90–110 % of the offered rate, searched from the flood's rate up by 25 % or down by 20 % a step, then in the geometric middle between the fastest offered rate that kept up and the slowest that did not until they are within 5 % (at most {SUSTAINED_STEPS} runs): what the pipeline keeps up with. *vs mapping* is the ratio to nats-server's weighted mapping in the same run; CPU (per million messages, from the sustained run) and peak RSS (flood) are the distributor's, the last column the CPU of the rest of the box over the same sustained run (nats-server, the analyzers together, the load: agent-sim, or the bench's HTTP clients); latency (agent send → analyzer, every packet of the run; in the HTTP rows from the gateway's receipt of the request, where `Logdist-Sent-At` is stamped, so the client's own leg is not in it) and the share deviation come from a run at half of the sustained rate.\n", args.seconds, args.repetitions);
     md.push_str(&table);
     let _ = writeln!(md, "\nValidation alone (in-process, one core, the same `PacketValidator` code the distributor and the analyzers run on every message): {validator}.");
     if !load_points.is_empty() {
@@ -552,6 +591,52 @@ fn thousands(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The search's rates against a pipeline that keeps up exactly up to `capacity`.
+    fn search(capacity: f64, start: f64) -> (Vec<f64>, Option<f64>) {
+        let mut search = SustainedSearch::default();
+        let (mut rate, mut tried, mut best) = (start, Vec::new(), None::<f64>);
+        for _ in 0..SUSTAINED_STEPS {
+            tried.push(rate);
+            let kept_up = rate <= capacity;
+            if kept_up {
+                best = Some(best.map_or(rate, |b| b.max(rate)));
+            }
+            match search.next(rate, kept_up) {
+                Some(next) => rate = next,
+                None => break,
+            }
+        }
+        (tried, best)
+    }
+
+    #[test]
+    fn the_sustained_search_narrows_a_missed_step_instead_of_stopping_below_it() {
+        // 904cd16's run of at-most-once single messages: 113,900 and 91,121 missed, 72,897
+        // kept up, and the old search answered 72,897. With a capacity of 88,000 the search
+        // now goes on from the missed 91,121 without trying it again.
+        let (tried, best) = search(88_000.0, 113_900.0);
+        let best = best.unwrap();
+        assert!(best > 85_000.0 && best <= 88_000.0, "{tried:?} -> {best}");
+        assert_eq!(
+            tried
+                .iter()
+                .filter(|&&r| (r - 91_120.0).abs() < 1.0)
+                .count(),
+            1,
+            "{tried:?}"
+        );
+        assert!(tried.len() <= SUSTAINED_STEPS);
+        // A pipeline that keeps up with everything tried climbs 25 % a step.
+        let (tried, best) = search(f64::MAX, 10_000.0);
+        assert_eq!(tried.len(), SUSTAINED_STEPS);
+        assert!((best.unwrap() - 10_000.0 * 1.25f64.powi(5)).abs() < 1.0);
+        // One that keeps up with nothing finds nothing.
+        assert_eq!(search(0.0, 10_000.0).1, None);
+        // It stops once the two bounds are within 5 %.
+        let (tried, _) = search(100_000.0, 100_000.0);
+        assert!(tried.len() < SUSTAINED_STEPS, "{tried:?}");
+    }
 
     #[test]
     fn latency_against_load_shows_each_run_and_leaves_a_failed_one_empty() {
