@@ -357,22 +357,14 @@ async fn a_byte_bound_below_one_packet_still_delivers_every_packet() {
 async fn packet_ids_are_the_stream_sequences() {
     const PURGED: u64 = 7;
     const PACKETS: u64 = 5;
-    let server = NatsServer::start();
-    let url = server.url();
-    let client = async_nats::connect(&url).await.unwrap();
     // An analyzer of this test: it heartbeats, answers every request and keeps the ids.
-    let mut requests = client
-        .subscribe(logdist::Names::default().analyzer_subject("echo"))
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-    let mut d1 = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
-    let js = jetstream(&url).await;
-    let js_ref = &js;
-    wait_until("the stream", WAIT, || async move {
-        js_ref.get_stream(logdist_testing::STREAM).await.is_ok()
-    })
-    .await;
+    let RawAnalyzerPipeline {
+        _server,
+        client,
+        mut requests,
+        mut d1,
+        js,
+    } = RawAnalyzerPipeline::start("echo").await;
     // No analyzer online yet: the replica fetches nothing, these only move the sequence on.
     let packet = r#"{"timestamp":1,"severity":"INFO","source":"t","message":"x"}"#;
     let subject = logdist::protocol::names::DEFAULT_INGEST_SUBJECT;
@@ -413,8 +405,7 @@ async fn packet_ids_are_the_stream_sequences() {
             .unwrap();
     }
     ids.sort();
-    let mut expected: Vec<String> = sequences.iter().map(|s| format!("LOGS:{s}")).collect();
-    expected.sort();
+    let expected = packet_ids(&sequences);
     assert_eq!(ids, expected);
     wait_consumer_drained(&js).await;
     beats.abort();
@@ -429,21 +420,13 @@ async fn packet_ids_are_the_stream_sequences() {
 #[tokio::test]
 async fn packets_of_8_kib_or_more_go_alone_and_are_acked() {
     const RUN: usize = 10;
-    let server = NatsServer::start();
-    let url = server.url();
-    let client = async_nats::connect(&url).await.unwrap();
-    let mut requests = client
-        .subscribe(logdist::Names::default().analyzer_subject("big"))
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-    let mut d1 = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
-    let js = jetstream(&url).await;
-    let js_ref = &js;
-    wait_until("the stream", WAIT, || async move {
-        js_ref.get_stream(logdist_testing::STREAM).await.is_ok()
-    })
-    .await;
+    let RawAnalyzerPipeline {
+        _server,
+        client,
+        mut requests,
+        mut d1,
+        js,
+    } = RawAnalyzerPipeline::start("big").await;
     let small = bytes::Bytes::from(logdist_testing::message(0));
     let big = bytes::Bytes::from(logdist_testing::packet(200));
     assert!(big.len() >= batch::ALONE_BYTES, "{} bytes", big.len());
@@ -503,8 +486,7 @@ async fn packets_of_8_kib_or_more_go_alone_and_are_acked() {
         alone.len()
     );
     ids.sort();
-    let mut expected: Vec<String> = sequences.iter().map(|s| format!("LOGS:{s}")).collect();
-    expected.sort();
+    let expected = packet_ids(&sequences);
     assert_eq!(ids, expected, "each packet once, with its own id");
     // The replies acked every packet: the stream empties, nothing redelivered.
     let (captured, _) = wait_consumer_drained(&js).await;
@@ -515,6 +497,51 @@ async fn packets_of_8_kib_or_more_go_alone_and_are_acked() {
     assert_eq!(last.batches_sent, batches);
     beats.abort();
     assert!(d1.terminate(WAIT).await.success());
+}
+
+/// A distributor in at-least-once mode with its stream created, and a bare subscription on
+/// `analyzer.<id>` as the analyzer (announce it with [`heartbeat_forever`]); the server lives
+/// as long as this.
+struct RawAnalyzerPipeline {
+    _server: NatsServer,
+    client: async_nats::Client,
+    requests: async_nats::Subscriber,
+    d1: logdist_testing::Process,
+    js: async_nats::jetstream::Context,
+}
+
+impl RawAnalyzerPipeline {
+    async fn start(id: &str) -> Self {
+        let server = NatsServer::start();
+        let url = server.url();
+        let client = async_nats::connect(&url).await.unwrap();
+        let requests = client
+            .subscribe(logdist::Names::default().analyzer_subject(id))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let d1 = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
+        let js = jetstream(&url).await;
+        let js_ref = &js;
+        wait_until("the stream", WAIT, || async move {
+            js_ref.get_stream(logdist_testing::STREAM).await.is_ok()
+        })
+        .await;
+        Self {
+            _server: server,
+            client,
+            requests,
+            d1,
+            js,
+        }
+    }
+}
+
+/// The packet ids `LOGS:<sequence>` of these stream sequences, sorted.
+fn packet_ids(sequences: &[u64]) -> Vec<String> {
+    let mut ids: Vec<String> = sequences.iter().map(|s| format!("LOGS:{s}")).collect();
+    ids.sort();
+    ids
 }
 
 /// Announces a raw analyzer (`id`, weight 1, instance `instance`, reading batches of version
