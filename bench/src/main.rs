@@ -134,6 +134,26 @@ async fn sustained_rate(
     best
 }
 
+/// One [`scenario::run`]; a failed run is reported as `failed` with
+/// its cause and leaves `None`, so one bad run costs its cells, not the whole bench.
+async fn run_or_report(
+    bins: &Binaries,
+    scenario: Scenario,
+    shape: Shape,
+    rate: u64,
+    seconds: u64,
+    observe: bool,
+    failed: &str,
+) -> Option<RunResult> {
+    match scenario::run(bins, scenario, shape, rate, seconds, observe).await {
+        Ok(result) => Some(result),
+        Err(e) => {
+            eprintln!("{failed}: {e:#}");
+            None
+        }
+    }
+}
+
 /// The offered rates of [`sustained_rate`]'s search: the fastest that kept up, and every one
 /// that did not (the slowest of them above the former bounds the answer; one below it was a
 /// noisy run).
@@ -236,14 +256,16 @@ async fn main() -> anyhow::Result<()> {
                 scenario.label(),
                 shape.label()
             );
-            let half =
-                match scenario::run(&bins, scenario, shape, half_rate, args.seconds, false).await {
-                    Ok(result) => Some(result),
-                    Err(e) => {
-                        eprintln!("bench: half-rate run failed, its columns stay empty: {e:#}");
-                        None
-                    }
-                };
+            let half = run_or_report(
+                &bins,
+                scenario,
+                shape,
+                half_rate,
+                args.seconds,
+                false,
+                "bench: half-rate run failed, its columns stay empty",
+            )
+            .await;
             // The plot's exact share series needs the observer, which receives every message a
             // second time (nats-server's delivery and the bench's client: ~0.3 of a core with
             // single messages at half rate on this machine); on the latency run above it would
@@ -254,13 +276,16 @@ async fn main() -> anyhow::Result<()> {
                     scenario.label(),
                     shape.label()
                 );
-                match scenario::run(&bins, scenario, shape, half_rate, args.seconds, true).await {
-                    Ok(result) => Some(result),
-                    Err(e) => {
-                        eprintln!("bench: the plot's run failed, its panel is left out: {e:#}");
-                        None
-                    }
-                }
+                run_or_report(
+                    &bins,
+                    scenario,
+                    shape,
+                    half_rate,
+                    args.seconds,
+                    true,
+                    "bench: the plot's run failed, its panel is left out",
+                )
+                .await
             } else {
                 None
             };
@@ -421,14 +446,16 @@ async fn latency_against_load(
                     scenario.label(),
                     shape.label()
                 );
-                let result = match scenario::run(bins, scenario, shape, rate, seconds, false).await
-                {
-                    Ok(result) => Some(result),
-                    Err(e) => {
-                        eprintln!("bench:   run failed, its cells stay empty: {e:#}");
-                        None
-                    }
-                };
+                let result = run_or_report(
+                    bins,
+                    scenario,
+                    shape,
+                    rate,
+                    seconds,
+                    false,
+                    "bench:   run failed, its cells stay empty",
+                )
+                .await;
                 match scenario {
                     Scenario::WeightedMapping => point.mapping = result,
                     _ => point.logdist = result,
