@@ -11,22 +11,12 @@ set -e
 LOAD=$1; COUNT=$2; SECS=$3; OUT=$4; shift 4; EXTRA=("$@")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
-NS=$ROOT/.tools/bin/nats-server
-D=$(mktemp -d)
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-PORT=$(free_port); HPORT=$(free_port)
-printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s/js" }\nmax_payload: 8MB\n' $PORT $D > $D/nats.conf
-URL=nats://127.0.0.1:$PORT
-$NS -c $D/nats.conf -l $D/server.log & NSPID=$!
-PIDS=()
+NS=${NATS_SERVER_BIN:-$ROOT/.tools/bin/nats-server}
 # Whatever fails (set -e), no server, analyzer or distributor is left running.
-cleanup() { kill "${PIDS[@]}" $NSPID ${DPID:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$D"; }
-trap cleanup EXIT
-sleep 0.5
-for a in "1 0.6" "2 0.4"; do read -r i w <<< "$a"
-  RUST_LOG=warn $BIN/analyzer --nats-url $URL --id $i --weight $w --instance a$i \
-    --heartbeat-interval 500ms --report-interval 200ms >$D/a$i.out 2>$D/a$i.log & PIDS+=($!)
-done
+. "$ROOT/scripts/pipeline-common.sh"
+start_server
+HPORT=$(free_port)
+start_analyzers "1 0.6" "2 0.4"
 MODE=(); [ "$LOAD" = http ] && MODE=(--http 127.0.0.1:$HPORT)
 [ "$LOAD" = alo ] && MODE=(--delivery at-least-once)
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file=$OUT $BIN/distributor run \

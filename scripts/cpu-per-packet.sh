@@ -19,20 +19,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
 NS=${NATS_SERVER_BIN:-$ROOT/.tools/bin/nats-server}
 SIZE=${PACKET_SIZE:-100}
-D=$(mktemp -d)
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-PORT=$(free_port)
-printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s/js" }\nmax_payload: 8MB\n' "$PORT" "$D" > "$D/nats.conf"
-URL=nats://127.0.0.1:$PORT
-"$NS" -c "$D/nats.conf" -l "$D/server.log" & NSPID=$!
-PIDS=()
-cleanup() { kill "${PIDS[@]}" $NSPID 2>/dev/null; wait 2>/dev/null; rm -rf "$D"; }
-trap cleanup EXIT
-sleep 0.5
-for a in "1 0.5" "2 0.3" "3 0.2"; do read -r i w <<< "$a"
-  RUST_LOG=warn "$BIN/analyzer" --nats-url "$URL" --id "$i" --weight "$w" --instance "a$i" \
-    --heartbeat-interval 500ms --report-interval 200ms >"$D/a$i.out" 2>"$D/a$i.log" & PIDS+=($!)
-done
+. "$ROOT/scripts/pipeline-common.sh"
+start_server
+start_analyzers "1 0.5" "2 0.3" "3 0.2"
 RUST_LOG=warn "$BIN/distributor" run --nats-url "$URL" --replica-id cpp "${EXTRA[@]}" \
   2>"$D/distributor.log" & DPID=$!; PIDS+=($DPID)
 sleep 3
