@@ -25,7 +25,7 @@ start_analyzers "1 0.5" "2 0.3" "3 0.2"
 RUST_LOG=warn "$BIN/distributor" run --nats-url "$URL" --replica-id cpp "${EXTRA[@]}" \
   2>"$D/distributor.log" & DPID=$!; PIDS+=($DPID)
 sleep 3
-# utime stime (clock ticks), minflt, then voluntary / involuntary context switches.
+# minflt, utime, stime (clock ticks), then voluntary / involuntary context switches.
 sample() {
   local stat; stat=$(cut -d' ' -f10,14,15 "/proc/$DPID/stat")
   local ctx; ctx=$(cat /proc/$DPID/task/*/status | awk '/^voluntary_ctxt_switches/ {v += $2}
@@ -33,6 +33,7 @@ sample() {
   echo "$stat $ctx"
 }
 BEFORE=$(sample)
+case "$PROFILE" in perf|syscalls) command -v perf >/dev/null || { echo "PROFILE=$PROFILE needs perf" >&2; exit 2; } ;; esac
 case "$PROFILE" in
   perf) perf record -q -e cpu-clock ${PERF_G--g} -p $DPID -o "$OUT.perf" 2>/dev/null & PROF=$! ;;
   strace) strace -c -f -p $DPID -o "$OUT.strace" 2>/dev/null & PROF=$! ;;
@@ -55,6 +56,10 @@ b = [int(x) for x in before.split()]; a = [int(x) for x in after.split()]
 minflt, ut, st, vcs, ics = (a[i] - b[i] for i in range(5))
 tck, size = int(tck), int(size)
 received = v["received"]; packets = received / size
+if not received:
+    import os
+    log = open(os.path.join(os.path.dirname(report), "agent.log")).read()[-2000:]
+    sys.exit(f"the analyzers received nothing of {v['sent']} messages sent, so there is no CPU per packet; agent-sim's log ends:\n{log}")
 us = lambda ticks: ticks / tck * 1e6 / packets
 line = (f"sent {v['sent']} received {received} (lost {100 * (1 - received / v['sent']):.1f} %) in {float(end) - float(start):.1f} s; "
         f"distributor CPU {(ut + st) / tck / received * 1e6:.3f} s/M msgs = "
