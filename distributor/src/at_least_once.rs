@@ -664,7 +664,11 @@ impl Pipeline<'_> {
         let request = if packets.len() == 1 {
             let out = &packets[0].0.out;
             Request::new()
-                .headers(out.headers.clone())
+                .headers(Outgoing::forwarded_headers(
+                    out.headers.clone(),
+                    out.messages,
+                    self.d.replica_header(),
+                ))
                 .payload(out.payload.clone())
         } else {
             let mut batch = BatchBuilder::new();

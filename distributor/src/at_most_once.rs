@@ -555,9 +555,10 @@ async fn publish(core: &mut Distributor, out: Outgoing) {
     };
     let subject = subject.clone();
     core.count_routed_packet();
+    let headers = Outgoing::forwarded_headers(out.headers, out.messages, core.replica_header());
     if let Err(e) = core
         .client()
-        .publish_with_headers(subject, out.headers, out.payload)
+        .publish_with_headers(subject, headers, out.payload)
         .await
     {
         tracing::error!(error = %e, "cannot publish a packet to an analyzer");

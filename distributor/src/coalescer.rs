@@ -69,7 +69,7 @@ impl Slot {
         if let Some(first) = self.first.take() {
             return Some(Ready {
                 subject: self.subject.clone(),
-                headers: first.headers,
+                headers: Outgoing::forwarded_headers(first.headers, first.messages, replica),
                 payload: first.payload,
                 packets: 1,
             });
@@ -205,7 +205,11 @@ impl Coalescer {
             }
             out.push(Ready {
                 subject: slot.subject.clone(),
-                headers: packet.headers,
+                headers: Outgoing::forwarded_headers(
+                    packet.headers,
+                    packet.messages,
+                    &self.replica,
+                ),
                 payload: packet.payload,
                 packets: 1,
             });
@@ -294,7 +298,6 @@ mod tests {
     fn packet(seq: u64, messages: u64, len: usize) -> Outgoing {
         let mut headers = HeaderMap::new();
         headers.insert(name::SEQ, HeaderValue::from(seq));
-        headers.insert(name::COUNT, HeaderValue::from(messages));
         Outgoing {
             subject: Subject::from("logs.ingest"),
             headers,
@@ -340,13 +343,19 @@ mod tests {
         assert_eq!(c.deadline(), Some(now + Duration::from_millis(5)));
         out.clear();
         c.flush(&mut out);
-        // A batch of one is the packet itself: no batch headers.
+        // A batch of one is the packet itself: no batch headers, but the distributor's own
+        // (added only now that it leaves alone).
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].packets, 1);
         assert!(out[0]
             .headers
             .get(logdist::protocol::batch::BATCH)
             .is_none());
+        assert_eq!(out[0].headers.get(name::COUNT).unwrap().as_str(), "1");
+        assert_eq!(
+            out[0].headers.get(name::DISTRIBUTOR).unwrap().as_str(),
+            "r1"
+        );
         assert_eq!(seqs(&out[0]), ["6"]);
         assert!(!c.is_pending());
         assert_eq!(c.deadline(), None);
@@ -391,6 +400,10 @@ mod tests {
         }
         assert_eq!(out.len(), 3, "analyzer a does not read batches");
         assert!(out.iter().all(|r| r.packets == 1));
+        assert!(out
+            .iter()
+            .all(|r| r.headers.get(name::COUNT).unwrap().as_str() == "1"
+                && r.headers.get(name::DISTRIBUTOR).unwrap().as_str() == "r1"));
         out.clear();
         c.push(1, packet(10, 1, 10), now, &mut out);
         c.push(1, packet(11, 1, 10), now, &mut out);
@@ -403,6 +416,10 @@ mod tests {
         assert_eq!(
             out[1].headers.get("Traceparent").unwrap().as_str(),
             "00-abc"
+        );
+        assert_eq!(
+            out[1].headers.get(name::DISTRIBUTOR).unwrap().as_str(),
+            "r1"
         );
         assert!(!c.is_pending());
     }

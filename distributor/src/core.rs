@@ -48,7 +48,7 @@ use crate::config::{Delivery, RunArgs};
 use crate::log_throttle::{LogThrottle, Verdict};
 use crate::membership::{Membership, MembershipEvent};
 use crate::membership_mirror::MembershipMirror;
-use crate::outgoing::{self, Outgoing};
+use crate::outgoing::Outgoing;
 use crate::round_robin::RoundRobin;
 use crate::router::{Member, Router};
 use crate::stats_publisher::StatsPublisher;
@@ -804,7 +804,7 @@ impl Distributor {
         messages: u64,
     ) -> Outgoing {
         let key = self.affinity.extract(&subject, headers.as_ref(), &payload);
-        let headers = outgoing::forward_headers(headers, messages, &self.replica_header);
+        let headers = headers.unwrap_or_default();
         Outgoing {
             subject,
             headers,
@@ -822,6 +822,8 @@ impl Distributor {
             messages,
             ..
         } = out;
+        // With the headers it would have been forwarded with, as before forwarding was lazy.
+        let headers = Outgoing::forwarded_headers(headers, messages, &self.replica_header);
         self.deadletter(&subject, Some(&headers), payload, messages, reason)
             .await;
     }

@@ -17,7 +17,11 @@ use crate::affinity::KeyHash;
 pub struct Outgoing {
     /// The ingest subject it came on (for a dead letter, should it end as one).
     pub subject: Subject,
-    /// The agent's headers plus `Logdist-Count` and `Logdist-Distributor`.
+    /// The agent's headers as they came (with `Logdist-Packet-Id` in at-least-once mode). The
+    /// distributor's own `Logdist-Count` and `Logdist-Distributor` are added only when the
+    /// packet leaves alone ([`Outgoing::forwarded_headers`]): in a batch they would be thrown
+    /// away, and adding the two to the map cost ~2,700 instructions a packet (callgrind), a
+    /// tenth of a coalesced single message's.
     pub headers: HeaderMap,
     /// The original bytes, or the valid elements of a mixed packet.
     pub payload: Bytes,
@@ -27,17 +31,20 @@ pub struct Outgoing {
     pub key: Option<KeyHash>,
 }
 
-/// The agent's headers (if any) plus `Logdist-Count` and `Logdist-Distributor`. Values the agent
-/// may have set under these names are replaced, so analyzers can trust them.
-pub fn forward_headers(
-    original: Option<HeaderMap>,
-    messages: u64,
-    replica: &HeaderValue,
-) -> HeaderMap {
-    let mut headers = original.unwrap_or_default();
-    headers.insert(COUNT, HeaderValue::from(messages));
-    headers.insert(DISTRIBUTOR, replica.clone());
-    headers
+impl Outgoing {
+    /// The headers the packet leaves with when it goes alone (not in a batch): the agent's plus
+    /// `Logdist-Count` and `Logdist-Distributor` (`replica`). Values the agent may have set under
+    /// these names are replaced, so analyzers can trust them.
+    pub fn forwarded_headers(
+        headers: HeaderMap,
+        messages: u64,
+        replica: &HeaderValue,
+    ) -> HeaderMap {
+        let mut headers = headers;
+        headers.insert(COUNT, HeaderValue::from(messages));
+        headers.insert(DISTRIBUTOR, replica.clone());
+        headers
+    }
 }
 
 #[cfg(test)]
@@ -49,7 +56,7 @@ mod tests {
         let mut agent = HeaderMap::new();
         agent.insert(logdist::protocol::headers::AGENT, "a1");
         agent.insert(logdist::protocol::headers::COUNT, "999");
-        let h = forward_headers(Some(agent), 3, &HeaderValue::from("r1"));
+        let h = Outgoing::forwarded_headers(agent, 3, &HeaderValue::from("r1"));
         assert_eq!(
             h.get(logdist::protocol::headers::AGENT).unwrap().as_str(),
             "a1"
@@ -64,7 +71,7 @@ mod tests {
                 .as_str(),
             "r1"
         );
-        let h = forward_headers(None, 1, &HeaderValue::from("r1"));
+        let h = Outgoing::forwarded_headers(HeaderMap::new(), 1, &HeaderValue::from("r1"));
         assert_eq!(h.len(), 2);
     }
 }
