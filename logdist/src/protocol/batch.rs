@@ -74,29 +74,40 @@ pub fn coalescable(headers: &HeaderMap) -> bool {
     })
 }
 
-/// One comma-separated per-packet list header being built.
+/// One comma-separated per-packet list header being built. Until a packet has a value, only the
+/// number of empty entries is kept: a list no packet has a value for (`Logdist-Batch-Packet-Ids`
+/// in at-most-once) costs nothing, not a string of commas built and thrown away.
 #[derive(Debug, Default)]
 struct List {
     text: String,
+    /// Packets pushed since the last take (entries in the list).
+    entries: usize,
     /// Whether any packet had a value (a list of empty entries is not sent).
     any: bool,
 }
 
 impl List {
-    fn push(&mut self, first: bool, value: Option<&str>) {
-        if !first {
-            self.text.push(',');
+    fn push(&mut self, value: Option<&str>) {
+        match value {
+            Some(v) if !self.any => {
+                // The empty entries so far, then this one: one separator after each of them.
+                self.text.extend(std::iter::repeat_n(',', self.entries));
+                self.text.push_str(v);
+                self.any = true;
+            }
+            Some(v) => {
+                self.text.push(',');
+                self.text.push_str(v);
+            }
+            None if self.any => self.text.push(','),
+            None => {}
         }
-        if let Some(v) = value {
-            self.text.push_str(v);
-            self.any = true;
-        }
+        self.entries += 1;
     }
 
     fn take(&mut self) -> Option<String> {
-        let any = std::mem::take(&mut self.any);
-        let text = std::mem::take(&mut self.text);
-        any.then_some(text)
+        self.entries = 0;
+        std::mem::take(&mut self.any).then(|| take_keeping_size(&mut self.text))
     }
 }
 
@@ -162,10 +173,10 @@ impl BatchBuilder {
                 packet_id = value;
             }
         }
-        self.agents.push(first, agent);
-        self.seqs.push(first, seq);
-        self.sent_at.push(first, sent_at);
-        self.packet_ids.push(first, packet_id);
+        self.agents.push(agent);
+        self.seqs.push(seq);
+        self.sent_at.push(sent_at);
+        self.packet_ids.push(packet_id);
         self.parts.push(payload.clone());
         self.bytes += payload.len();
         self.packets += 1;
@@ -185,8 +196,8 @@ impl BatchBuilder {
         headers.insert(hn::BATCH, decimal(self.packets as u64));
         headers.insert(name::COUNT, decimal(self.messages));
         headers.insert(name::DISTRIBUTOR, distributor.clone());
-        headers.insert(hn::LENGTHS, std::mem::take(&mut self.lengths));
-        headers.insert(hn::COUNTS, std::mem::take(&mut self.counts));
+        headers.insert(hn::LENGTHS, take_keeping_size(&mut self.lengths));
+        headers.insert(hn::COUNTS, take_keeping_size(&mut self.counts));
         for (n, list) in [
             (hn::AGENTS, &mut self.agents),
             (hn::SEQS, &mut self.seqs),
@@ -206,6 +217,13 @@ impl BatchBuilder {
         self.bytes = 0;
         (headers, payload.freeze())
     }
+}
+
+/// Takes a list's text for the batch's headers and leaves an empty one with room for as much,
+/// so the next batch's list is one allocation, not a doubling from empty at every few packets.
+fn take_keeping_size(text: &mut String) -> String {
+    let size = text.len();
+    std::mem::replace(text, String::with_capacity(size))
 }
 
 /// Appends `n` in decimal: `write!` goes through `core::fmt`, a few hundred instructions for
@@ -450,6 +468,17 @@ mod tests {
             split(Some(&headers), payload.len()).unwrap().unwrap().len(),
             2
         );
+        // A list whose first values are empty still has one entry per packet.
+        b.push(&packet_headers(None, None, None), p1, 1);
+        b.push(&packet_headers(None, None, None), p1, 1);
+        b.push(&packet_headers(Some("a3"), None, None), p3, 1);
+        b.push(&packet_headers(None, None, None), p1, 1);
+        let (headers, payload) = b.finish(&HeaderValue::from("r1"));
+        assert_eq!(headers.get(AGENTS).unwrap().as_str(), ",,a3,");
+        let parts = split(Some(&headers), payload.len()).unwrap().unwrap();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[2].agent, Some("a3"));
+        assert_eq!((parts[0].agent, parts[3].agent), (None, None));
     }
 
     #[test]
