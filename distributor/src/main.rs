@@ -7,6 +7,12 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use distributor::{Cli, Command};
 
+/// mimalloc instead of glibc's malloc: every packet allocates (the client's message and header
+/// map, the batch's lists), and glibc's malloc and free were ~20 % of the distributor's
+/// instructions. Measured in the commit that added it: −14 % instructions a single message.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let command = Cli::parse().into_command();
     if let Command::Run(args) = &command {
