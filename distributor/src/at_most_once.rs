@@ -138,13 +138,19 @@ pub(crate) async fn run(
     // connection's task keeps sending the routed packets (on one connection the incoming flood
     // starves the outgoing publishes), and the two connections' work runs on two threads.
     let name = format!("distributor {} ingest", core.replica());
-    let connection =
-        match logdist::connect_with_capacity(&args.nats, &name, args.ingest_buffer, shutdown).await
-        {
-            Ok(c) => c,
-            Err(ConnectError::Cancelled { .. }) => return Ok(ModeStats::default()),
-            Err(e) => return Err(e.into()),
-        };
+    let connection = match logdist::connect_with_capacity(
+        &args.nats,
+        &name,
+        args.ingest_buffer,
+        args.ingest_read_buffer,
+        shutdown,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(ConnectError::Cancelled { .. }) => return Ok(ModeStats::default()),
+        Err(e) => return Err(e.into()),
+    };
     let client = connection.client.clone();
     let mut mode = AtMostOnce {
         ingest: IngestConnection::new(connection, args.ingest_buffer),

@@ -20,6 +20,13 @@ use crate::membership::DEFAULT_TIMEOUT_FACTOR;
 /// and 2048, and half the peak RSS with 1024).
 pub const DEFAULT_INGEST_BUFFER: usize = 1024;
 
+/// Default of `--ingest-read-buffer`. `make bench`, at-most-once, 100-message packets (~14 KB),
+/// runs taken in turns: flood peak RSS 90.0 / 92.0 MiB with 65535 (the client's default), 56.8 /
+/// 66.2 with 16384, 73.2 / 59.3 with 4096. Single messages kept their sustained rate (175,545 /
+/// 175,361 msg/s with 65535, 173,828 with 16384), at ~5 % more distributor CPU a message
+/// (2.15 / 2.12 s per M with 65535, 2.26 with 16384) from the extra reads.
+pub const DEFAULT_INGEST_READ_BUFFER: u16 = 16 * 1024;
+
 /// Routes log packets from the ingest subjects to weighted analyzers, balancing log messages.
 #[derive(Debug, Parser)]
 #[command(
@@ -226,6 +233,17 @@ pub struct RunArgs {
           default_value_t = DEFAULT_INGEST_BUFFER,
           value_parser = clap::value_parser!(u64).range(16..=1_048_576).map(|v| v as usize))]
     pub ingest_buffer: usize,
+
+    /// At-most-once: the most bytes the ingest connection reads from the socket at a time
+    /// (1024–65535). Each packet the client buffers (--ingest-buffer) is a slice of the read it
+    /// came in, so under overload, where the rest of a read is dropped, every buffered packet
+    /// holds a whole read in memory: smaller reads bound the peak memory of a flood of large
+    /// packets (`make bench`: 90–92 MiB with 65535, 57–66 MiB with the default), at the cost
+    /// of more reads per byte.
+    #[arg(long, env = "DISTRIBUTOR_INGEST_READ_BUFFER", value_name = "BYTES",
+          default_value_t = DEFAULT_INGEST_READ_BUFFER,
+          value_parser = clap::value_parser!(u16).range(1024..))]
+    pub ingest_read_buffer: u16,
 
     /// Threads of the async runtime. Default: one per core. 1 runs everything on one thread (a
     /// packet is read, validated and written on one core, no cross-thread wake-ups) and caps
@@ -594,6 +612,27 @@ fn parse_refresh(raw: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn ingest_read_buffer_defaults_and_refuses_what_the_client_cannot_take() {
+        let run = |argv: &[&str]| {
+            let argv = std::iter::once("distributor").chain(argv.iter().copied());
+            match Cli::try_parse_from(argv).map(Cli::into_command) {
+                Ok(Command::Run(args)) => Ok(args.ingest_read_buffer),
+                Ok(_) => panic!("run expected"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        assert_eq!(run(&[]), Ok(DEFAULT_INGEST_READ_BUFFER));
+        assert_eq!(run(&["--ingest-read-buffer", "4096"]), Ok(4096));
+        for bad in ["100", "65536", "lots"] {
+            assert_eq!(
+                run(&["--ingest-read-buffer", bad]),
+                Err(clap::error::ErrorKind::ValueValidation),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn affinity_flags_parse_and_refuse_bad_values() {

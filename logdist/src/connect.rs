@@ -211,16 +211,31 @@ pub async fn connect(
     name: &str,
     shutdown: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
-    connect_with_capacity(args, name, DEFAULT_SUBSCRIPTION_CAPACITY, shutdown).await
+    connect_with_capacity(
+        args,
+        name,
+        DEFAULT_SUBSCRIPTION_CAPACITY,
+        DEFAULT_READ_BUFFER,
+        shutdown,
+    )
+    .await
 }
+
+/// Bytes the client reads from the socket at most at a time by default (the async-nats default,
+/// its largest).
+pub const DEFAULT_READ_BUFFER: u16 = u16::MAX;
 
 /// [`connect`] with each subscription buffering at most `subscription_capacity` messages in the
 /// client: what bounds a process's memory when the server delivers faster than it handles.
 /// Messages arriving at a full buffer are dropped and counted as slow-consumer events.
+/// `read_buffer` is the most bytes read from the socket at a time: each message the client
+/// buffers is a slice of the read buffer it came in, so under overload, where most of a read is
+/// dropped and a few messages are kept, every kept message holds a whole read buffer in memory.
 pub async fn connect_with_capacity(
     args: &NatsArgs,
     name: &str,
     subscription_capacity: usize,
+    read_buffer: u16,
     shutdown: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
     let events = Arc::new(ConnectionEvents::default());
@@ -229,7 +244,8 @@ pub async fn connect_with_capacity(
     loop {
         let options = options(args, name, events.clone())
             .await?
-            .subscription_capacity(subscription_capacity.max(1));
+            .subscription_capacity(subscription_capacity.max(1))
+            .read_buffer_capacity(read_buffer.max(1024));
         match options.connect(servers.as_slice()).await {
             Ok(client) => {
                 return Ok(Connection { client, events });
