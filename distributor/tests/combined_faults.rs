@@ -252,6 +252,14 @@ async fn replica_killed_analyzer_hung_then_gone_and_server_restarted_lose_nothin
     }
     assert_nothing_lost("replica, hung analyzer, server restart", status, &report);
     let (captured, _) = wait_consumer_drained(&js).await;
+    // The client reports its reconnection from a task of its own, so a stats record written
+    // right after the server came back can still say 0: wait for the next ones.
+    wait_until("d1's stats to count its reconnection", WAIT, || async {
+        distributor_stats(&stats, "d1")
+            .await
+            .is_some_and(|s| s.reconnects > 0)
+    })
+    .await;
     let last = distributor_stats(&stats, "d1").await.expect("d1's stats");
     eprintln!(
         "  stream captured {captured} packets, all acked; d1 redelivered {}, reconnected {}",
