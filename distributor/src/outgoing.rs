@@ -36,11 +36,10 @@ impl Outgoing {
     /// `Logdist-Count` and `Logdist-Distributor` (`replica`). Values the agent may have set under
     /// these names are replaced, so analyzers can trust them.
     pub fn forwarded_headers(
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         messages: u64,
         replica: &HeaderValue,
     ) -> HeaderMap {
-        let mut headers = headers;
         headers.insert(COUNT, HeaderValue::from(messages));
         headers.insert(DISTRIBUTOR, replica.clone());
         headers
