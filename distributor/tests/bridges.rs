@@ -69,8 +69,11 @@ fn received(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Messages counted in the stats bucket by every instance of analyzer `id`.
-async fn counted(stats: &async_nats::jetstream::kv::Store, id: &str) -> u64 {
+/// The stats records of every instance of analyzer `id`.
+async fn records(
+    stats: &async_nats::jetstream::kv::Store,
+    id: &str,
+) -> Vec<logdist::protocol::stats::AnalyzerStats> {
     // A key listing can fail for a while when the server is busy (seen once in a full run,
     // right after a distributor restart): retry within the suite's one wait bound, and show
     // the whole cause chain if it never works.
@@ -95,10 +98,14 @@ async fn counted(stats: &async_nats::jetstream::kv::Store, id: &str) -> u64 {
     };
     snapshot
         .analyzers
-        .iter()
+        .into_iter()
         .filter(|a| a.id == id)
-        .map(|a| a.messages)
-        .sum()
+        .collect()
+}
+
+/// Messages counted in the stats bucket by every instance of analyzer `id`.
+async fn counted(stats: &async_nats::jetstream::kv::Store, id: &str) -> u64 {
+    records(stats, id).await.iter().map(|a| a.messages).sum()
 }
 
 /// Instances of analyzer `id` in the membership bucket.
@@ -151,21 +158,44 @@ async fn round(
 ) -> f64 {
     let natives = counted(stats, "1").await + counted(stats, "2").await;
     let before = received(file).len() as u64;
+    let started = Instant::now();
     let sent = publish(client, tag, n).await.len() as u64;
-    wait_until(
-        &format!("round {tag}: every message counted"),
-        WAIT,
-        || async move {
-            // A read can fail while a bucket is busy (0 then): compare without underflow.
-            let now = counted(stats, "1").await + counted(stats, "2").await;
-            now + received(file).len() as u64 == sent + natives + before
-        },
-    )
-    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = counted(stats, "1").await + counted(stats, "2").await;
+        let old = received(file).len() as u64;
+        if now + old == sent + natives + before {
+            break;
+        }
+        if Instant::now() >= deadline {
+            // What the bridges' requests did says where the missing messages went.
+            let bridges: Vec<String> = records(stats, "old")
+                .await
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{}: {}",
+                        a.instance,
+                        serde_json::to_string(&a.forward).unwrap()
+                    )
+                })
+                .collect();
+            panic!(
+                "round {tag}: after {WAIT:?}, {} of {sent} messages counted (native analyzers {}, \
+                 the old analyzer {}); the bridges' requests:\n{}",
+                (now + old).saturating_sub(natives + before),
+                now.saturating_sub(natives),
+                old.saturating_sub(before),
+                bridges.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let share = (received(file).len() as u64 - before) as f64 / sent as f64;
     eprintln!(
-        "round {tag}: old analyzer {:.3}% of {sent} messages",
-        100.0 * share
+        "round {tag}: old analyzer {:.3}% of {sent} messages, all counted in {:?}",
+        100.0 * share,
+        started.elapsed()
     );
     share
 }
