@@ -22,10 +22,7 @@ SIZE=${PACKET_SIZE:-100}
 . "$ROOT/scripts/pipeline-common.sh"
 start_server
 start_analyzers "1 0.5" "2 0.3" "3 0.2"
-RUST_LOG=warn "$BIN/distributor" run --nats-url "$URL" --replica-id cpp "${EXTRA[@]}" \
-  2>"$D/distributor.log" & DPID=$!; PIDS+=($DPID)
-sleep 3
-kill -0 $DPID 2>/dev/null || { echo "the distributor exited at start; its log:" >&2; tail -20 "$D/distributor.log" >&2; exit 1; }
+start_distributor cpp "${EXTRA[@]}"
 # minflt, utime, stime (clock ticks), then voluntary / involuntary context switches.
 sample() {
   local stat; stat=$(cut -d' ' -f10,14,15 "/proc/$DPID/stat")

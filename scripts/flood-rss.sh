@@ -13,10 +13,7 @@ NS=${NATS_SERVER_BIN:-$ROOT/.tools/bin/nats-server}
 . "$ROOT/scripts/pipeline-common.sh"
 start_server
 start_analyzers "1 0.5" "2 0.3" "3 0.2"
-RUST_LOG=warn "$BIN/distributor" run --nats-url "$URL" --replica-id flood "${EXTRA[@]}" \
-  2>"$D/distributor.log" & DPID=$!; PIDS+=($DPID)
-sleep 3
-kill -0 $DPID 2>/dev/null || { echo "the distributor exited at start; its log:" >&2; tail -20 "$D/distributor.log" >&2; exit 1; }
+start_distributor flood "${EXTRA[@]}"
 "$BIN/agent-sim" --nats-url "$URL" --agents 4 --connections 2 --packet-size "$SIZE" --rate 0 \
   --duration "${SECS}s" --verify --quiet-period 2s --max-loss 100 --max-deviation 100 --json \
   > "$D/report.json" 2>"$D/agent.log" || true
