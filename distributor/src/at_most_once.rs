@@ -6,11 +6,7 @@
 //! process, through a bounded queue ([`LocalPacket`]s it validated already: no round trip through
 //! NATS to ourselves). The loop is the core's ([`CoreSources`] first: shutdown, control, expiry,
 //! stats), then the gateway's queue (its clients wait for their answer, so it is bounded by their
-//! concurrency and pushes back with 503 when full), then the ingest queue ([`IngestQueue`]:
-//! after every turn the loop moves what the client buffered for the two ingest subscriptions
-//! into it, and it keeps at most `--ingest-buffer` packets and `--ingest-buffer-bytes` bytes;
-//! what does not fit is dropped before any JSON is read, and counted), then the two ingest
-//! subscriptions themselves. Per packet:
+//! concurrency and pushes back with 503 when full), then the two ingest subscriptions. Per packet:
 //! validate in the core (what is invalid is dead-lettered), then publish to the analyzer the
 //! selector picks; while no analyzer is online, hold it in a bounded FIFO ([`HoldQueue`]) and
 //! publish it once one is (a routing change, [`DeliveryMode::routing_changed`]); when the hold
@@ -52,7 +48,6 @@ use crate::core::{
     FINAL_WRITE_TIMEOUT,
 };
 use crate::hold_queue::HoldQueue;
-use crate::ingest_queue::IngestQueue;
 use crate::outgoing::Outgoing;
 use crate::round_robin::RoundRobin;
 use crate::stats_publisher::StatsPublisher;
@@ -88,10 +83,9 @@ impl IngestConnection {
         }
     }
 
-    /// Packets dropped so far, by the client and (`shed`) by the ingest queue: a lower bound
-    /// until the subscriptions are drained (up to 2 × `buffer` may still be waiting in the
-    /// client), then exact; never decreases.
-    fn dropped(&mut self, shed: u64) -> u64 {
+    /// Packets dropped so far: a lower bound until the subscriptions are drained (up to
+    /// 2 × `buffer` may still be waiting), then exact; never decreases.
+    fn dropped(&mut self) -> u64 {
         let read = self
             .client
             .statistics()
@@ -102,7 +96,7 @@ impl IngestConnection {
         } else {
             2 * self.buffer as u64
         };
-        let dropped = read.saturating_sub(self.taken).saturating_sub(waiting) + shed;
+        let dropped = read.saturating_sub(self.taken).saturating_sub(waiting);
         self.dropped = self.dropped.max(dropped);
         self.dropped
     }
@@ -122,11 +116,9 @@ struct AtMostOnce {
     linger: Pin<Box<tokio::time::Sleep>>,
     /// The deadline `linger` is set to (it is set only when packets are left waiting).
     linger_armed: Option<Instant>,
-    /// Packets taken off the ingest subscriptions ahead of the router, bounded in bytes
-    /// ([`AtMostOnce::fill`]).
-    queue: IngestQueue,
-    /// `queue.shed()` when the loop last looked (to log the 1st, 2nd, 4th... shed packet).
-    shed_logged: u64,
+    /// An ingest packet taken to see whether one more was waiting ([`AtMostOnce::settle`]),
+    /// handled on the loop's next turn.
+    next_up: Option<Message>,
 }
 
 /// Runs at-most-once delivery until `shutdown`, then drains the ingest subscriptions (and the
@@ -169,12 +161,7 @@ pub(crate) async fn run(
         ready: Vec::new(),
         linger: Box::pin(tokio::time::sleep(Duration::ZERO)),
         linger_armed: None,
-        queue: IngestQueue::new(
-            args.ingest_buffer,
-            args.ingest_buffer_bytes,
-            usize::from(args.ingest_read_buffer),
-        ),
-        shed_logged: 0,
+        next_up: None,
     };
     let subscribe_err = |subject: &str, e: async_nats::SubscribeError| RunError::Subscribe {
         subject: subject.to_string(),
@@ -244,13 +231,12 @@ pub(crate) async fn run(
     {
         tracing::warn!("could not publish the last coalesced packets in time (is NATS reachable?)");
     }
-    let dropped = mode.dropped();
+    let dropped = mode.ingest.dropped();
     if dropped > 0 {
         tracing::warn!(
             packets = dropped,
             ingest_buffer = args.ingest_buffer,
-            ingest_buffer_bytes = args.ingest_buffer_bytes,
-            "the ingest connection dropped packets while the router was behind (add replicas, or raise --ingest-buffer and --ingest-buffer-bytes for bursts)"
+            "the ingest connection dropped packets while the router was behind (add replicas or raise --ingest-buffer for bursts)"
         );
     }
     if tokio::time::timeout(FINAL_WRITE_TIMEOUT, mode.deadletter_held(core))
@@ -284,72 +270,17 @@ impl AtMostOnce {
                 }
                 () = &mut self.linger, if self.coalescer.is_pending() => self.flush(core).await,
                 Some(packet) = next_local(local) => self.on_local(core, packet).await,
-                // The queue first: what the client buffers arrived after it.
-                () = std::future::ready(()), if !self.queue.is_empty() => {
-                    if let Some(message) = self.queue.pop() {
-                        self.on_taken(core, message).await;
-                    }
-                }
+                Some(message) = take(&mut self.next_up) => self.on_taken(core, message).await,
                 Some(message) = ingest.next() => self.on_ingest(core, message).await,
                 Some(message) = ingest_agents.next() => self.on_ingest(core, message).await,
             }
-            self.fill(ingest, ingest_agents).await;
-            self.settle(core, local).await;
+            self.settle(core, local, ingest, ingest_agents).await;
         }
     }
 
-    /// Moves what the client buffered for the ingest subscriptions into the queue, up to
-    /// [`IngestQueue::FILL_MAX`] messages, taken from the subscriptions in turn; what does not
-    /// fit is shed (counted, and logged at the 1st, 2nd, 4th, 8th... time with the total). So
-    /// the client's buffers stay short and what waits for the router is bounded in bytes too.
-    /// Polled with this task's context: a subscription found empty wakes the task as it would
-    /// in `select!`.
-    async fn fill(&mut self, ingest: &mut Subscriber, ingest_agents: &mut RoundRobin<Subscriber>) {
-        let (queue, taken) = (&mut self.queue, &mut self.ingest.taken);
-        std::future::poll_fn(|cx| {
-            let mut moved = 0;
-            while moved < IngestQueue::FILL_MAX {
-                let before = moved;
-                for poll in [
-                    ingest.poll_next_unpin(cx),
-                    ingest_agents.poll_next_unpin(cx),
-                ] {
-                    if let Poll::Ready(Some(message)) = poll {
-                        queue.offer(message);
-                        moved += 1;
-                    }
-                }
-                if moved == before {
-                    break;
-                }
-            }
-            *taken += moved as u64;
-            Poll::Ready(())
-        })
-        .await;
-        let shed = self.queue.shed();
-        if shed != self.shed_logged {
-            if (self.shed_logged + 1..=shed).any(u64::is_power_of_two) {
-                tracing::warn!(
-                    total = shed,
-                    queued_packets = self.queue.len(),
-                    queued_bytes = self.queue.bytes(),
-                    "ingest queue full: packets dropped because the router fell behind (--ingest-buffer, --ingest-buffer-bytes)"
-                );
-            }
-            self.shed_logged = shed;
-        }
-    }
-
-    /// Packets dropped so far, by the ingest connection's client and by the ingest queue (see
-    /// [`IngestConnection::dropped`]).
-    fn dropped(&mut self) -> u64 {
-        self.ingest.dropped(self.queue.shed())
-    }
-
-    /// After a turn of the loop (and [`fill`](Self::fill)), while the coalescer holds packets:
-    /// if another packet waits (in the gateway's queue or the ingest queue), they wait for it,
-    /// with the linger set; if none does, they leave now. So at a low rate a
+    /// After a turn of the loop, while the coalescer holds packets: if another packet waits
+    /// (the gateway's queue, or one taken from an ingest subscription into `next_up`), they
+    /// wait for it, with the linger set; if none does, they leave now. So at a low rate a
     /// packet is published in the turn that routed it, with no timer set and no extra turn
     /// of the loop (~8,600 instructions a packet in callgrind, BENCHMARKS.md). The only place
     /// where "nothing waits" sends a batch: whenever packets stay pending, the linger is set.
@@ -357,12 +288,31 @@ impl AtMostOnce {
         &mut self,
         core: &mut Distributor,
         local: &Option<mpsc::Receiver<LocalPacket>>,
+        ingest: &mut Subscriber,
+        ingest_agents: &mut RoundRobin<Subscriber>,
     ) {
         if !self.coalescer.is_pending() {
             return;
         }
-        if self.queue.is_empty() && local.as_ref().is_none_or(|queue| queue.is_empty()) {
-            return self.flush(core).await;
+        if self.next_up.is_none() && local.as_ref().is_none_or(|queue| queue.is_empty()) {
+            // Polled with this task's context: a message is kept for the next turn, and an
+            // empty subscription wakes the task as it would in `select!`.
+            self.next_up = std::future::poll_fn(|cx| {
+                let ready = |poll: Poll<Option<Message>>| match poll {
+                    Poll::Ready(Some(message)) => Some(message),
+                    _ => None,
+                };
+                Poll::Ready(
+                    ready(ingest.poll_next_unpin(cx))
+                        .or_else(|| ready(ingest_agents.poll_next_unpin(cx))),
+                )
+            })
+            .await;
+            if self.next_up.is_none() {
+                return self.flush(core).await;
+            }
+            // Out of the subscription's buffer: counted as taken, not as waiting or dropped.
+            self.ingest.taken += 1;
         }
         if let Some(deadline) = self.coalescer.deadline() {
             if self.linger_armed != Some(deadline) {
@@ -372,9 +322,8 @@ impl AtMostOnce {
         }
     }
 
-    /// Routes what the ingest queue holds, then unsubscribes the ingest subscriptions and routes
-    /// what the client already received for them, until both streams end (the caller bounds it
-    /// by [`DRAIN_TIMEOUT`]).
+    /// Unsubscribes the ingest subscriptions and routes what the client already received for
+    /// them, until both streams end (the caller bounds it by [`DRAIN_TIMEOUT`]).
     async fn drain(
         &mut self,
         core: &mut Distributor,
@@ -383,7 +332,7 @@ impl AtMostOnce {
         ingest: &mut Subscriber,
         ingest_agents: &mut RoundRobin<Subscriber>,
     ) {
-        while let Some(message) = self.queue.pop() {
+        if let Some(message) = self.next_up.take() {
             self.on_taken(core, message).await;
         }
         for sub in std::iter::once(&mut *ingest).chain(ingest_agents.iter_mut()) {
@@ -420,7 +369,7 @@ impl AtMostOnce {
         self.on_taken(core, message).await;
     }
 
-    /// [`on_ingest`](Self::on_ingest) for a payload already counted as taken (from the queue).
+    /// [`on_ingest`](Self::on_ingest) for a payload already counted as taken (`next_up`).
     async fn on_taken(&mut self, core: &mut Distributor, message: Message) {
         let Message {
             subject,
@@ -529,7 +478,7 @@ impl DeliveryMode for AtMostOnce {
             slow_consumer_events: events.slow_consumer_events(),
             disconnects: events.disconnects(),
             reconnects: events.reconnects(),
-            ingest_dropped_packets: self.dropped(),
+            ingest_dropped_packets: self.ingest.dropped(),
             batches_sent: self.coalescer.batches_sent(),
             batched_packets: self.coalescer.batched_packets(),
             ..ModeStats::default()
@@ -583,6 +532,14 @@ async fn send_ready(core: &mut Distributor, ready: &mut Vec<Ready>) {
         {
             tracing::error!(error = %e, packets = r.packets, "cannot publish to an analyzer");
         }
+    }
+}
+
+/// The packet in `next_up`; never, while there is none.
+async fn take(next_up: &mut Option<Message>) -> Option<Message> {
+    match next_up.take() {
+        Some(message) => Some(message),
+        None => std::future::pending().await,
     }
 }
 

@@ -20,12 +20,6 @@ use crate::membership::DEFAULT_TIMEOUT_FACTOR;
 /// and 2048, and half the peak RSS with 1024).
 pub const DEFAULT_INGEST_BUFFER: usize = 1024;
 
-/// Default of `--ingest-buffer-bytes` (4 MiB: 256 reads of 16 KiB). Floods of 100-message packets
-/// (`scripts/flood-rss.sh 100 5 --ingest-buffer-bytes N`, three runs each, taken in turns), peak
-/// RSS and messages received: 1 MiB 33.2–39.6 MiB, 4.6–5.0 M; 4 MiB 39.3–51.5 MiB, 6.2–6.9 M;
-/// 16 MiB 57.6–61.8 MiB, 6.7–7.5 M. Before the queue (the packet bound alone, three runs) 43.2–57.4 MiB.
-pub const DEFAULT_INGEST_BUFFER_BYTES: usize = 4 << 20;
-
 /// Default of `--ingest-read-buffer`. `make bench`, at-most-once, 100-message packets (~14 KB),
 /// runs taken in turns: flood peak RSS 90.0 / 92.0 MiB with 65535 (the client's default), 56.8 /
 /// 66.2 with 16384, 73.2 / 59.3 with 4096. Single messages kept their sustained rate (175,545 /
@@ -230,28 +224,15 @@ pub struct RunArgs {
     #[arg(long, env = "DISTRIBUTOR_METRICS", value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 
-    /// At-most-once: most packets waiting for the router, in the ingest queue and in each of
-    /// the ingest connection's subscription buffers. It bounds memory when agents publish
-    /// faster than the replica routes: past it packets are dropped as they arrive, counted
-    /// exactly in the stats' `ingest_dropped_packets` (what would be lost anyway, without
-    /// holding up to 64 K packets in memory first). At-least-once needs no such bound:
-    /// JetStream hands out --fetch-batch packets at a time.
+    /// At-most-once: most packets this replica's ingest connection buffers between the socket
+    /// and the router. It bounds memory when agents publish faster than the replica routes: past
+    /// it the client drops what arrives, counted exactly in the stats' `ingest_dropped_packets`
+    /// (what would be lost anyway, without holding up to 64 K packets in memory first).
+    /// At-least-once needs no such bound: JetStream hands out --fetch-batch packets at a time.
     #[arg(long, env = "DISTRIBUTOR_INGEST_BUFFER", value_name = "PACKETS",
           default_value_t = DEFAULT_INGEST_BUFFER,
           value_parser = clap::value_parser!(u64).range(16..=1_048_576).map(|v| v as usize))]
     pub ingest_buffer: usize,
-
-    /// At-most-once: most bytes of memory the packets waiting for the router in the ingest
-    /// queue keep alive (a packet under 4 KiB its size, a larger one at least a whole
-    /// --ingest-read-buffer, the read it is a slice of); past it packets are dropped as they
-    /// arrive (`ingest_dropped_packets`). The router's loop empties the client's buffers into
-    /// this queue on every turn, so with large packets this bound, not --ingest-buffer,
-    /// decides the memory a flood takes. A packet larger than it is still taken when the queue
-    /// is empty.
-    #[arg(long, env = "DISTRIBUTOR_INGEST_BUFFER_BYTES", value_name = "BYTES",
-          default_value_t = DEFAULT_INGEST_BUFFER_BYTES,
-          value_parser = clap::value_parser!(u64).range(65_536..=1 << 30).map(|v| v as usize))]
-    pub ingest_buffer_bytes: usize,
 
     /// At-most-once: the most bytes the ingest connection reads from the socket at a time
     /// (1024–65535). Each packet the client buffers (--ingest-buffer) is a slice of the read it
@@ -632,38 +613,21 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    /// `distributor run` with `argv` (flags only): its arguments, or the kind of clap's error.
-    fn run_args(argv: &[&str]) -> Result<RunArgs, clap::error::ErrorKind> {
-        let argv = std::iter::once("distributor").chain(argv.iter().copied());
-        match Cli::try_parse_from(argv).map(Cli::into_command) {
-            Ok(Command::Run(args)) => Ok(args),
-            Ok(_) => panic!("run expected"),
-            Err(e) => Err(e.kind()),
-        }
-    }
-
     #[test]
     fn ingest_read_buffer_defaults_and_refuses_what_the_client_cannot_take() {
-        let run = |argv: &[&str]| run_args(argv).map(|args| args.ingest_read_buffer);
+        let run = |argv: &[&str]| {
+            let argv = std::iter::once("distributor").chain(argv.iter().copied());
+            match Cli::try_parse_from(argv).map(Cli::into_command) {
+                Ok(Command::Run(args)) => Ok(args.ingest_read_buffer),
+                Ok(_) => panic!("run expected"),
+                Err(e) => Err(e.kind()),
+            }
+        };
         assert_eq!(run(&[]), Ok(DEFAULT_INGEST_READ_BUFFER));
         assert_eq!(run(&["--ingest-read-buffer", "4096"]), Ok(4096));
         for bad in ["100", "65536", "lots"] {
             assert_eq!(
                 run(&["--ingest-read-buffer", bad]),
-                Err(clap::error::ErrorKind::ValueValidation),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn ingest_buffer_bytes_defaults_and_refuses_values_out_of_range() {
-        let run = |argv: &[&str]| run_args(argv).map(|args| args.ingest_buffer_bytes);
-        assert_eq!(run(&[]), Ok(DEFAULT_INGEST_BUFFER_BYTES));
-        assert_eq!(run(&["--ingest-buffer-bytes", "65536"]), Ok(65536));
-        for bad in ["65535", "1073741825", "4MiB", "-1"] {
-            assert_eq!(
-                run(&[&format!("--ingest-buffer-bytes={bad}")]),
                 Err(clap::error::ErrorKind::ValueValidation),
                 "{bad}"
             );

@@ -12,8 +12,6 @@
 //! - `membership`: [`Membership`], analyzers online from heartbeats, withdrawals and timeouts;
 //! - `router`: [`Router`], the routing table, epochs and per-analyzer counters;
 //! - `hold_queue`: [`HoldQueue`], the bounded FIFO used while no analyzer is online;
-//! - `ingest_queue`: `IngestQueue`, at-most-once's packets ahead of the router, bounded in
-//!   packets and bytes;
 //! - `outgoing`: a validated packet and the headers it is forwarded with;
 //! - `redelivery`: at-least-once's retry delays, and whose fault a failed delivery is;
 //! - `log_throttle`: `LogThrottle`, a few log lines per kind of bad input;
@@ -44,7 +42,6 @@ mod coalescer;
 mod config;
 mod core;
 mod hold_queue;
-mod ingest_queue;
 mod log_throttle;
 mod membership;
 mod membership_mirror;
@@ -66,7 +63,7 @@ pub use affinity::{
 pub use auth::{run as run_auth, AuthArgs, AuthError};
 pub use config::{
     Cli, CoalesceArgs, Command, RunArgs, StatsArgs, WeightsAction, WeightsArgs,
-    DEFAULT_INGEST_BUFFER, DEFAULT_INGEST_BUFFER_BYTES,
+    DEFAULT_INGEST_BUFFER,
 };
 pub use core::RunError;
 pub use hold_queue::HoldQueue;

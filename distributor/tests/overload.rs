@@ -1,7 +1,6 @@
 //! Overload in at-most-once mode: agents publishing faster than a replica routes. The ingest
-//! buffers (`--ingest-buffer` packets, `--ingest-buffer-bytes` bytes) bound memory; what does not
-//! fit is dropped, and every dropped packet is counted (`ingest_dropped_packets`), never lost
-//! silently.
+//! connection's buffer (`--ingest-buffer`) bounds memory; what does not fit is dropped, and every
+//! dropped packet is counted (`ingest_dropped_packets`), never lost silently.
 
 mod common;
 
@@ -46,6 +45,10 @@ async fn a_flood_past_the_ingest_buffer_is_counted_packet_by_packet() {
         "each packet either routed or counted as dropped"
     );
     assert_eq!(s.received_packets, s.routed_packets);
+    assert!(
+        s.slow_consumer_events > 0,
+        "drops show as slow-consumer events too"
+    );
     a.wait_packets(s.routed_packets).await;
     assert_eq!(a.messages(), s.routed_packets * 50);
     let log = distributor.stderr();
@@ -53,77 +56,7 @@ async fn a_flood_past_the_ingest_buffer_is_counted_packet_by_packet() {
         log.contains("dropped packets while the router was behind"),
         "{log}"
     );
-    // Dropped by the ingest queue, or by the client when its buffer filled between two turns
-    // of the loop (a slow-consumer event each).
-    assert!(
-        log.contains("ingest queue full") || s.slow_consumer_events > 0,
-        "{log}"
-    );
-}
-
-#[tokio::test]
-async fn the_ingest_queue_is_bounded_in_bytes() {
-    let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    // Room for 64 packets, but only ~5 of these ~13 KB packets fit in 64 KiB.
-    let mut distributor = start_distributor(
-        &server,
-        "r1",
-        &["--ingest-buffer", "64", "--ingest-buffer-bytes", "65536"],
-    )
-    .await;
-    let (members, stats) = buckets(&client).await;
-    let a = SimAnalyzer::start(&client, "a", "i", 1.0).await;
-    wait_member(&members, "a", true).await;
-
-    const LARGE: u64 = 2000;
-    let payload = Bytes::from(packet(200));
-    assert!(payload.len() > 12_000, "{}", payload.len());
-    for _ in 0..LARGE {
-        client.publish(INGEST, payload.clone()).await.unwrap();
-    }
-    client.flush().await.unwrap();
-    // Every packet has reached the replica: taken, dropped, or (at most 2 × 64) still buffered.
-    wait_distributor_stats(&stats, "r1", "every packet taken or dropped", |s| {
-        s.received_packets + s.ingest_dropped_packets + 128 >= LARGE
-    })
-    .await;
-
-    let status = distributor.terminate(WAIT).await;
-    assert!(status.success(), "{status:?}\n{}", distributor.stderr());
-    let s = distributor_stats(&stats, "r1").await.expect("final stats");
-    let log = distributor.stderr();
-    assert!(
-        s.ingest_dropped_packets > 0 && log.contains("ingest queue full"),
-        "a 64 KiB queue overflowed: {s:?}\n{log}"
-    );
-    // The byte bound, not the packet bound, was what filled: the log line says what was queued.
-    let line = without_colours(
-        log.lines()
-            .find(|line| line.contains("ingest queue full"))
-            .unwrap(),
-    );
-    let field = |name: &str| -> usize {
-        let rest = &line[line
-            .find(name)
-            .unwrap_or_else(|| panic!("{name} in {line}"))
-            + name.len()..];
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    assert!(field("queued_packets=") < 64, "{line}");
-    assert!(field("queued_bytes=") <= 65536, "{line}");
-    assert_eq!(
-        s.received_packets + s.ingest_dropped_packets,
-        LARGE,
-        "each packet either routed or counted as dropped"
-    );
-    assert_eq!(s.received_packets, s.routed_packets);
-    a.wait_packets(s.routed_packets).await;
-    assert_eq!(a.messages(), s.routed_packets * 200);
+    assert!(log.contains("slow consumer"), "{log}");
 }
 
 #[tokio::test]
@@ -154,18 +87,4 @@ async fn a_replica_that_keeps_up_drops_nothing() {
     assert_eq!((s.received_packets, s.ingest_dropped_packets), (PACKETS, 0));
     a.wait_packets(PACKETS).await;
     assert_eq!(a.messages(), PACKETS * 50);
-}
-
-/// `line` without the ANSI colour codes the log may carry.
-fn without_colours(line: &str) -> String {
-    let mut plain = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
