@@ -19,10 +19,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Frees pages back to the OS at once (`purge_delay` 0) instead of mimalloc's default 1 s. Under a
-/// flood of large packets the pages freed by the ~1,024 packets in flight were kept: peak RSS
-/// 58.6–67.1 MiB against 42.1–42.7 MiB with the delay at 0 (BENCHMARKS.md, "Where the flood's
-/// memory goes"). A `MIMALLOC_PURGE_DELAY` in the environment still wins: `set_default` changes
-/// only an option that mimalloc did not read from there.
+/// flood of large packets the pages freed by the ~1,024 packets in flight were kept for that
+/// second: the at-most-once packets' flood peaked at 74.9 MiB RSS before, 42.0 MiB after
+/// (BENCHMARKS.md, "Where the flood's memory goes" and the latest run). A `MIMALLOC_PURGE_DELAY`
+/// in the environment still wins: `set_default` changes only an option mimalloc did not read
+/// from there.
 fn configure_allocator() {
     // SAFETY: mimalloc's options are plain values; this runs first in `main`, before any other
     // thread exists, which is what mimalloc asks of a caller ("not thread safe").
