@@ -82,6 +82,15 @@ impl RawAnalyzer {
                 }
                 let mut c = sink.lock().unwrap();
                 c.nats_messages += 1;
+                // No header comes empty: a batch list no packet had a value for is not sent at
+                // all (the distributor builds batches from a template that names every list).
+                for (name, values) in msg.headers.iter().flat_map(|h| h.iter()) {
+                    assert!(
+                        values.iter().all(|v| !v.as_str().is_empty()),
+                        "{name} came with an empty value: {:?}",
+                        msg.headers
+                    );
+                }
                 let parts = batch::split(msg.headers.as_ref(), msg.payload.len())
                     .expect("a readable batch");
                 let packets: Vec<(async_nats::HeaderMap, Bytes)> = match parts {
