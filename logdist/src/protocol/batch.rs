@@ -12,6 +12,7 @@
 //! [`BatchBuilder`] makes batches (the distributor); [`split`] reads them (analyzers).
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use bytes::{Bytes, BytesMut};
@@ -127,10 +128,11 @@ pub struct BatchBuilder {
     seqs: List,
     sent_at: List,
     packet_ids: List,
-    headers: HeadersTemplate,
 }
 
-/// An empty header map with a table sized for every batch header, cloned for each batch.
+/// An empty header map with a table sized for every batch header, cloned for each batch; built
+/// once per process, on first use (at-least-once makes a [`BatchBuilder`] per dispatch, and
+/// reading the template costs ~26,000 instructions).
 ///
 /// async-nats' `HeaderMap` is a `HashMap` with no `with_capacity`, so a batch's eight or nine
 /// headers grew a fresh map twice (4 → 8 → 16 buckets), each growth re-hashing every name with
@@ -139,39 +141,34 @@ pub struct BatchBuilder {
 /// inclusive cost of `BatchBuilder::finish` over its calls, batches of ~2.7 single messages).
 /// A clone keeps the table's size, so each `insert` is one hash and no growth. The template is
 /// the one map the public API can make with room and nothing in it: every batch header name
-/// with an empty list of values, read once from JSON (async-nats' own `Deserialize`, which
-/// sizes the map for its entries). An entry left empty (a list no packet of the batch had a
-/// value for) is not on the wire (async-nats writes one line per value; the batching tests
-/// check what analyzers receive) and `get` finds nothing in it.
-#[derive(Debug)]
-struct HeadersTemplate(HeaderMap);
-
-impl Default for HeadersTemplate {
-    fn default() -> Self {
-        let names = [
-            BATCH,
-            crate::protocol::headers::COUNT,
-            crate::protocol::headers::DISTRIBUTOR,
-            LENGTHS,
-            COUNTS,
-            AGENTS,
-            SEQS,
-            SENT_AT,
-            PACKET_IDS,
-        ];
-        let json = format!(
-            "{{{}}}",
-            names
-                .iter()
-                .map(|n| format!("\"{n}\":[]"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        // Constant, valid names: this cannot fail; were it to, batches still build, only
-        // with the growths.
-        HeadersTemplate(serde_json::from_str(&json).unwrap_or_default())
-    }
-}
+/// with an empty list of values, read from JSON (async-nats' own `Deserialize`, which sizes the
+/// map for its entries). An entry left empty (a list no packet of the batch had a value for)
+/// is not on the wire (async-nats writes one line per value; the batching tests check what
+/// analyzers receive) and `get` finds nothing in it.
+static HEADERS_TEMPLATE: LazyLock<HeaderMap> = LazyLock::new(|| {
+    let names = [
+        BATCH,
+        crate::protocol::headers::COUNT,
+        crate::protocol::headers::DISTRIBUTOR,
+        LENGTHS,
+        COUNTS,
+        AGENTS,
+        SEQS,
+        SENT_AT,
+        PACKET_IDS,
+    ];
+    let json = format!(
+        "{{{}}}",
+        names
+            .iter()
+            .map(|n| format!("\"{n}\":[]"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    // Constant, valid names: this cannot fail; were it to, batches still build, only with the
+    // growths.
+    serde_json::from_str(&json).unwrap_or_default()
+});
 
 impl BatchBuilder {
     pub fn new() -> Self {
@@ -236,7 +233,7 @@ impl BatchBuilder {
             text
         };
         // The lists move into the headers (a `&str` would be copied once more).
-        let mut headers = self.headers.0.clone();
+        let mut headers = HEADERS_TEMPLATE.clone();
         headers.insert(hn::BATCH, decimal(self.packets as u64));
         headers.insert(name::COUNT, decimal(self.messages));
         headers.insert(name::DISTRIBUTOR, distributor.clone());
@@ -557,7 +554,7 @@ mod tests {
 
     #[test]
     fn the_headers_template_names_every_batch_header_and_holds_no_value() {
-        let template = HeadersTemplate::default().0;
+        let template = HEADERS_TEMPLATE.clone();
         assert_eq!(template.len(), 9, "{template:?}");
         assert!(template.iter().all(|(_, values)| values.is_empty()));
         for n in [BATCH, LENGTHS, COUNTS, AGENTS, SEQS, SENT_AT, PACKET_IDS] {
