@@ -134,9 +134,10 @@ pub struct BatchBuilder {
 /// once per process, on first use (at-least-once makes a [`BatchBuilder`] per dispatch, and
 /// reading the template costs ~26,000 instructions).
 ///
-/// async-nats' `HeaderMap` is a `HashMap` with no `with_capacity`, so a batch's eight or nine
-/// headers grew a fresh map twice (4 → 8 → 16 buckets), each growth re-hashing every name with
-/// SipHash. With the template `finish` costs 7,374–7,786 instructions a batch against
+/// A stand-in for the `HeaderMap::with_capacity` async-nats (0.51) does not have: drop it for
+/// that once the client offers it. async-nats' `HeaderMap` is a `HashMap`, so a batch's eight or
+/// nine headers grew a fresh map twice (4 → 8 → 16 buckets), each growth re-hashing every name
+/// with SipHash. With the template `finish` costs 7,374–7,786 instructions a batch against
 /// 10,300–10,437 (callgrind, `scripts/callgrind-distributor.sh nats 20000|40000 10`: the
 /// inclusive cost of `BatchBuilder::finish` over its calls, batches of ~2.7 single messages).
 /// A clone keeps the table's size, so each `insert` is one hash and no growth. The template is
