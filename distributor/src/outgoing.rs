@@ -17,7 +17,8 @@ use crate::affinity::KeyHash;
 pub struct Outgoing {
     /// The ingest subject it came on (for a dead letter, should it end as one).
     pub subject: Subject,
-    /// The agent's headers as they came (with `Logdist-Packet-Id` in at-least-once mode). The
+    /// The agent's headers as they came (at-least-once keeps `Logdist-Packet-Id` beside them
+    /// and adds it when the packet leaves alone or as a dead letter). The
     /// distributor's own `Logdist-Count` and `Logdist-Distributor` are added only when the
     /// packet leaves alone ([`Outgoing::forwarded_headers`]): in a batch they would be thrown
     /// away, and adding the two to the map cost ~2,700 instructions a packet (callgrind), a

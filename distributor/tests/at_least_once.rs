@@ -431,12 +431,18 @@ async fn packets_of_8_kib_or_more_go_alone_and_are_acked() {
     let big = bytes::Bytes::from(logdist_testing::packet(200));
     assert!(big.len() >= batch::ALONE_BYTES, "{} bytes", big.len());
     // small, big, small, big: runs of RUN packets each, stored before any analyzer is online.
+    // Each carries an id of the agent's own, which the replica's must replace, alone or batched.
     let subject = logdist::protocol::names::DEFAULT_INGEST_SUBJECT;
+    let mut forged = async_nats::HeaderMap::new();
+    forged.insert("Logdist-Packet-Id", "LOGS:forged");
     let mut sequences = Vec::new();
     for run in 0..4 {
         let payload = if run % 2 == 0 { &small } else { &big };
         for _ in 0..RUN {
-            let ack = js.publish(subject, payload.clone()).await.unwrap();
+            let ack = js
+                .publish_with_headers(subject, forged.clone(), payload.clone())
+                .await
+                .unwrap();
             sequences.push(ack.await.expect("stored in LOGS").sequence);
         }
     }

@@ -193,6 +193,28 @@ impl BatchBuilder {
 
     /// Appends one packet of `messages` log messages that [`coalescable`] accepted.
     pub fn push(&mut self, headers: &HeaderMap, payload: &Bytes, messages: u64) {
+        self.append(headers, payload, messages, None);
+    }
+
+    /// [`push`](Self::push) for a packet whose `Logdist-Packet-Id` is kept beside its headers
+    /// rather than in them; a value under that name in `headers` (an agent's) is ignored.
+    pub fn push_with_packet_id(
+        &mut self,
+        headers: &HeaderMap,
+        payload: &Bytes,
+        messages: u64,
+        packet_id: &str,
+    ) {
+        self.append(headers, payload, messages, Some(packet_id));
+    }
+
+    fn append(
+        &mut self,
+        headers: &HeaderMap,
+        payload: &Bytes,
+        messages: u64,
+        own_packet_id: Option<&str>,
+    ) {
         let first = self.packets == 0;
         if !first {
             self.lengths.push(',');
@@ -214,6 +236,9 @@ impl BatchBuilder {
             } else if *n == name::PACKET_ID {
                 packet_id = value;
             }
+        }
+        if own_packet_id.is_some() {
+            packet_id = own_packet_id;
         }
         self.agents.push(agent);
         self.seqs.push(seq);
@@ -455,6 +480,28 @@ mod tests {
         h.insert(name::COUNT, "1");
         h.insert(name::DISTRIBUTOR, "r1");
         h
+    }
+
+    #[test]
+    fn a_packet_id_given_beside_the_headers_replaces_the_agents() {
+        let p =
+            &Bytes::from_static(br#"{"timestamp":1,"severity":"INFO","source":"a","message":"x"}"#);
+        let mut b = BatchBuilder::new();
+        // The agent's own value under the name, then none at all: ours in both entries.
+        b.push_with_packet_id(
+            &packet_headers(Some("a1"), None, Some("forged")),
+            p,
+            1,
+            "LOGS:5",
+        );
+        b.push_with_packet_id(&packet_headers(None, None, None), p, 1, "LOGS:6");
+        b.push(&packet_headers(None, None, Some("LOGS:7")), p, 1);
+        let (headers, _) = b.finish(&HeaderValue::from("r1"));
+        assert_eq!(
+            headers.get(PACKET_IDS).unwrap().as_str(),
+            "LOGS:5,LOGS:6,LOGS:7"
+        );
+        assert_eq!(headers.get(AGENTS).unwrap().as_str(), "a1,,");
     }
 
     #[test]
