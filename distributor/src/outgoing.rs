@@ -18,11 +18,11 @@ pub struct Outgoing {
     /// The ingest subject it came on (for a dead letter, should it end as one).
     pub subject: Subject,
     /// The agent's headers as they came (at-least-once keeps `Logdist-Packet-Id` beside them
-    /// and adds it when the packet leaves alone or as a dead letter). The
-    /// distributor's own `Logdist-Count` and `Logdist-Distributor` are added only when the
-    /// packet leaves alone ([`Outgoing::forwarded_headers`]): in a batch they would be thrown
-    /// away, and adding the two to the map cost ~2,700 instructions a packet (callgrind), a
-    /// tenth of a coalesced single message's.
+    /// and adds it when the packet leaves alone or as a dead letter). The distributor's own
+    /// `Logdist-Count` and `Logdist-Distributor` are added only when the packet leaves alone
+    /// ([`Outgoing::forwarded_headers`]): in a batch they would be thrown away, and adding the
+    /// two to the map cost ~2,700 instructions a packet (callgrind), a tenth of a coalesced
+    /// single message's.
     pub headers: HeaderMap,
     /// The original bytes, or the valid elements of a mixed packet.
     pub payload: Bytes,
