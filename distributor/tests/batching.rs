@@ -533,3 +533,84 @@ async fn a_batch_its_analyzer_fails_is_rerouted_packet_by_packet() {
     );
     assert!(distributor.terminate(WAIT).await.success());
 }
+
+/// HTTP ingest at-most-once, where the gateway hands its packets to the distributor's router:
+/// held packets leave as batches, and a lone packet leaves alone with exactly the headers a
+/// forwarded packet has (the gateway's map has room for the distributor's two; its entries
+/// without a value must not reach the wire).
+#[tokio::test]
+async fn http_packets_batch_and_a_lone_one_leaves_with_the_forwarded_headers() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let http = format!("127.0.0.1:{}", logdist_testing::free_port());
+    let mut distributor =
+        start_distributor(&server, "r1", &["--linger", "50ms", "--http", &http]).await;
+    let (members, stats) = buckets(&client).await;
+    let web = reqwest::Client::new();
+    let send = |web: &reqwest::Client| {
+        web.post(format!("http://{http}/message/send"))
+            .header("Content-Type", "application/json")
+            .body(message(1))
+            .send()
+    };
+    wait_until("the gateway answers", WAIT, || {
+        let request = web.get(format!("http://{http}/healthz")).send();
+        async move { request.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    // No analyzer yet: the packets are held, and leave together once one is online.
+    for _ in 0..20 {
+        assert_eq!(send(&web).await.unwrap().status(), 200);
+    }
+    wait_distributor_stats(&stats, "r1", "20 packets held", |s| s.held_packets == 20).await;
+    let mut wire = client.subscribe("analyzer.a").await.unwrap();
+    let a = RawAnalyzer::start(&client, "a", 1.0, batch::BATCH_VERSION).await;
+    wait_member(&members, "a", true).await;
+    wait_packets(&[&a], "the held packets", 20).await;
+    let c = a.counts();
+    assert_eq!(c.mismatched, 0, "each packet whole: {c:?}");
+    assert_eq!((c.nats_messages, c.batches), (1, 1), "one batch: {c:?}");
+    let held = tokio::time::timeout(WAIT, wire.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let h = held.headers.as_ref().unwrap();
+    assert_eq!(
+        h.get(batch::AGENTS).unwrap().as_str(),
+        vec!["http"; 20].join(",")
+    );
+    assert_eq!(
+        h.get(batch::SENT_AT).unwrap().as_str().split(',').count(),
+        20
+    );
+
+    // One request with nothing else waiting: it leaves alone, once the linger is over.
+    assert_eq!(send(&web).await.unwrap().status(), 200);
+    let alone = tokio::time::timeout(WAIT, wire.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let h = alone.headers.as_ref().unwrap();
+    let mut names: Vec<String> = h.iter().map(|(n, _)| n.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            headers::AGENT,
+            headers::COUNT,
+            headers::DISTRIBUTOR,
+            headers::SENT_AT
+        ],
+        "{h:?}"
+    );
+    assert_eq!(h.get(headers::AGENT).unwrap().as_str(), "http");
+    assert_eq!(h.get(headers::COUNT).unwrap().as_str(), "1");
+    assert_eq!(h.get(headers::DISTRIBUTOR).unwrap().as_str(), "r1");
+    let sent_at: u128 = h.get(headers::SENT_AT).unwrap().as_str().parse().unwrap();
+    assert!(sent_at <= logdist::protocol::headers::unix_nanos_now());
+    assert_eq!(&alone.payload[..], message(1).as_bytes());
+    wait_packets(&[&a], "the lone packet", 21).await;
+    let s = wait_distributor_stats(&stats, "r1", "all routed", |s| s.routed_packets == 21).await;
+    assert_eq!((s.batches_sent, s.batched_packets), (1, 20));
+    assert!(distributor.terminate(WAIT).await.success());
+}

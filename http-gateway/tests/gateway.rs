@@ -189,6 +189,9 @@ async fn old_service_single_message_is_published_unchanged() {
         "http"
     );
     assert!(headers.get(logdist::protocol::headers::SENT_AT).is_some());
+    // Only those two: the distributor adds its own when it forwards.
+    assert_eq!(headers.iter().count(), 2, "{headers:?}");
+    assert!(headers.get(logdist::protocol::headers::COUNT).is_none());
 
     // An array is not a single message.
     let response = http

@@ -62,7 +62,11 @@ mod hn {
 
 /// Whether a packet forwarded with `headers` can go in a batch: every header is one the batch
 /// carries per packet (or the distributor's own `Logdist-Count` / `Logdist-Distributor`), once,
-/// and no value contains a comma. Anything else would be lost in a batch, so it goes alone.
+/// and no value contains a comma. Anything else would be lost in a batch, so it goes alone. An
+/// entry with no value (from [`packet_headers_with_room`]) is not a header: nothing of it is on
+/// the wire.
+///
+/// [`packet_headers_with_room`]: crate::protocol::headers::packet_headers_with_room
 pub fn coalescable(headers: &HeaderMap) -> bool {
     headers.iter().all(|(name, values)| {
         let known = *name == name::AGENT
@@ -71,7 +75,11 @@ pub fn coalescable(headers: &HeaderMap) -> bool {
             || *name == name::PACKET_ID
             || *name == name::COUNT
             || *name == name::DISTRIBUTOR;
-        known && values.len() == 1 && !values[0].as_str().contains(',')
+        match values.as_slice() {
+            [] => true,
+            [value] => known && !value.as_str().contains(','),
+            _ => false,
+        }
     })
 }
 
@@ -131,23 +139,19 @@ pub struct BatchBuilder {
 }
 
 /// An empty header map with a table sized for every batch header, cloned for each batch; built
-/// once per process, on first use (reading it costs ~26,000 instructions; 77be4c9 read it per
-/// builder, which at-least-once then made per request).
+/// once per process, on first use (77be4c9 built it per builder, which at-least-once then made
+/// per request).
 ///
-/// A stand-in for the `HeaderMap::with_capacity` async-nats (0.51) does not have: drop it for
-/// that once the client offers it. async-nats' `HeaderMap` is a `HashMap`, so a batch's eight or
-/// nine headers grew a fresh map twice (4 → 8 → 16 buckets), each growth re-hashing every name
-/// with SipHash. With the template `finish` costs 7,374–7,786 instructions a batch against
-/// 10,300–10,437 (callgrind, `scripts/callgrind-distributor.sh nats 20000|40000 10`: the
-/// inclusive cost of `BatchBuilder::finish` over its calls, batches of ~2.7 single messages).
-/// A clone keeps the table's size, so each `insert` is one hash and no growth. The template is
-/// the one map the public API can make with room and nothing in it: every batch header name
-/// with an empty list of values, read from JSON (async-nats' own `Deserialize`, which sizes the
-/// map for its entries). An entry left empty (a list no packet of the batch had a value for)
-/// is not on the wire (async-nats writes one line per value; the batching tests check what
-/// analyzers receive) and `get` finds nothing in it.
+/// async-nats' `HeaderMap` is a `HashMap`, so a batch's eight or nine headers grew a fresh map
+/// twice (4 → 8 → 16 buckets), each growth re-hashing every name with SipHash. With the template
+/// `finish` costs 7,374–7,786 instructions a batch against 10,300–10,437 (callgrind,
+/// `scripts/callgrind-distributor.sh nats 20000|40000 10`: the inclusive cost of
+/// `BatchBuilder::finish` over its calls, batches of ~2.7 single messages). See
+/// [`map_with_room_for`](crate::protocol::headers::map_with_room_for) for how the template is
+/// made. An entry left empty (a list no packet of the batch had a value for) is not on the wire
+/// (the batching tests check what analyzers receive).
 static HEADERS_TEMPLATE: LazyLock<HeaderMap> = LazyLock::new(|| {
-    let names = [
+    crate::protocol::headers::map_with_room_for(&[
         BATCH,
         crate::protocol::headers::COUNT,
         crate::protocol::headers::DISTRIBUTOR,
@@ -157,18 +161,7 @@ static HEADERS_TEMPLATE: LazyLock<HeaderMap> = LazyLock::new(|| {
         SEQS,
         SENT_AT,
         PACKET_IDS,
-    ];
-    let json = format!(
-        "{{{}}}",
-        names
-            .iter()
-            .map(|n| format!("\"{n}\":[]"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    // Constant, valid names: this cannot fail; were it to, batches still build, only with the
-    // growths.
-    serde_json::from_str(&json).unwrap_or_default()
+    ])
 });
 
 impl BatchBuilder {
@@ -655,6 +648,21 @@ mod tests {
         let mut twice = packet_headers(Some("a"), None, None);
         twice.append(name::AGENT, "b");
         assert!(!coalescable(&twice), "a repeated header");
+        // The HTTP gateway's map with room: its entries without a value are no headers.
+        let mut roomy = crate::protocol::headers::packet_headers_with_room();
+        assert!(coalescable(&roomy));
+        roomy.insert(name::AGENT, "a");
+        roomy.insert(name::SENT_AT, "1");
+        assert!(coalescable(&roomy));
+        let mut b = BatchBuilder::new();
+        let p = &Bytes::from_static(b"{}");
+        b.push(&roomy, p, 1);
+        b.push(&roomy, p, 1);
+        let (headers, _) = b.finish(&HeaderValue::from("r1"));
+        assert_eq!(headers.get(AGENTS).unwrap().as_str(), "a,a");
+        assert_eq!(headers.get(SENT_AT).unwrap().as_str(), "1,1");
+        roomy.insert(name::AGENT, "a,b");
+        assert!(!coalescable(&roomy), "a comma, in a map with room");
     }
 
     #[test]
