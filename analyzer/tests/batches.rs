@@ -169,3 +169,85 @@ async fn an_http_analyzer_acknowledges_each_batch_once_at_least_once() {
     assert!(d.batches_sent > 0, "{d:?}");
     assert_eq!(d.deadletter_packets, 0);
 }
+
+/// The built-in analysis reads each packet of a batch in place, from the batch's lists: its
+/// `Logdist-Packet-Id` (a repeat within the batch is dropped), its `Logdist-Sent-At` (latency)
+/// and its payload (an invalid one counted, the rest analyzed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_analysis_reads_packet_ids_and_sent_at_from_a_batch() {
+    use async_nats::HeaderValue;
+    use bytes::Bytes;
+    use logdist::protocol::batch::BatchBuilder;
+    use logdist::protocol::headers::name;
+
+    let server = NatsServer::start();
+    let url = server.url();
+    let (_distributor, stats) = coalescing_distributor(&url).await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let mut native = analyzer(&url, "1", "1", &[]);
+    wait_for_members(&url, 1, WAIT).await;
+
+    let record_of = |i: usize| {
+        Bytes::from(format!(
+            r#"{{"timestamp":1,"severity":"INFO","source":"s","message":"m{i}"}}"#
+        ))
+    };
+    let packet_headers = |sent_at: Option<u128>| {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(name::AGENT, "a1");
+        if let Some(at) = sent_at {
+            h.insert(name::SENT_AT, at.to_string().as_str());
+        }
+        h
+    };
+    let now = logdist::protocol::headers::unix_nanos_now();
+    let mut builder = BatchBuilder::new();
+    // Packet 1 twice (a redelivery in the same batch), packet 2 without Sent-At, packet 3 of
+    // two messages.
+    builder.push_with_packet_id(&packet_headers(Some(now)), &record_of(1), 1, "LOGS:1");
+    builder.push_with_packet_id(&packet_headers(Some(now)), &record_of(1), 1, "LOGS:1");
+    builder.push_with_packet_id(&packet_headers(None), &record_of(2), 1, "LOGS:2");
+    let two = Bytes::from(format!(
+        "[{},{}]",
+        std::str::from_utf8(&record_of(3)).unwrap(),
+        std::str::from_utf8(&record_of(4)).unwrap()
+    ));
+    builder.push_with_packet_id(&packet_headers(Some(now)), &two, 2, "LOGS:3");
+    let (headers, payload) = builder.finish(&HeaderValue::from("d1"));
+    client
+        .publish_with_headers("analyzer.1", headers, payload)
+        .await
+        .unwrap();
+    // A second batch: one valid packet and one that is not JSON.
+    builder.push(&packet_headers(Some(now)), &record_of(5), 1);
+    builder.push(&packet_headers(None), &Bytes::from_static(b"not json"), 1);
+    let (headers, payload) = builder.finish(&HeaderValue::from("d1"));
+    client
+        .publish_with_headers("analyzer.1", headers, payload)
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let stats_ref = &stats;
+    eventually("both batches counted", || async move {
+        let r = record(stats_ref, "1").await;
+        r.batches == 2 && r.packets + r.duplicates + r.invalid_packets == 6
+    })
+    .await;
+    let r = record(&stats, "1").await;
+    assert_eq!((r.packets, r.messages), (4, 5), "{r:?}");
+    assert_eq!(r.duplicates, 1, "the repeat of LOGS:1");
+    assert_eq!(r.invalid_packets, 1);
+    let latency = r
+        .latency
+        .expect("latencies from the batches' Sent-At lists");
+    assert_eq!(
+        latency.count, 3,
+        "the analyzed packets that had a Sent-At: {latency:?}"
+    );
+    assert!(
+        native.terminate(WAIT).await.success(),
+        "{}",
+        native.stderr()
+    );
+}
