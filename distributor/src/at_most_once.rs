@@ -44,8 +44,8 @@ use tokio_util::sync::CancellationToken;
 use crate::coalescer::{Coalescer, Ready};
 use crate::config::RunArgs;
 use crate::core::{
-    ControlSubscriptions, CoreSources, DeliveryMode, Distributor, ModeStats, RunError,
-    FINAL_WRITE_TIMEOUT,
+    ConnectionWatch, ControlSubscriptions, CoreSources, DeliveryMode, Distributor, ModeStats,
+    RunError, FINAL_WRITE_TIMEOUT,
 };
 use crate::hold_queue::HoldQueue;
 use crate::outgoing::Outgoing;
@@ -130,6 +130,7 @@ pub(crate) async fn run(
     control: &mut ControlSubscriptions,
     mut local: Option<mpsc::Receiver<LocalPacket>>,
     publisher: &StatsPublisher,
+    connection_watch: &ConnectionWatch,
     shutdown: &CancellationToken,
 ) -> Result<ModeStats, RunError> {
     let names = &args.names;
@@ -152,6 +153,7 @@ pub(crate) async fn run(
         Err(e) => return Err(e.into()),
     };
     let client = connection.client.clone();
+    connection_watch.watch(&client, "ingest", shutdown);
     let mut mode = AtMostOnce {
         ingest: IngestConnection::new(connection, args.ingest_buffer),
         hold: HoldQueue::new(args.hold_max_packets, args.hold_max_bytes),

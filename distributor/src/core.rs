@@ -79,6 +79,46 @@ pub enum RunError {
     Metrics(#[from] logdist::telemetry::ServeError),
     #[error("cannot read the weight overrides in KV bucket {bucket:?}: {detail}")]
     ReadWeights { bucket: String, detail: String },
+    /// [`logdist::connection_task_stopped`]: the distributor shut down, as it could route nothing.
+    #[error(
+        "the NATS client's connection task stopped, so the distributor shut down; restart it \
+         (docs/security.md, \"Limits that remain\")"
+    )]
+    ConnectionTaskStopped,
+}
+
+/// Watches the distributor's NATS clients for a connection task that stopped for good
+/// ([`logdist::connection_task_stopped`]): then it shuts the distributor down, since it can
+/// route nothing, and [`stopped`](Self::stopped) says so, for `run` to end with
+/// [`RunError::ConnectionTaskStopped`].
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionWatch {
+    stopped: Arc<AtomicBool>,
+}
+
+impl ConnectionWatch {
+    /// Watches `client` (`which` names it in the log) until `shutdown` is cancelled.
+    pub(crate) fn watch(&self, client: &Client, which: &'static str, shutdown: &CancellationToken) {
+        let (client, stop, flag) = (client.clone(), shutdown.clone(), self.stopped.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = logdist::connection_task_stopped(&client) => {
+                    tracing::error!(connection = which, "the NATS client's connection task \
+                        stopped: it reads no more messages and sends none (async-nats ends it \
+                        on a message it cannot read, such as one whose header value holds a \
+                        bare carriage return); shutting down");
+                    flag.store(true, Ordering::SeqCst);
+                    stop.cancel();
+                }
+            }
+        });
+    }
+
+    /// Whether a watched client's connection task stopped.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
 }
 
 /// The control subscriptions, as one stream: every analyzer's own subject (`<control>.*`), and

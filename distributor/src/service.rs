@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::bridges::{self, BridgeSettings};
 use crate::config::{Delivery, RunArgs};
 use crate::core::{
-    subscribe_control, Distributor, ModeStats, RunError, WeightsPoller, FINAL_WRITE_TIMEOUT,
+    subscribe_control, ConnectionWatch, Distributor, ModeStats, RunError, WeightsPoller,
+    FINAL_WRITE_TIMEOUT,
 };
 use crate::membership_mirror::{read_members, MembershipMirror, MEMBERSHIP_BUCKET_DESCRIPTION};
 use crate::stats_publisher::StatsPublisher;
@@ -91,6 +92,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     observed.nats.connected(&connection);
     observed.connected.connected(&connection.client);
     let client = connection.client.clone();
+    let connection_watch = ConnectionWatch::default();
+    connection_watch.watch(&client, "main", &shutdown);
     let js = jetstream::new(client.clone());
     let members_kv =
         open_or_create_bucket(&js, &names.membership_bucket, MEMBERSHIP_BUCKET_DESCRIPTION).await?;
@@ -201,6 +204,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
                 &mut control,
                 local_queue,
                 &publisher,
+                &connection_watch,
                 &shutdown,
             )
             .await?
@@ -254,6 +258,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         "writing final stats"
     );
     publisher.finish(last, FINAL_WRITE_TIMEOUT).await;
+    if connection_watch.stopped() {
+        return Err(RunError::ConnectionTaskStopped);
+    }
     tracing::info!("distributor stopped");
     Ok(())
 }

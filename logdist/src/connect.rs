@@ -199,6 +199,30 @@ pub struct Connection {
     pub events: Arc<ConnectionEvents>,
 }
 
+/// How often [`connection_task_stopped`] checks the client.
+const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Resolves once `client`'s connection task has stopped for good, which a live client never
+/// does: it reconnects by itself for as long as a `Client` exists. async-nats 0.51 ends the task
+/// when it panics while reading, as it does on a header value with a bare carriage return from
+/// any publisher (nats-io/nats.rs#1612); the process then runs on but receives nothing, and
+/// every publish fails. A binary that selects on this can stop with an error instead, so a
+/// supervisor restarts it.
+///
+/// It asks the client for a flush every second: that fails at once, with `SendError`, only
+/// when nothing takes the client's commands any more. A flush that waits (the server is gone
+/// and the client reconnecting) or fails otherwise is no sign of it.
+pub async fn connection_task_stopped(client: &Client) {
+    loop {
+        tokio::time::sleep(CONNECTION_CHECK_INTERVAL).await;
+        if let Err(e) = client.flush().await {
+            if e.kind() == async_nats::client::FlushErrorKind::SendError {
+                return;
+            }
+        }
+    }
+}
+
 /// Messages each subscription buffers in the client by default (the async-nats default): past
 /// it the client drops what arrives and reports a slow consumer.
 pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 64 * 1024;

@@ -27,8 +27,9 @@ pub mod telemetry;
 
 pub use buckets::{open_or_create_bucket, BucketError};
 pub use connect::{
-    connect, connect_with_capacity, server_addrs, ConnectError, Connection, ConnectionEvents,
-    NatsArgs, DEFAULT_INBOX_PREFIX, DEFAULT_NATS_URL, DEFAULT_SUBSCRIPTION_CAPACITY,
+    connect, connect_with_capacity, connection_task_stopped, server_addrs, ConnectError,
+    Connection, ConnectionEvents, NatsArgs, DEFAULT_INBOX_PREFIX, DEFAULT_NATS_URL,
+    DEFAULT_SUBSCRIPTION_CAPACITY,
 };
 pub use logging::init_logging;
 pub use protocol::names::Names;
