@@ -500,8 +500,9 @@ struct BatchAck {
     failed: bool,
 }
 
-/// A packet of a batch as a message of its own: the batch's subject and reply, the packet's
-/// headers ([`batch::BatchPart::headers`]) and its slice of the payload.
+/// A packet of a batch as a message of its own, for the HTTP and process analyzers to hand on:
+/// the batch's subject and reply, the packet's headers ([`batch::BatchPart::headers`]) and its
+/// slice of the payload.
 struct Part;
 
 impl Part {
@@ -613,7 +614,22 @@ impl PacketHandler {
             forward.forwarder.dispatch(message);
             return None;
         }
-        let outcome = self.count(&message.payload, &message);
+        let meta = self.meta(&message);
+        let packet_id = meta.packet_id;
+        let outcome = self.analyze(&message.payload, meta);
+        self.settle_analyzed(outcome, packet_id, &message).await;
+        message.reply
+    }
+
+    /// What follows a packet's analysis by the built-in analysis: the simulated work for its
+    /// messages (`--work-per-message`), or a log line for a repeat (`packet_id`) or an invalid
+    /// packet (logged with `message`'s subject: the packet's own, or its batch's).
+    async fn settle_analyzed(
+        &mut self,
+        outcome: PacketOutcome,
+        packet_id: Option<&str>,
+        message: &Message,
+    ) {
         match outcome {
             PacketOutcome::Analyzed { messages } => {
                 if let Some(until) = self.work.add(messages, Instant::now()) {
@@ -621,11 +637,10 @@ impl PacketHandler {
                 }
             }
             PacketOutcome::Duplicate => {
-                tracing::debug!(packet_id = ?self.meta(&message).packet_id, "duplicate packet dropped");
+                tracing::debug!(packet_id = ?packet_id, "duplicate packet dropped");
             }
-            PacketOutcome::Invalid(error) => self.log_invalid(&message, &error),
+            PacketOutcome::Invalid(error) => self.log_invalid(message, &error),
         }
-        message.reply
     }
 
     /// A native analyzer's batch: its packets analyzed one by one, as if each had come alone,
@@ -641,17 +656,8 @@ impl PacketHandler {
                 packet_id: part.packet_id,
                 sent_at_ns: part.sent_at.and_then(parse_sent_at),
             };
-            match self.analyze(payload, meta) {
-                PacketOutcome::Analyzed { messages } => {
-                    if let Some(until) = self.work.add(messages, Instant::now()) {
-                        tokio::time::sleep_until(until.into()).await;
-                    }
-                }
-                PacketOutcome::Duplicate => {
-                    tracing::debug!(packet_id = ?part.packet_id, "duplicate packet dropped");
-                }
-                PacketOutcome::Invalid(error) => self.log_invalid(message, &error),
-            }
+            let outcome = self.analyze(payload, meta);
+            self.settle_analyzed(outcome, part.packet_id, message).await;
         }
     }
 

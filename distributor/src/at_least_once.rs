@@ -87,8 +87,8 @@ struct Packet {
     /// Its `Logdist-Packet-Id` (`<stream>:<sequence>`), kept beside `out.headers`, not in
     /// them: as the fourth name in the agent's three-header map it grew the map's table
     /// (4 → 8 buckets, every name re-hashed with SipHash), ~1,100 instructions a packet
-    /// (callgrind, `scripts/callgrind-distributor.sh alo 20000 10`). It joins the headers only when the packet leaves alone or as a dead
-    /// letter; a batch lists it from here.
+    /// (callgrind, `scripts/callgrind-distributor.sh alo 20000 10`). It joins the headers only
+    /// when the packet leaves alone or as a dead letter; a batch lists it from here.
     id: HeaderValue,
     /// Failed deliveries so far.
     attempts: u32,

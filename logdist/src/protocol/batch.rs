@@ -287,8 +287,9 @@ impl BatchBuilder {
 /// instructions a byte: a batch of ~57 single messages has ~2,300 bytes of lists, and its
 /// inserts cost 3,183 instructions each with the scan (callgrind,
 /// `scripts/callgrind-distributor.sh nats 40000 10`). The text has no line break to find: it is
-/// decimal digits, and agents' header values (async-nats made them, and they cannot hold one)
-/// joined by commas. Should a later async-nats refuse text there, the scanning `from` takes it.
+/// decimal digits, and packets' header values, each checked for line breaks when it was made
+/// (by async-nats' reader, or by `From` in the HTTP gateway), joined by commas. Should a later
+/// async-nats refuse text there, the scanning `from` takes it.
 fn list_value(text: &str) -> HeaderValue {
     use serde::de::IntoDeserializer;
     use serde::Deserialize;
