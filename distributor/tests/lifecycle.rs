@@ -127,37 +127,11 @@ async fn sigterm_after_the_server_died(args: &[&str]) {
 /// instead of running on and routing nothing.
 #[tokio::test]
 async fn a_stopped_nats_connection_task_stops_the_distributor_with_an_error() {
-    use std::io::{BufRead, BufReader, Write};
     let server = NatsServer::start();
     let mut distributor = start_distributor(&server, "r1", &[]).await;
-    let address = server.url().trim_start_matches("nats://").to_string();
-    let stream = std::net::TcpStream::connect(&address).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("INFO"), "{line}");
     let header = b"NATS/1.0\r\nLogdist-Agent: a\rb\r\n\r\n";
     let payload = br#"{"timestamp":1,"severity":"INFO","source":"s","message":"m"}"#;
-    let mut wire = Vec::new();
-    wire.extend_from_slice(b"CONNECT {\"headers\":true,\"verbose\":false}\r\n");
-    wire.extend_from_slice(
-        format!(
-            "HPUB logs.ingest.raw {} {}\r\n",
-            header.len(),
-            header.len() + payload.len()
-        )
-        .as_bytes(),
-    );
-    wire.extend_from_slice(header);
-    wire.extend_from_slice(payload);
-    wire.extend_from_slice(b"\r\nPING\r\n");
-    (&stream).write_all(&wire).unwrap();
-    line.clear();
-    reader.read_line(&mut line).unwrap();
-    assert_eq!(line, "PONG\r\n", "the server took the message");
+    logdist_testing::publish_raw(&server.url(), "logs.ingest.raw", header, payload);
 
     let status = distributor.wait(WAIT).await;
     let stderr = distributor.stderr();

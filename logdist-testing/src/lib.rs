@@ -2,7 +2,7 @@
 //! the production library): real `nats-server` processes on free loopback ports, a 3-node
 //! cluster, the workspace's own binaries as child processes ([`Process`], started with typed
 //! options: [`DistributorOptions`], [`AnalyzerOptions`]), packet builders ([`packet`],
-//! [`message`], [`seq_headers`]), readers of the stats and membership buckets
+//! [`message`], [`seq_headers`], raw ones: [`publish_raw`]), readers of the stats and membership buckets
 //! ([`distributor_stats`], [`analyzer_stats`], [`member_record`]) and bounded waits. Nothing is
 //! mocked.
 //!
@@ -18,7 +18,7 @@ mod stats;
 pub use options::{
     agent_sim_report, AgentSimOptions, AnalyzerOptions, Delivery, DistributorOptions,
 };
-pub use packets::{message, packet, seq_headers};
+pub use packets::{message, packet, publish_raw, seq_headers};
 pub use stats::{
     analyzer_stats, distributor_stats, member_record, membership_bucket, stats_bucket,
     wait_distributor_stats,

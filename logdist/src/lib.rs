@@ -8,7 +8,8 @@
 //! - plumbing, re-exported here from private modules: NATS connection set-up ([`connect`],
 //!   [`NatsArgs`]), opening the KV buckets ([`open_or_create_bucket`]), reading the stats bucket
 //!   back ([`StatsSnapshot`]), shutdown on a signal ([`shutdown_on_signal`]), logging
-//!   ([`init_logging`]) and the runtime ([`build_runtime`]); the Prometheus metrics ([`metrics`])
+//!   ([`init_logging`]) and the runtime ([`build_runtime`]); whether the NATS client can read a
+//!   raw header block ([`check_header_block`]); the Prometheus metrics ([`metrics`])
 //!   with the `--metrics` listener that serves them beside the health probes ([`telemetry`]);
 //! - the ingest formats of common log shippers, mapped to the contract ([`ingest_format`]).
 //!
@@ -16,6 +17,7 @@
 
 mod buckets;
 mod connect;
+mod header_block;
 pub mod ingest_format;
 mod logging;
 pub mod metrics;
@@ -31,6 +33,7 @@ pub use connect::{
     Connection, ConnectionEvents, NatsArgs, DEFAULT_INBOX_PREFIX, DEFAULT_NATS_URL,
     DEFAULT_SUBSCRIPTION_CAPACITY,
 };
+pub use header_block::{check_header_block, readable_headers, UnreadableHeaders};
 pub use logging::init_logging;
 pub use protocol::names::Names;
 pub use protocol::packet::{
