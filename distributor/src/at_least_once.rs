@@ -48,11 +48,11 @@ use async_nats::connection::State;
 use async_nats::header::HeaderValue;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream, AckKind};
-use async_nats::{Message, Request, RequestError, RequestErrorKind};
+use async_nats::{Message, Request, RequestError, RequestErrorKind, Subject};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use logdist::protocol::batch::{coalescable, BatchBuilder, ALONE_BYTES};
-use logdist::protocol::deadletter::{Reason, UNDELIVERABLE};
+use logdist::protocol::deadletter::{Reason, UNDELIVERABLE, UNREADABLE_HEADERS};
 use logdist::protocol::headers::name::PACKET_ID;
 use logdist::telemetry::Condition;
 use logdist::{ConnectionEvents, Names};
@@ -66,6 +66,7 @@ use crate::outgoing::Outgoing;
 use crate::redelivery::{nak_delay, Failure, FailureKind, FaultJudge, RetryPolicy, Verdict};
 use crate::router::Reservation;
 use crate::stats_publisher::StatsPublisher;
+use crate::unreadable::{remove_unreadable, DeadLetters, Removed};
 
 /// Idle heartbeat asked of the server on pull requests: a consumer that stops answering (server
 /// restart, leader lost) shows as an error within about two of these.
@@ -245,38 +246,59 @@ pub async fn open_consumer(
         })
 }
 
-/// Gets the consumer and opens its message stream, in a task of its own so the event loop keeps
-/// serving acknowledgements and heartbeats meanwhile.
+/// The consumer's message stream, and what the scan before it dead-lettered.
+struct Opened {
+    messages: pull::Stream,
+    removed: Vec<Removed>,
+}
+
+/// Gets the consumer, takes the messages whose headers the client cannot read out of the
+/// stream (`crate::unreadable`), and opens the consumer's message stream, in a task of its own
+/// so the event loop keeps serving acknowledgements and heartbeats meanwhile.
 fn open(
     js: jetstream::Context,
     names: Names,
     args: AtLeastOnceArgs,
     extra_subjects: Vec<String>,
-) -> JoinHandle<Result<pull::Stream, ConsumerError>> {
+    letters: DeadLetters,
+) -> JoinHandle<Result<Opened, ConsumerError>> {
     tokio::spawn(async move {
-        let opening = async {
-            let consumer = open_consumer(&js, &names, &args, &extra_subjects).await?;
-            consumer
-                .stream()
-                .max_messages_per_batch(args.fetch_batch)
-                .heartbeat(PULL_HEARTBEAT)
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await
-                .map_err(|source| ConsumerError::Pull {
-                    consumer: args.consumer.clone(),
-                    source,
-                })
-        };
-        tokio::time::timeout(OPEN_TIMEOUT, opening)
+        let consumer = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            open_consumer(&js, &names, &args, &extra_subjects),
+        )
+        .await
+        .unwrap_or(Err(ConsumerError::TimedOut(OPEN_TIMEOUT)))?;
+        // Bounded by its own budget, not by OPEN_TIMEOUT: a long backlog must not keep the
+        // consumer from ever opening.
+        let removed = remove_unreadable(
+            &js,
+            &args.stream,
+            consumer.cached_info(),
+            args.max_ack_pending.unsigned_abs(),
+            &letters,
+        )
+        .await;
+        let pulling = consumer
+            .stream()
+            .max_messages_per_batch(args.fetch_batch)
+            .heartbeat(PULL_HEARTBEAT)
+            .expires(PULL_EXPIRES)
+            .messages();
+        let messages = tokio::time::timeout(OPEN_TIMEOUT, pulling)
             .await
-            .unwrap_or(Err(ConsumerError::TimedOut(OPEN_TIMEOUT)))
+            .map_err(|_| ConsumerError::TimedOut(OPEN_TIMEOUT))?
+            .map_err(|source| ConsumerError::Pull {
+                consumer: args.consumer.clone(),
+                source,
+            })?;
+        Ok(Opened { messages, removed })
     })
 }
 
 async fn join(
-    opening: &mut Option<JoinHandle<Result<pull::Stream, ConsumerError>>>,
-) -> Result<pull::Stream, ConsumerError> {
+    opening: &mut Option<JoinHandle<Result<Opened, ConsumerError>>>,
+) -> Result<Opened, ConsumerError> {
     match opening {
         Some(task) => task.await.unwrap_or_else(|e| Err(ConsumerError::Task(e))),
         None => std::future::pending().await,
@@ -389,12 +411,18 @@ pub(crate) async fn run(
         .mapping_and_subjects(&args.names)
         .map(|(_, extra)| extra)
         .unwrap_or_default();
+    let letters = DeadLetters {
+        client: js.client(),
+        subject: Subject::from(args.names.deadletter_subject.clone()),
+        replica: p.d.replica_header().clone(),
+    };
     let reopen = || {
         open(
             js.clone(),
             args.names.clone(),
             alo.clone(),
             extra_subjects.clone(),
+            letters.clone(),
         )
     };
     let mut opening = Some(reopen());
@@ -434,7 +462,10 @@ pub(crate) async fn run(
             result = join(&mut opening) => {
                 opening = None;
                 match result {
-                    Ok(stream) => {
+                    Ok(Opened { messages: stream, removed }) => {
+                        for r in &removed {
+                            p.d.count_deadlettered_elsewhere(&r.subject, Reason { code: UNREADABLE_HEADERS, text: &r.reason });
+                        }
                         tracing::info!(stream = %alo.stream, consumer = %alo.consumer, "consuming from JetStream");
                         messages = Some(stream);
                         consumer_bound.set(true);

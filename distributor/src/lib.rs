@@ -26,7 +26,9 @@
 //! The two delivery modes, siblings over the core that never import each other:
 //! - `at_most_once`: core-NATS queue subscriptions, publish once, hold while no analyzer is
 //!   online;
-//! - `at_least_once`: a JetStream consumer, requests to analyzers, ack after their reply.
+//! - `at_least_once`: a JetStream consumer, requests to analyzers, ack after their reply;
+//!   before it pulls, `unreadable` takes out of the stream the messages whose headers the NATS
+//!   client cannot read.
 //!
 //! The async shell: `service` (the wiring of `distributor run` and the choice of mode, [`run`]),
 //! `stats_publisher` and `membership_mirror` (KV writers), `config` (the command line, [`Cli`]),
@@ -53,6 +55,7 @@ mod router;
 mod selector;
 mod service;
 mod stats_publisher;
+mod unreadable;
 mod weight_overrides;
 mod weights_command;
 

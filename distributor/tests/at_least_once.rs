@@ -543,6 +543,105 @@ impl RawAnalyzerPipeline {
     }
 }
 
+/// A packet whose header value holds a bare carriage return stops the replica that fetches it
+/// (async-nats 0.51, nats-io/nats.rs#1612), and at-least-once keeps it in the stream. The
+/// restarted replica must take it out before it pulls (one dead letter, `unreadable_headers`,
+/// with the payload and the headers that can be read) instead of fetching it and stopping
+/// again, and deliver what came after it.
+#[tokio::test]
+async fn a_packet_the_client_cannot_read_stops_a_replica_once_and_is_dead_lettered() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let mut deadletters = client
+        .subscribe(logdist::protocol::names::DEFAULT_DEADLETTER_SUBJECT)
+        .await
+        .unwrap();
+    let _analyzer = analyzer(&url, "1", 1.0);
+    let mut first = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
+    let js = jetstream(&url).await;
+    wait_members(&js, 1).await;
+    let stats = stats_bucket(&js).await;
+    let ingest = logdist::Names::default().agent_ingest_subject("raw");
+    let one = r#"{"timestamp":1,"severity":"INFO","source":"t","message":"a"}"#;
+    client.publish(ingest.clone(), one.into()).await.unwrap();
+    client.flush().await.unwrap();
+    wait_analyzed(&stats, "1", 1).await;
+
+    let poison = br#"{"timestamp":2,"severity":"INFO","source":"t","message":"poison"}"#;
+    let block = b"NATS/1.0\r\nLogdist-Agent: a\rb\r\nLogdist-Seq: 7\r\n\r\n";
+    logdist_testing::publish_raw(&url, &ingest, block, poison);
+    let status = first.wait(WAIT).await;
+    assert!(
+        !status.success(),
+        "the replica that fetched it stops: {status:?}"
+    );
+    assert!(first.stderr().contains("connection task stopped"));
+
+    // Two more packets wait in the stream behind it.
+    for _ in 0..2 {
+        client.publish(ingest.clone(), one.into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let mut second = distributor(&url, "d1", Delivery::AtLeastOnce, &[]);
+    let letter = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut deadletters))
+        .await
+        .expect("a dead letter in time")
+        .unwrap();
+    let headers = letter.headers.as_ref().unwrap();
+    assert_eq!(
+        headers.get("Logdist-Error-Code").unwrap().as_str(),
+        "unreadable_headers"
+    );
+    let error = headers.get("Logdist-Error").unwrap().as_str();
+    assert!(
+        error.contains("\"Logdist-Agent\"") && error.contains("bare carriage return"),
+        "{error}"
+    );
+    assert_eq!(headers.get("Logdist-Subject").unwrap().as_str(), ingest);
+    assert_eq!(
+        headers.get("Logdist-Seq").unwrap().as_str(),
+        "7",
+        "readable ones kept"
+    );
+    assert!(headers.get("Logdist-Agent").is_none());
+    assert_eq!(&letter.payload[..], &poison[..]);
+
+    wait_analyzed(&stats, "1", 3).await;
+    // Nothing stays un-acked and the stream is empty: the packet was deleted, not left for
+    // JetStream to redeliver after `--ack-wait` (which would stop this replica too).
+    wait_consumer_drained(&js).await;
+    let after = unix_millis_now();
+    let stats_ref = &stats;
+    wait_until("stats written after the drain", WAIT, || async move {
+        distributor_stats(stats_ref, "d1")
+            .await
+            .is_some_and(|s| s.updated_at_ms > after)
+    })
+    .await;
+    let s = distributor_stats(&stats, "d1").await.unwrap();
+    assert_eq!(
+        s.deadletter_reasons.get("unreadable_headers"),
+        Some(&1),
+        "{s:#?}"
+    );
+    assert!(
+        second.try_wait().is_none(),
+        "the restarted replica runs on: {}",
+        second.stderr()
+    );
+    assert!(second.terminate(WAIT).await.success());
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(200),
+            futures::StreamExt::next(&mut deadletters)
+        )
+        .await
+        .is_err(),
+        "one dead letter"
+    );
+}
+
 /// The packet ids `LOGS:<sequence>` of these stream sequences, sorted.
 fn packet_ids(sequences: &[u64]) -> Vec<String> {
     let mut ids: Vec<String> = sequences.iter().map(|s| format!("LOGS:{s}")).collect();

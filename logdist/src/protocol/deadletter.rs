@@ -38,6 +38,11 @@ pub const NO_ANALYZER_ONLINE: &str = "no_analyzer_online";
 /// Reason code of a packet that no analyzer acknowledged within `--max-attempts`.
 pub const UNDELIVERABLE: &str = "undeliverable";
 
+/// Reason code of a stream message (at-least-once) whose header block the NATS client cannot
+/// read, such as a value with a bare carriage return: it is dead-lettered with the headers that
+/// can be read and deleted from the stream.
+pub const UNREADABLE_HEADERS: &str = "unreadable_headers";
+
 /// Reason code of an OTLP request body (HTTP gateway, `POST /v1/logs`) that is not a protobuf
 /// `ExportLogsServiceRequest`.
 pub const BAD_PROTOBUF: &str = "bad_protobuf";

@@ -1,0 +1,213 @@
+//! At-least-once: messages of the stream whose header block the NATS client cannot read, taken
+//! out of the stream before the consumer delivers them again.
+//!
+//! async-nats 0.51 stops its connection task on a header value with a bare carriage return
+//! (nats-io/nats.rs#1612, see [`logdist::check_header_block`]), and nats-server stores such a
+//! message in `LOGS` as any other. The replica that fetches it stops (the `ConnectionWatch` of
+//! `crate::core`, exit status 1), and since the message is never acked, every replica that
+//! fetched it after that would stop too, for ever. So before a replica opens its pull, it reads
+//! the consumer's unacknowledged range, after the ack floor up to the last delivered sequence,
+//! through the stream's message-get API: JSON with the header block in base64, which never
+//! meets the client's header parser. Each message the client cannot read is dead-lettered
+//! ([`UNREADABLE_HEADERS`], with its payload and the headers that could be read), then deleted
+//! from the stream, which the consumer then skips. Header blocks the client refuses with a read
+//! error (it reconnects) go the same way: each would cost a reconnection per redelivery.
+//!
+//! The scan costs nothing after a clean stop (nothing is pending) and is bounded otherwise: at
+//! most `--max-ack-pending` messages and [`SCAN_BUDGET`].
+
+use std::time::{Duration, Instant};
+
+use async_nats::header::HeaderValue;
+use async_nats::jetstream::consumer;
+use async_nats::jetstream::response::Response;
+use async_nats::jetstream::stream::RawMessage;
+use async_nats::jetstream::{self, ErrorCode};
+use async_nats::{Client, Subject};
+use base64::Engine as _;
+use bytes::Bytes;
+use logdist::protocol::deadletter::{deadletter_headers, Reason, UNREADABLE_HEADERS};
+
+/// Longest a replica spends scanning the stream before it opens its pull anyway.
+pub(crate) const SCAN_BUDGET: Duration = Duration::from_secs(10);
+
+/// Where the scan's dead letters go.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetters {
+    pub client: Client,
+    pub subject: Subject,
+    /// This replica's `Logdist-Distributor`.
+    pub replica: HeaderValue,
+}
+
+/// A message the scan dead-lettered, for the replica's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Removed {
+    /// The subject it was published on.
+    pub subject: Subject,
+    /// Why, as in the dead letter's `Logdist-Error`.
+    pub reason: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Stored {
+    message: RawMessage,
+}
+
+#[derive(serde::Deserialize)]
+struct Deleted {
+    success: bool,
+}
+
+/// Dead-letters and deletes every message of `stream` in `info`'s unacknowledged range that the
+/// client cannot read; returns those it dead-lettered. Failures are logged and end the scan:
+/// the replica opens its pull either way.
+pub(crate) async fn remove_unreadable(
+    js: &jetstream::Context,
+    stream: &str,
+    info: &consumer::Info,
+    max_messages: u64,
+    letters: &DeadLetters,
+) -> Vec<Removed> {
+    let mut removed = Vec::new();
+    if info.num_ack_pending == 0 {
+        return removed;
+    }
+    let last = info.delivered.stream_sequence;
+    let mut next = info.ack_floor.stream_sequence + 1;
+    let started = Instant::now();
+    let mut scanned = 0u64;
+    let get = format!("STREAM.MSG.GET.{stream}");
+    while next <= last && scanned < max_messages {
+        if started.elapsed() > SCAN_BUDGET {
+            tracing::warn!(stream, scanned, next, last, budget = ?SCAN_BUDGET,
+                "stopped scanning the unacknowledged messages for unreadable headers: out of time");
+            break;
+        }
+        // The first message at or after `next`: acked ones are gone from a work-queue stream.
+        let request = serde_json::json!({ "seq": next, "next_by_subj": ">" });
+        let message = match js
+            .request::<_, _, Response<Stored>>(get.clone(), &request)
+            .await
+        {
+            Ok(Response::Ok(Stored { message })) => message,
+            Ok(Response::Err { error }) if error.error_code() == ErrorCode::NO_MESSAGE_FOUND => {
+                break;
+            }
+            Ok(Response::Err { error }) => {
+                tracing::warn!(stream, sequence = next, error = %error,
+                    "cannot read the stream to look for unreadable headers");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    stream,
+                    sequence = next,
+                    error = &e as &dyn std::error::Error,
+                    "cannot read the stream to look for unreadable headers"
+                );
+                break;
+            }
+        };
+        if message.sequence > last {
+            break;
+        }
+        next = message.sequence + 1;
+        scanned += 1;
+        if let Some(r) = remove_if_unreadable(js, stream, message, letters).await {
+            removed.push(r);
+        }
+    }
+    if scanned > 0 {
+        tracing::info!(stream, scanned, removed = removed.len(), took = ?started.elapsed(),
+            "scanned the unacknowledged messages for headers the NATS client cannot read");
+    }
+    removed
+}
+
+async fn remove_if_unreadable(
+    js: &jetstream::Context,
+    stream: &str,
+    message: RawMessage,
+    letters: &DeadLetters,
+) -> Option<Removed> {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let block = match message.headers.as_deref().map(|h| engine.decode(h)) {
+        None => return None,
+        Some(Ok(block)) => block,
+        Some(Err(e)) => {
+            tracing::warn!(stream, sequence = message.sequence, error = %e,
+                "the stream's message-get answered headers that are not base64");
+            return None;
+        }
+    };
+    let problem = logdist::check_header_block(&block).err()?;
+    let payload = match engine.decode(&message.payload) {
+        Ok(payload) => Bytes::from(payload),
+        Err(e) => {
+            tracing::warn!(stream, sequence = message.sequence, error = %e,
+                "the stream's message-get answered a payload that is not base64");
+            return None;
+        }
+    };
+    let text = format!(
+        "stream {stream} message {}: {problem}; removed from the stream, since a replica that \
+         fetched it could not read it",
+        message.sequence
+    );
+    let reason = Reason {
+        code: UNREADABLE_HEADERS,
+        text: &text,
+    };
+    let readable = logdist::readable_headers(&block);
+    let headers = deadletter_headers(
+        Some(&readable),
+        reason,
+        &message.subject,
+        None,
+        &letters.replica,
+    );
+    // The dead letter first, then the deletion: a replica that stops in between leaves the
+    // message in the stream, and the next one writes the letter again.
+    let sent = letters
+        .client
+        .publish_with_headers(letters.subject.clone(), headers, payload)
+        .await;
+    if let Err(e) = sent {
+        tracing::error!(stream, sequence = message.sequence, error = %e,
+            "cannot publish the dead letter of a message with unreadable headers; it stays");
+        return None;
+    }
+    if let Err(e) = letters.client.flush().await {
+        tracing::error!(stream, sequence = message.sequence, error = %e,
+            "cannot flush the dead letter of a message with unreadable headers; it stays");
+        return None;
+    }
+    let delete = serde_json::json!({ "seq": message.sequence });
+    match js
+        .request::<_, _, Response<Deleted>>(format!("STREAM.MSG.DELETE.{stream}"), &delete)
+        .await
+    {
+        Ok(Response::Ok(Deleted { success: true })) => {}
+        // Another replica deleted it meanwhile: its letter is written twice, as at-least-once
+        // allows.
+        Ok(Response::Err { error }) if error.error_code() == ErrorCode::NO_MESSAGE_FOUND => {}
+        other => {
+            let error = match other {
+                Ok(Response::Err { error }) => error.to_string(),
+                Err(e) => e.to_string(),
+                Ok(_) => "the server did not confirm".to_owned(),
+            };
+            tracing::error!(
+                stream,
+                sequence = message.sequence,
+                error,
+                "cannot delete a message with unreadable headers from the stream"
+            );
+        }
+    }
+    Some(Removed {
+        subject: message.subject.into(),
+        reason: text,
+    })
+}
