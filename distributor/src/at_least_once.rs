@@ -80,6 +80,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest wait for getting the consumer and opening its message stream; a JetStream API call
 /// to a cluster without a leader would otherwise wait for the client's full request time-out.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Messages a reopening of the consumer scans for headers the client cannot read (the oldest
+/// unacknowledged ones; see `crate::unreadable`), so that a recovery is not held up by it.
+const REOPEN_SCAN: u64 = 1_000;
 
 /// A packet taken from the stream and not yet acked there.
 struct Packet {
@@ -261,6 +264,7 @@ fn open(
     args: AtLeastOnceArgs,
     extra_subjects: Vec<String>,
     letters: DeadLetters,
+    scan: u64,
 ) -> JoinHandle<Result<Opened, ConsumerError>> {
     tokio::spawn(async move {
         let consumer = tokio::time::timeout(
@@ -271,14 +275,8 @@ fn open(
         .unwrap_or(Err(ConsumerError::TimedOut(OPEN_TIMEOUT)))?;
         // Bounded by its own budget, not by OPEN_TIMEOUT: a long backlog must not keep the
         // consumer from ever opening.
-        let removed = remove_unreadable(
-            &js,
-            &args.stream,
-            consumer.cached_info(),
-            args.max_ack_pending.unsigned_abs(),
-            &letters,
-        )
-        .await;
+        let removed =
+            remove_unreadable(&js, &args.stream, consumer.cached_info(), scan, &letters).await;
         let pulling = consumer
             .stream()
             .max_messages_per_batch(args.fetch_batch)
@@ -416,16 +414,21 @@ pub(crate) async fn run(
         subject: Subject::from(args.names.deadletter_subject.clone()),
         replica: p.d.replica_header().clone(),
     };
-    let reopen = || {
+    // At start the whole unacknowledged range is scanned: a message that stopped the replica
+    // before may be anywhere in it. A reopening in the same process (after a consumer error)
+    // scans only the oldest few: a message this client stops on would have ended the process,
+    // and one it refuses with a read error, never acked, is soon the oldest.
+    let reopen = |scan: u64| {
         open(
             js.clone(),
             args.names.clone(),
             alo.clone(),
             extra_subjects.clone(),
             letters.clone(),
+            scan,
         )
     };
-    let mut opening = Some(reopen());
+    let mut opening = Some(reopen(alo.max_ack_pending.unsigned_abs()));
     let mut messages: Option<pull::Stream> = None;
     let mut backoff = MIN_BACKOFF;
     let retry = tokio::time::sleep(Duration::ZERO);
@@ -482,7 +485,7 @@ pub(crate) async fn run(
             }
             () = &mut retry, if retry_armed => {
                 retry_armed = false;
-                opening = Some(reopen());
+                opening = Some(reopen(REOPEN_SCAN.min(alo.max_ack_pending.unsigned_abs())));
             }
             item = next_message(&mut messages), if room => {
                 let mut item = item;

@@ -14,7 +14,8 @@
 //! error (it reconnects) go the same way: each would cost a reconnection per redelivery.
 //!
 //! The scan costs nothing after a clean stop (nothing is pending) and is bounded otherwise: at
-//! most `--max-ack-pending` messages and [`SCAN_BUDGET`].
+//! start at most `--max-ack-pending` messages, when the consumer is opened again after an error
+//! the oldest 1,000, and always at most [`SCAN_BUDGET`].
 
 use std::time::{Duration, Instant};
 
