@@ -469,6 +469,14 @@ async fn the_distributor_role_covers_the_at_least_once_stream_and_no_more() {
     let mut consumer = consumer;
     let info = consumer.info().await.unwrap();
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    // Before it pulls, a replica reads unacked messages raw and deletes those whose headers
+    // the client cannot read (distributor/src/unreadable.rs).
+    let stored = logs
+        .get_raw_message(1)
+        .await
+        .expect("the distributor reads a message");
+    assert_eq!(&stored.payload[..], b"packet");
+    assert!(logs.delete_message(1).await.expect("and deletes one"));
     assert!(errors.all().is_empty(), "{:?}", errors.all());
 
     // A distributor cannot forge heartbeats, write an analyzer's counters or delete the stream.
