@@ -417,7 +417,9 @@ pub(crate) async fn run(
     // At start the whole unacknowledged range is scanned: a message that stopped the replica
     // before may be anywhere in it. A reopening in the same process (after a consumer error)
     // scans only the oldest few: a message this client stops on would have ended the process,
-    // and one it refuses with a read error, never acked, is soon the oldest.
+    // and one it refuses with a read error, never acked, is soon the oldest. (Whether the
+    // reconnection such a message causes also ends the consumer's message stream, so that a
+    // reopening happens at all, is not tested.)
     let reopen = |scan: u64| {
         open(
             js.clone(),
@@ -467,7 +469,8 @@ pub(crate) async fn run(
                 match result {
                     Ok(Opened { messages: stream, removed }) => {
                         for r in &removed {
-                            p.d.count_deadlettered_elsewhere(&r.subject, Reason { code: UNREADABLE_HEADERS, text: &r.reason });
+                            let reason = Reason { code: UNREADABLE_HEADERS, text: &r.reason };
+                            p.d.count_deadlettered_elsewhere(&r.subject, reason);
                         }
                         tracing::info!(stream = %alo.stream, consumer = %alo.consumer, "consuming from JetStream");
                         messages = Some(stream);

@@ -924,14 +924,14 @@ impl Distributor {
         self.publish_deadletter(headers, body).await;
     }
 
-    /// Counts one dead letter of `messages` rejected messages (by reason code), and logs it
-    /// within the throttle.
     /// Counts one packet's dead letter that was written outside the event loop (the stream scan
-    /// of `crate::unreadable`).
+    /// of `crate::unreadable`), as one message: its payload was never validated.
     pub(crate) fn count_deadlettered_elsewhere(&mut self, subject: &Subject, reason: Reason<'_>) {
         self.count_deadletter(1, [(reason.code, 1)], subject, reason);
     }
 
+    /// Counts one dead letter of `messages` rejected messages (by reason code), and logs it
+    /// within the throttle.
     fn count_deadletter(
         &mut self,
         messages: u64,

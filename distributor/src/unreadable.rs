@@ -13,12 +13,14 @@
 //! from the stream, which the consumer then skips. Header blocks the client refuses with a read
 //! error (it reconnects) go the same way: each would cost a reconnection per redelivery.
 //!
-//! The scan costs nothing after a clean stop (nothing is pending) and is bounded otherwise: at
-//! start at most `--max-ack-pending` messages, when the consumer is opened again after an error
-//! the oldest 1,000, and always at most [`SCAN_BUDGET`].
+//! The scan costs nothing when nothing is unacknowledged (a first start, or a restart after
+//! every replica stopped cleanly). Otherwise it reads each unacknowledged message once, also
+//! those other replicas hold in flight: at start at most `--max-ack-pending`, when the consumer
+//! is opened again after an error the oldest 1,000, and always within [`SCAN_BUDGET`].
 
 use std::time::{Duration, Instant};
 
+use async_nats::client::PublishErrorKind;
 use async_nats::header::HeaderValue;
 use async_nats::jetstream::consumer;
 use async_nats::jetstream::response::Response;
@@ -31,6 +33,12 @@ use logdist::protocol::deadletter::{deadletter_headers, Reason, UNREADABLE_HEADE
 
 /// Longest a replica spends scanning the stream before it opens its pull anyway.
 pub(crate) const SCAN_BUDGET: Duration = Duration::from_secs(10);
+/// Longest wait for the server to confirm a dead letter before the deletion.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// JetStream's answers to deleting a sequence that is no longer in the stream: "sequence <n>
+/// not found" (10043, what nats-server 2.15.1 answers for a sequence deleted before), and "no
+/// message found" (10037).
+const GONE: [ErrorCode; 2] = [ErrorCode(10043), ErrorCode(10037)];
 
 /// Where the scan's dead letters go.
 #[derive(Debug, Clone)]
@@ -79,45 +87,49 @@ pub(crate) async fn remove_unreadable(
     let started = Instant::now();
     let mut scanned = 0u64;
     let get = format!("STREAM.MSG.GET.{stream}");
-    while next <= last && scanned < max_messages {
-        if started.elapsed() > SCAN_BUDGET {
-            tracing::warn!(stream, scanned, next, last, budget = ?SCAN_BUDGET,
-                "stopped scanning the unacknowledged messages for unreadable headers: out of time");
-            break;
-        }
-        // The first message at or after `next`: acked ones are gone from a work-queue stream.
-        let request = serde_json::json!({ "seq": next, "next_by_subj": ">" });
-        let message = match js
-            .request::<_, _, Response<Stored>>(get.clone(), &request)
-            .await
-        {
-            Ok(Response::Ok(Stored { message })) => message,
-            Ok(Response::Err { error }) if error.error_code() == ErrorCode::NO_MESSAGE_FOUND => {
+    let scan = async {
+        while next <= last && scanned < max_messages {
+            // The first message at or after `next`: acked ones are gone from a work-queue
+            // stream.
+            let request = serde_json::json!({ "seq": next, "next_by_subj": ">" });
+            let message = match js
+                .request::<_, _, Response<Stored>>(get.clone(), &request)
+                .await
+            {
+                Ok(Response::Ok(Stored { message })) => message,
+                Ok(Response::Err { error })
+                    if error.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
+                {
+                    break;
+                }
+                Ok(Response::Err { error }) => {
+                    tracing::warn!(stream, sequence = next, error = %error,
+                        "cannot read the stream to look for unreadable headers");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        stream,
+                        sequence = next,
+                        error = &e as &dyn std::error::Error,
+                        "cannot read the stream to look for unreadable headers"
+                    );
+                    break;
+                }
+            };
+            if message.sequence > last {
                 break;
             }
-            Ok(Response::Err { error }) => {
-                tracing::warn!(stream, sequence = next, error = %error,
-                    "cannot read the stream to look for unreadable headers");
-                break;
+            next = message.sequence + 1;
+            scanned += 1;
+            if let Some(r) = remove_if_unreadable(js, stream, message, letters).await {
+                removed.push(r);
             }
-            Err(e) => {
-                tracing::warn!(
-                    stream,
-                    sequence = next,
-                    error = &e as &dyn std::error::Error,
-                    "cannot read the stream to look for unreadable headers"
-                );
-                break;
-            }
-        };
-        if message.sequence > last {
-            break;
         }
-        next = message.sequence + 1;
-        scanned += 1;
-        if let Some(r) = remove_if_unreadable(js, stream, message, letters).await {
-            removed.push(r);
-        }
+    };
+    if tokio::time::timeout(SCAN_BUDGET, scan).await.is_err() {
+        tracing::warn!(stream, scanned, next, last, budget = ?SCAN_BUDGET,
+            "stopped scanning the unacknowledged messages for unreadable headers: out of time");
     }
     if scanned > 0 {
         tracing::info!(stream, scanned, removed = removed.len(), took = ?started.elapsed(),
@@ -156,33 +168,59 @@ async fn remove_if_unreadable(
          fetched it could not read it",
         message.sequence
     );
-    let reason = Reason {
-        code: UNREADABLE_HEADERS,
-        text: &text,
-    };
     let readable = logdist::readable_headers(&block);
-    let headers = deadletter_headers(
-        Some(&readable),
-        reason,
-        &message.subject,
-        None,
-        &letters.replica,
-    );
+    let letter_headers = |text: &str| {
+        let reason = Reason {
+            code: UNREADABLE_HEADERS,
+            text,
+        };
+        deadletter_headers(
+            Some(&readable),
+            reason,
+            &message.subject,
+            None,
+            &letters.replica,
+        )
+    };
     // The dead letter first, then the deletion: a replica that stops in between leaves the
-    // message in the stream, and the next one writes the letter again.
-    let sent = letters
+    // message in the stream, and the next one writes the letter again. A letter that cannot be
+    // written leaves the message too, and the replica that fetches it stops: so a letter whose
+    // headers make it pass the server's max_payload goes without the payload.
+    let size = payload.len();
+    let mut sent = letters
         .client
-        .publish_with_headers(letters.subject.clone(), headers, payload)
+        .publish_with_headers(letters.subject.clone(), letter_headers(&text), payload)
         .await;
+    if matches!(&sent, Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded) {
+        let text = format!(
+            "{text}; the payload ({size} bytes) is left out: with these headers it would pass \
+             the server's max_payload"
+        );
+        sent = letters
+            .client
+            .publish_with_headers(letters.subject.clone(), letter_headers(&text), Bytes::new())
+            .await;
+    }
     if let Err(e) = sent {
         tracing::error!(stream, sequence = message.sequence, error = %e,
             "cannot publish the dead letter of a message with unreadable headers; it stays");
         return None;
     }
-    if let Err(e) = letters.client.flush().await {
-        tracing::error!(stream, sequence = message.sequence, error = %e,
-            "cannot flush the dead letter of a message with unreadable headers; it stays");
-        return None;
+    match tokio::time::timeout(FLUSH_TIMEOUT, letters.client.flush()).await {
+        Ok(Ok(())) => {}
+        outcome => {
+            let error = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {FLUSH_TIMEOUT:?}"),
+            };
+            tracing::error!(
+                stream,
+                sequence = message.sequence,
+                error,
+                "cannot flush the dead letter of a message with unreadable headers; it stays"
+            );
+            return None;
+        }
     }
     let delete = serde_json::json!({ "seq": message.sequence });
     match js
@@ -192,7 +230,10 @@ async fn remove_if_unreadable(
         Ok(Response::Ok(Deleted { success: true })) => {}
         // Another replica deleted it meanwhile: its letter is written twice, as at-least-once
         // allows.
-        Ok(Response::Err { error }) if error.error_code() == ErrorCode::NO_MESSAGE_FOUND => {}
+        Ok(Response::Err { error }) if GONE.contains(&error.error_code()) => {
+            tracing::debug!(stream, sequence = message.sequence, error = %error,
+                "a message with unreadable headers was deleted meanwhile");
+        }
         other => {
             let error = match other {
                 Ok(Response::Err { error }) => error.to_string(),

@@ -550,6 +550,36 @@ impl RawAnalyzerPipeline {
 /// again, and deliver what came after it.
 #[tokio::test]
 async fn a_packet_the_client_cannot_read_stops_a_replica_once_and_is_dead_lettered() {
+    let poison = br#"{"timestamp":2,"severity":"INFO","source":"t","message":"poison"}"#;
+    let letter = dead_letter_of_unreadable_packet(|_| poison.to_vec()).await;
+    assert_eq!(&letter.payload[..], &poison[..]);
+}
+
+/// The same, with a packet so close to the server's max_payload that its dead letter's headers
+/// would push it over: the letter goes without the payload and says so, since a letter that
+/// cannot be written would leave the packet to stop the next replica too.
+#[tokio::test]
+async fn an_unreadable_packet_too_large_for_its_letter_is_dead_lettered_without_it() {
+    let letter =
+        dead_letter_of_unreadable_packet(|max_payload| vec![b'x'; max_payload - 200]).await;
+    assert!(letter.payload.is_empty(), "{} bytes", letter.payload.len());
+    let error = letter
+        .headers
+        .as_ref()
+        .unwrap()
+        .get("Logdist-Error")
+        .unwrap();
+    assert!(error.as_str().contains("is left out"), "{error:?}");
+}
+
+/// Runs one replica until a raw packet (`poison(max_payload)`, its `Logdist-Agent` value holding
+/// a bare carriage return) stops it, restarts it, and checks what a user would: the restarted
+/// replica dead-letters the packet once (`unreadable_headers`, the readable header kept), the
+/// valid packets before and after it are analyzed, the consumer drains with the stream empty,
+/// the stats count it, and the replica runs on. Returns the dead letter.
+async fn dead_letter_of_unreadable_packet(
+    poison: impl FnOnce(usize) -> Vec<u8>,
+) -> async_nats::Message {
     let server = NatsServer::start();
     let url = server.url();
     let client = async_nats::connect(&url).await.unwrap();
@@ -568,9 +598,9 @@ async fn a_packet_the_client_cannot_read_stops_a_replica_once_and_is_dead_letter
     client.flush().await.unwrap();
     wait_analyzed(&stats, "1", 1).await;
 
-    let poison = br#"{"timestamp":2,"severity":"INFO","source":"t","message":"poison"}"#;
+    let poison = poison(client.server_info().max_payload);
     let block = b"NATS/1.0\r\nLogdist-Agent: a\rb\r\nLogdist-Seq: 7\r\n\r\n";
-    logdist_testing::publish_raw(&url, &ingest, block, poison);
+    logdist_testing::publish_raw(&url, &ingest, block, &poison);
     let status = first.wait(WAIT).await;
     assert!(
         !status.success(),
@@ -605,7 +635,6 @@ async fn a_packet_the_client_cannot_read_stops_a_replica_once_and_is_dead_letter
         "readable ones kept"
     );
     assert!(headers.get("Logdist-Agent").is_none());
-    assert_eq!(&letter.payload[..], &poison[..]);
 
     wait_analyzed(&stats, "1", 3).await;
     // Nothing stays un-acked and the stream is empty: the packet was deleted, not left for
@@ -640,6 +669,7 @@ async fn a_packet_the_client_cannot_read_stops_a_replica_once_and_is_dead_letter
         .is_err(),
         "one dead letter"
     );
+    letter
 }
 
 /// The packet ids `LOGS:<sequence>` of these stream sequences, sorted.

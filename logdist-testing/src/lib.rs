@@ -2,9 +2,9 @@
 //! the production library): real `nats-server` processes on free loopback ports, a 3-node
 //! cluster, the workspace's own binaries as child processes ([`Process`], started with typed
 //! options: [`DistributorOptions`], [`AnalyzerOptions`]), packet builders ([`packet`],
-//! [`message`], [`seq_headers`], raw ones: [`publish_raw`]), readers of the stats and membership buckets
-//! ([`distributor_stats`], [`analyzer_stats`], [`member_record`]) and bounded waits. Nothing is
-//! mocked.
+//! [`message`], [`seq_headers`]; raw `HPUB`s: [`publish_raw`]), readers of the stats and
+//! membership buckets ([`distributor_stats`], [`analyzer_stats`], [`member_record`]) and bounded
+//! waits. Nothing is mocked.
 //!
 //! The server binary is found through `NATS_SERVER_BIN`, then `<workspace>/.tools/bin/nats-server`
 //! (what `make tools` installs), then `PATH`. Every wait is bounded, by [`WAIT`] unless a test

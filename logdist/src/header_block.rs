@@ -48,7 +48,9 @@ impl fmt::Display for UnreadableHeaders {
             Self::NoVersionLine => {
                 write!(f, "the header block does not begin with `NATS/1.0`")
             }
-            Self::BadStatus(status) => write!(f, "the header status {status:?} is not a number"),
+            Self::BadStatus(status) => {
+                write!(f, "the header status {status:?} is not a status code")
+            }
             Self::NoColon(line) => write!(f, "the header line {line:?} has no `:`"),
             Self::BadName(name) => write!(f, "the header name {name:?} is not valid"),
             Self::CarriageReturn { name } => write!(
@@ -97,7 +99,8 @@ fn walk(block: &[u8], mut on_line: impl FnMut(Line<'_>)) -> Result<(), Unreadabl
             value.push_str(more);
         }
         value.truncate(value.trim_end().len());
-        if value.contains(['\r', '\n']) {
+        // `lines` split at every '\n', so only a '\r' can be left inside.
+        if value.contains('\r') {
             // The client stops here; the lines after it are still worth keeping in a dead
             // letter, so the walk goes on.
             first_error.get_or_insert(UnreadableHeaders::CarriageReturn {
