@@ -77,8 +77,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// elects a new leader within seconds and the pipeline is stalled until the consumer is back.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Longest wait for getting the consumer and opening its message stream; a JetStream API call
-/// to a cluster without a leader would otherwise wait for the client's full request time-out.
+/// Longest wait for getting the consumer, and again for opening its message stream (the scan
+/// between the two has its own bound); a JetStream API call to a cluster without a leader would
+/// otherwise wait for the client's full request time-out.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Messages a reopening of the consumer scans for headers the client cannot read (the oldest
 /// unacknowledged ones; see `crate::unreadable`), so that a recovery is not held up by it.
