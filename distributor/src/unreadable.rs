@@ -9,8 +9,9 @@
 //! the consumer's unacknowledged range, after the ack floor up to the last delivered sequence,
 //! through the stream's message-get API: JSON with the header block in base64, which never
 //! meets the client's header parser. Each message the client cannot read is dead-lettered
-//! ([`UNREADABLE_HEADERS`], with its payload and the headers that could be read), then deleted
-//! from the stream, which the consumer then skips. Header blocks the client refuses with a read
+//! ([`UNREADABLE_HEADERS`], with its payload and the headers that could be read; without the
+//! payload when the letter would pass the server's max_payload), then deleted from the stream,
+//! which the consumer then skips. Header blocks the client refuses with a read
 //! error (it reconnects) go the same way: each would cost a reconnection per redelivery.
 //!
 //! The scan costs nothing when nothing is unacknowledged (a first start, or a restart after
