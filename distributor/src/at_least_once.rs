@@ -66,7 +66,7 @@ use crate::outgoing::Outgoing;
 use crate::redelivery::{nak_delay, Failure, FailureKind, FaultJudge, RetryPolicy, Verdict};
 use crate::router::Reservation;
 use crate::stats_publisher::StatsPublisher;
-use crate::unreadable::{remove_unreadable, DeadLetters, Removed};
+use crate::unreadable::{remove_unreadable, DeadLetters, Removed, Scan};
 
 /// Idle heartbeat asked of the server on pull requests: a consumer that stops answering (server
 /// restart, leader lost) shows as an error within about two of these.
@@ -265,7 +265,7 @@ fn open(
     args: AtLeastOnceArgs,
     extra_subjects: Vec<String>,
     letters: DeadLetters,
-    scan: u64,
+    scan: Scan,
 ) -> JoinHandle<Result<Opened, ConsumerError>> {
     tokio::spawn(async move {
         let consumer = tokio::time::timeout(
@@ -421,7 +421,7 @@ pub(crate) async fn run(
     // and one it refuses with a read error, never acked, is soon the oldest. (Whether the
     // reconnection such a message causes also ends the consumer's message stream, so that a
     // reopening happens at all, is not tested.)
-    let reopen = |scan: u64| {
+    let reopen = |scan: Scan| {
         open(
             js.clone(),
             args.names.clone(),
@@ -431,7 +431,7 @@ pub(crate) async fn run(
             scan,
         )
     };
-    let mut opening = Some(reopen(alo.max_ack_pending.unsigned_abs()));
+    let mut opening = Some(reopen(Scan::All));
     let mut messages: Option<pull::Stream> = None;
     let mut backoff = MIN_BACKOFF;
     let retry = tokio::time::sleep(Duration::ZERO);
@@ -489,7 +489,7 @@ pub(crate) async fn run(
             }
             () = &mut retry, if retry_armed => {
                 retry_armed = false;
-                opening = Some(reopen(REOPEN_SCAN.min(alo.max_ack_pending.unsigned_abs())));
+                opening = Some(reopen(Scan::Oldest(REOPEN_SCAN)));
             }
             item = next_message(&mut messages), if room => {
                 let mut item = item;

@@ -16,8 +16,9 @@
 //!
 //! The scan costs nothing when nothing is unacknowledged (a first start, or a restart after
 //! every replica stopped cleanly). Otherwise it reads each unacknowledged message once, also
-//! those other replicas hold in flight: at start at most `--max-ack-pending`, when the consumer
-//! is opened again after an error the oldest 1,000, and always within [`SCAN_BUDGET`].
+//! those other replicas hold in flight: at start at most the consumer's `max_ack_pending`
+//! ([`Scan::All`]), when the consumer is opened again after an error the oldest 1,000
+//! ([`Scan::Oldest`]), and always within [`SCAN_BUDGET`].
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ use bytes::Bytes;
 use logdist::protocol::deadletter::{deadletter_headers, Reason, UNREADABLE_HEADERS};
 
 /// Longest a replica spends scanning the stream before it opens its pull anyway.
-pub(crate) const SCAN_BUDGET: Duration = Duration::from_secs(10);
+const SCAN_BUDGET: Duration = Duration::from_secs(10);
 /// Longest wait for the server to confirm a dead letter before the deletion.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// JetStream's answers to deleting a sequence that is no longer in the stream: "sequence <n>
@@ -51,7 +52,7 @@ pub(crate) struct DeadLetters {
 }
 
 /// A message the scan dead-lettered, for the replica's counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Removed {
     /// The subject it was published on.
     pub subject: Subject,
@@ -69,20 +70,40 @@ struct Deleted {
     success: bool,
 }
 
+/// How much of the unacknowledged range a scan reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scan {
+    /// As many messages as the consumer lets be unacknowledged (its `max_ack_pending`): at
+    /// start, where a message that stopped a replica may be anywhere in the range.
+    All,
+    /// The oldest this many: when the consumer is opened again in a running replica.
+    Oldest(u64),
+}
+
 /// Dead-letters and deletes every message of `stream` in `info`'s unacknowledged range that the
-/// client cannot read; returns those it dead-lettered. Failures are logged and end the scan:
-/// the replica opens its pull either way.
+/// client cannot read, as far as `scan` says; returns those it dead-lettered. Failures are
+/// logged and end the scan: the replica opens its pull either way.
 pub(crate) async fn remove_unreadable(
     js: &jetstream::Context,
     stream: &str,
     info: &consumer::Info,
-    max_messages: u64,
+    scan: Scan,
     letters: &DeadLetters,
 ) -> Vec<Removed> {
     let mut removed = Vec::new();
     if info.num_ack_pending == 0 {
         return removed;
     }
+    // The consumer's own limit, not this replica's flag: another replica may have created it.
+    // Zero or below is no limit; SCAN_BUDGET still bounds the scan.
+    let pending_limit = u64::try_from(info.config.max_ack_pending)
+        .ok()
+        .filter(|&n| n > 0)
+        .unwrap_or(u64::MAX);
+    let max_messages = match scan {
+        Scan::All => pending_limit,
+        Scan::Oldest(n) => n.min(pending_limit),
+    };
     let last = info.delivered.stream_sequence;
     let mut next = info.ack_floor.stream_sequence + 1;
     let started = Instant::now();
