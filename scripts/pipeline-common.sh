@@ -1,6 +1,7 @@
-# Sourced by the measuring scripts (cpu-per-packet.sh, callgrind-distributor.sh, flood-rss.sh): one
-# nats-server with JetStream on a free loopback port and the release analyzers, stopped with
-# the distributor (DPID, when set) and their directory removed whatever way the script ends.
+# Sourced by the measuring scripts (cpu-per-packet.sh, callgrind-distributor.sh, flood-rss.sh,
+# latency-probe.sh): one nats-server with JetStream on a free loopback port and the release
+# analyzers, stopped with the distributor (DPID, when set) and their directory removed whatever
+# way the script ends.
 # Needs BIN (the binaries) and NS (nats-server); sets D, PORT, URL, NSPID and PIDS (and DPID).
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }

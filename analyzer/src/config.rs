@@ -127,6 +127,20 @@ pub struct AnalyzerConfig {
     )]
     pub checkpoint_packets: u64,
 
+    /// A checkpoint is also written as soon as this many log messages were analyzed since the
+    /// last one while acknowledgements are pending. With large packets the packet count alone
+    /// lets a whole --checkpoint-interval of messages wait, and the distributors' in-flight
+    /// packets and the stream's pending acknowledgements with them, which lengthens the tail
+    /// latency of the whole pipeline (BENCHMARKS.md).
+    #[arg(
+        long,
+        env = "ANALYZER_CHECKPOINT_MESSAGES",
+        value_name = "MESSAGES",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub checkpoint_messages: u64,
+
     /// On shutdown, the limit of each step: the withdrawal, waiting for the distributors to
     /// confirm it, handing over and analyzing the packets already delivered, the final stats
     /// write.
@@ -415,6 +429,7 @@ mod tests {
         assert_eq!(config.dedup_window, DEFAULT_DEDUP_WINDOW);
         assert_eq!(config.checkpoint_interval, Duration::from_millis(200));
         assert_eq!(config.checkpoint_packets, 256);
+        assert_eq!(config.checkpoint_messages, 4096);
         assert_eq!(config.withdraw_grace, Duration::from_millis(250));
         assert!(!config.print);
         assert_eq!(config.instance, None);

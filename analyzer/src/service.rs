@@ -229,7 +229,7 @@ pub async fn run(
     let mut pending: Vec<Subject> = Vec::new();
     let mut checkpoint_ticks = tokio::time::interval(config.checkpoint_interval);
     checkpoint_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut early = EarlyCheckpoint::new(config.checkpoint_packets);
+    let mut early = EarlyCheckpoint::new(config.checkpoint_packets, config.checkpoint_messages);
     if let Some(observed) = &observed {
         observed.serving.set(true);
     }
@@ -737,9 +737,15 @@ impl PacketHandler {
         }
     }
 
-    /// Packets handled so far, however they ended (analyzed, repeats, invalid).
-    fn handled_packets(&self) -> u64 {
-        self.analysis.packets() + self.analysis.duplicates() + self.analysis.invalid_packets()
+    /// Packets handled so far, however they ended (analyzed, repeats, invalid), and the log
+    /// messages analyzed in them.
+    fn handled(&self) -> Handled {
+        Handled {
+            packets: self.analysis.packets()
+                + self.analysis.duplicates()
+                + self.analysis.invalid_packets(),
+            messages: self.analysis.messages(),
+        }
     }
 
     /// Whether another packet may be taken (an HTTP analyzer bounds the packets out).
@@ -942,28 +948,47 @@ async fn next_forwarded(
     }
 }
 
-/// `--checkpoint-packets`: a checkpoint before the interval is over once that many packets were
-/// handled since the last one and acknowledgements wait. Under load the acknowledgements then
-/// flow every few milliseconds instead of every `--checkpoint-interval`, so the distributors'
-/// windows of packets in flight keep moving; the writer merges checkpoints queued while it
-/// writes, so the writes never outrun the KV store.
+/// `--checkpoint-packets` and `--checkpoint-messages`: a checkpoint before the interval is over
+/// once that many packets, or that many log messages, were handled since the last one and
+/// acknowledgements wait. Under load the acknowledgements then flow every few milliseconds
+/// instead of every `--checkpoint-interval`, so the distributors' windows of packets in flight
+/// keep moving; the writer merges checkpoints queued while it writes, so the writes never outrun
+/// the KV store. The message bound is for large packets: 256 packets of 100 messages are a
+/// whole interval's worth at a rate the packet bound alone never cuts short.
 struct EarlyCheckpoint {
-    every: u64,
-    /// Packets handled when the last checkpoint was handed to the writer.
-    mark: u64,
+    every_packets: u64,
+    every_messages: u64,
+    /// Packets and messages handled when the last checkpoint was handed to the writer.
+    mark: Handled,
+}
+
+/// What a [`PacketHandler`] has handled so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Handled {
+    packets: u64,
+    messages: u64,
 }
 
 impl EarlyCheckpoint {
-    fn new(every: u64) -> Self {
-        EarlyCheckpoint { every, mark: 0 }
+    fn new(every_packets: u64, every_messages: u64) -> Self {
+        EarlyCheckpoint {
+            every_packets,
+            every_messages,
+            mark: Handled::default(),
+        }
     }
 
     fn due(&self, handler: &PacketHandler, pending: &[Subject]) -> bool {
-        !pending.is_empty() && handler.handled_packets() - self.mark >= self.every
+        !pending.is_empty() && self.due_at(handler.handled())
+    }
+
+    fn due_at(&self, now: Handled) -> bool {
+        now.packets - self.mark.packets >= self.every_packets
+            || now.messages - self.mark.messages >= self.every_messages
     }
 
     fn written(&mut self, handler: &PacketHandler) {
-        self.mark = handler.handled_packets();
+        self.mark = handler.handled();
     }
 }
 
@@ -1084,4 +1109,31 @@ fn print_summary(stats: &AnalyzerStats) {
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{}", summary_line(stats));
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EarlyCheckpoint, Handled};
+
+    fn handled(packets: u64, messages: u64) -> Handled {
+        Handled { packets, messages }
+    }
+
+    #[test]
+    fn an_early_checkpoint_is_due_after_either_bound() {
+        let mut early = EarlyCheckpoint::new(256, 4096);
+        assert!(!early.due_at(handled(255, 255)));
+        assert!(early.due_at(handled(256, 256)), "256 single messages");
+        assert!(!early.due_at(handled(40, 4000)));
+        assert!(
+            early.due_at(handled(41, 4100)),
+            "41 packets of 100 messages"
+        );
+        early.mark = handled(41, 4100);
+        assert!(
+            !early.due_at(handled(81, 8100)),
+            "counted from the last checkpoint"
+        );
+        assert!(early.due_at(handled(82, 8200)));
+    }
 }

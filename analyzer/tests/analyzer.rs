@@ -631,44 +631,40 @@ async fn request_style_packets_are_acknowledged_after_analysis() {
     expected.assert_matches(&stats);
 }
 
-#[tokio::test]
-async fn acknowledgements_go_out_after_checkpoint_packets_without_waiting_for_the_interval() {
+/// Sends 200 request-style packets of `messages` log messages each to an analyzer whose
+/// checkpoint interval (10 s) and reports (30 s) are far beyond the test, with `bound` (the
+/// early-checkpoint flag and its value); returns how many were acknowledged within 3 s, after
+/// checking the analyzer counted every packet.
+async fn acknowledged_by_early_checkpoints(bound: [&str; 2], messages: usize) -> usize {
     let server = NatsServer::start();
     let client = connect(&server).await;
     let mut control = client.subscribe(CONTROL).await.unwrap();
     client.flush().await.unwrap();
-    // Reports and the checkpoint interval far beyond the test: only --checkpoint-packets can
-    // let the acknowledgements out in time.
     let url = server.url();
-    let mut analyzer = Process::spawn(
-        "analyzer",
-        &[
-            "--nats-url",
-            &url,
-            "--id",
-            "early",
-            "--weight",
-            "0.5",
-            "--instance",
-            "e1",
-            "--heartbeat-interval",
-            "100ms",
-            "--report-interval",
-            "30s",
-            "--checkpoint-interval",
-            "10s",
-            "--checkpoint-packets",
-            "50",
-        ],
-        &[],
-    );
+    let mut args = vec![
+        "--nats-url",
+        &url,
+        "--id",
+        "early",
+        "--weight",
+        "0.5",
+        "--instance",
+        "e1",
+        "--heartbeat-interval",
+        "100ms",
+        "--report-interval",
+        "30s",
+        "--checkpoint-interval",
+        "10s",
+    ];
+    args.extend(bound);
+    let mut analyzer = Process::spawn("analyzer", &args, &[]);
     wait_online(&mut control, "e1", &analyzer).await;
 
     let mut expected = Expected::new();
     let subject = logdist::Names::default().analyzer_subject("early");
-    let started = Instant::now();
     let requests: Vec<_> = (0..200)
-        .map(|i| client.request(subject.clone(), expected.packet(i, 1).into()))
+        .map(|i| client.request(subject.clone(), expected.packet(i, messages).into()))
         .collect();
     let replies = futures::future::join_all(
         requests
@@ -677,19 +673,35 @@ async fn acknowledgements_go_out_after_checkpoint_packets_without_waiting_for_th
     )
     .await;
     let acked = replies.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
-    // The interval's first tick lets out what is pending at once; then one checkpoint per 50
-    // packets: at most the last 49 wait for the next tick, 10 s away.
-    assert!(
-        acked >= 150,
-        "{acked} of 200 packets acknowledged within 3 s (in {:?}), with --checkpoint-interval 10s",
-        started.elapsed()
-    );
 
     assert_eq!(analyzer.terminate(WAIT).await.code(), Some(0));
     let stats = read_stats(&stats_bucket(&client).await, "early", "e1")
         .await
         .unwrap();
     expected.assert_matches(&stats);
+    acked
+}
+
+#[tokio::test]
+async fn acknowledgements_go_out_after_checkpoint_packets_without_waiting_for_the_interval() {
+    // The interval's first tick lets out what is pending at once; then one checkpoint per 50
+    // packets: at most the last 49 wait for the next tick, 10 s away.
+    let acked = acknowledged_by_early_checkpoints(["--checkpoint-packets", "50"], 1).await;
+    assert!(
+        acked >= 150,
+        "{acked} of 200 packets acknowledged within 3 s, with --checkpoint-interval 10s"
+    );
+}
+
+#[tokio::test]
+async fn acknowledgements_of_large_packets_go_out_after_checkpoint_messages() {
+    // 10 messages a packet and the packet bound (256) above the test's 200: a checkpoint every
+    // 50 packets, by the message count alone.
+    let acked = acknowledged_by_early_checkpoints(["--checkpoint-messages", "500"], 10).await;
+    assert!(
+        acked >= 150,
+        "{acked} of 200 packets of 10 messages acknowledged within 3 s, with --checkpoint-interval 10s"
+    );
 }
 
 #[tokio::test]
