@@ -616,15 +616,23 @@ impl MonitoredPipeline {
     /// At rest (the analyzers counted every routed message): a scrape, checked by both parsers,
     /// and the KV record, whose counters it equals.
     async fn at_rest(&self) -> (Parsed, DistributorStats) {
+        // The record of the moment before: at rest means two records in a row received the
+        // same, so a record written while the distributor still drained its ingest queue (and
+        // analyzers whose counts had not yet moved past it) is not taken for rest.
+        let previous = std::cell::Cell::new(None);
         wait_until(
-            "the analyzers counted every routed message",
+            "the distributor received nothing more and the analyzers counted every routed message",
             WAIT,
             || async {
                 let Some(r) = self.record().await else {
                     return false;
                 };
+                let before = previous.replace(Some((r.updated_at_ms, r.received_messages)));
+                let settled = before.is_some_and(|(at, received)| {
+                    at < r.updated_at_ms && received == r.received_messages
+                });
                 let analyzed: u64 = scrape_analyzer_messages(&self.analyzer_ports).await;
-                r.routed_messages > 0 && analyzed == r.routed_messages
+                settled && r.routed_messages > 0 && analyzed == r.routed_messages
             },
         )
         .await;
