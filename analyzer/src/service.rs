@@ -949,8 +949,8 @@ async fn next_forwarded(
 }
 
 /// `--checkpoint-packets` and `--checkpoint-messages`: a checkpoint before the interval is over
-/// once that many packets, or that many log messages, were handled since the last one and
-/// acknowledgements wait. Under load the acknowledgements then flow every few milliseconds
+/// once that many packets were handled, or that many log messages analyzed, since the last one
+/// and acknowledgements wait. Under load the acknowledgements then flow every few milliseconds
 /// instead of every `--checkpoint-interval`, so the distributors' windows of packets in flight
 /// keep moving; the writer merges checkpoints queued while it writes, so the writes never outrun
 /// the KV store. The message bound is for large packets: 256 packets of 100 messages are a
@@ -963,7 +963,7 @@ struct EarlyCheckpoint {
 }
 
 /// What a [`PacketHandler`] has handled so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Default)]
 struct Handled {
     packets: u64,
     messages: u64,
